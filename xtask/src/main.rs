@@ -1,1 +1,89 @@
-fn main(){}
+//! `cargo xtask` — every developer and CI command of roomgate.
+//!
+//! - `setup`: install what the build and tests need (idempotent).
+//! - `build [--debug]`: build the eBPF object, then the gateway with it embedded.
+//! - `run [-- ARGS]`: setup + build, then start the gateway (defaults: UDP 0.0.0.0:7000,
+//!   HTTP 127.0.0.1:8080, one thread per core, eBPF steering with connected fallback).
+//! - `test`: setup + build, then every test: unit, integration and privileged (eBPF in
+//!   the real kernel, network namespaces). This is what `.ci/run` calls.
+//! - `bench steering`: the steering benchmark; writes its table to stdout and BENCHMARKS.md.
+mod bench;
+mod build;
+mod setup;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context, Result};
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let cmd = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    match cmd.as_str() {
+        "setup" => setup::setup(),
+        "build" => {
+            let release = !rest.iter().any(|a| a == "--debug");
+            build_all(release).map(|_| ())
+        }
+        "run" => run(&rest),
+        "test" => test(&rest),
+        "bench" => bench::bench(&rest),
+        "" | "help" | "--help" | "-h" => {
+            println!("usage: cargo xtask <setup|build [--debug]|run [-- ARGS]|test [-- FILTER]|bench steering>");
+            Ok(())
+        }
+        other => bail!("unknown command {other:?}; try `cargo xtask help`"),
+    }
+}
+
+fn build_all(release: bool) -> Result<std::path::PathBuf> {
+    setup::setup()?;
+    let object = build::build_ebpf()?;
+    build::build_gateway(release, &object)?;
+    Ok(object)
+}
+
+fn run(args: &[String]) -> Result<()> {
+    build_all(true)?;
+    let bin = build::workspace_root().join("target/release/roomgate");
+    let args: Vec<&String> = args.iter().skip_while(|a| *a == "--").collect();
+    println!("xtask: starting {} {}", bin.display(), args.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" "));
+    let status = Command::new(&bin)
+        .args(args)
+        .status()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    if !status.success() {
+        bail!("roomgate exited with {status}");
+    }
+    Ok(())
+}
+
+fn test(args: &[String]) -> Result<()> {
+    let object = build_all(false)?;
+    let root = build::workspace_root();
+    setup::apt_install(&["iproute2"])?;
+    let filter: Vec<&String> = args.iter().skip_while(|a| *a == "--").collect();
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(&root)
+        .env("ROOMGATE_EBPF_OBJECT", &object)
+        .args(["test", "--workspace"]);
+    if !filter.is_empty() {
+        cmd.arg("--").args(filter);
+    }
+    println!("xtask: cargo test --workspace (eBPF object {})", object.display());
+    let status = cmd.status().context("running cargo test")?;
+    if !status.success() {
+        bail!("tests failed ({status})");
+    }
+    Ok(())
+}

@@ -1,1 +1,261 @@
-fn main(){}
+//! roomgate's `sk_reuseport` steering program.
+//!
+//! Runs in the kernel's UDP lookup for every datagram to the shared port and picks the
+//! socket (= logic thread) of the SO_REUSEPORT group that receives it:
+//!
+//! - STUN Binding Request: walk at most `MAX_ATTRS_WALKED` attributes to USERNAME, take
+//!   the room part of the server ufrag, `room_hash % threads` -> that thread's socket.
+//! - DTLS, RTP/RTCP and other STUN: look the source address up in FLOWS (pinned by the
+//!   owning thread after MESSAGE-INTEGRITY verified) -> that thread's socket.
+//!
+//! Miss policy: a non-request datagram from an unpinned address has no owner. Passing it
+//! on to the kernel's default hash would hand it to an arbitrary thread that does not
+//! own it, so it is dropped here and counted (`FlowMiss`). Likewise every selection
+//! failure drops: a wrong thread is worse than a retransmission.
+//!
+//! Every packet bumps `Packets` and exactly one decision counter.
+//!
+//! On the host target this crate compiles to an empty `main` so that workspace tools
+//! never need the BPF toolchain; xtask builds it for `bpfel-unknown-none`.
+#![cfg_attr(target_arch = "bpf", no_std, no_main)]
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[cfg(target_arch = "bpf")]
+mod program {
+    use aya_ebpf::{
+        bindings::{bpf_hdr_start_off::BPF_HDR_START_NET, sk_action::SK_DROP, sk_action::SK_PASS},
+        helpers::{bpf_skb_load_bytes, bpf_skb_load_bytes_relative},
+        macros::{map, sk_reuseport},
+        maps::{Array, HashMap, PerCpuArray, ReusePortSockArray},
+        programs::SkReuseportContext,
+        EbpfContext,
+    };
+    use roomgate_common::{
+        classify, room_hash, room_part_len, stun, Counter, FlowKey, PacketClass, CONFIG_LEN, CONFIG_THREADS,
+        FLOWS_CAPACITY, MAX_THREADS, USERNAME_SCAN_LEN,
+    };
+
+    #[map(name = "SOCKETS")]
+    static SOCKETS: ReusePortSockArray = ReusePortSockArray::with_max_entries(MAX_THREADS, 0);
+
+    #[map(name = "FLOWS")]
+    static FLOWS: HashMap<FlowKey, u32> = HashMap::with_max_entries(FLOWS_CAPACITY, 0);
+
+    #[map(name = "COUNTERS")]
+    static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+    #[map(name = "CONFIG")]
+    static CONFIG: Array<u32> = Array::with_max_entries(CONFIG_LEN, 0);
+
+    const UDP_HEADER: u32 = 8;
+    const ETH_P_IP: u32 = 0x0800;
+    const ETH_P_IPV6: u32 = 0x86DD;
+
+    #[inline(always)]
+    fn bump(c: Counter) {
+        if let Some(v) = COUNTERS.get_ptr_mut(c as u32) {
+            // SAFETY: per-CPU slot, this program is the only writer on this CPU.
+            unsafe { *v += 1 };
+        }
+    }
+
+    #[inline(always)]
+    fn load<const N: usize>(ctx: &SkReuseportContext, offset: u32) -> Option<[u8; N]> {
+        let mut buf = [0u8; N];
+        // SAFETY: the helper writes at most N bytes into buf; it checks the packet bounds.
+        let rc = unsafe { bpf_skb_load_bytes(ctx.as_ptr(), offset, buf.as_mut_ptr().cast(), N as u32) };
+        if rc == 0 {
+            Some(buf)
+        } else {
+            None
+        }
+    }
+
+    #[inline(always)]
+    fn decide(c: Counter, action: u32) -> u32 {
+        bump(c);
+        action
+    }
+
+    #[sk_reuseport]
+    pub fn roomgate_steer(ctx: SkReuseportContext) -> u32 {
+        bump(Counter::Packets);
+        steer(&ctx)
+    }
+
+    #[inline(always)]
+    fn steer(ctx: &SkReuseportContext) -> u32 {
+        let len = ctx.len() as u32;
+        if len <= UDP_HEADER {
+            return decide(Counter::Empty, SK_DROP);
+        }
+        let Some([first]) = load::<1>(ctx, UDP_HEADER) else {
+            return decide(Counter::Empty, SK_DROP);
+        };
+        match classify(first) {
+            PacketClass::Unknown => decide(Counter::UnknownType, SK_DROP),
+            PacketClass::Stun => match stun_header(ctx, len) {
+                StunKind::BindingRequest(msg_end) => by_room(ctx, msg_end),
+                StunKind::Other => by_flow(ctx),
+                StunKind::Malformed => decide(Counter::StunMalformed, SK_DROP),
+            },
+            PacketClass::Dtls | PacketClass::Rtp => by_flow(ctx),
+        }
+    }
+
+    enum StunKind {
+        /// Offset (from the UDP header) where the STUN message ends.
+        BindingRequest(u32),
+        Other,
+        Malformed,
+    }
+
+    #[inline(always)]
+    fn stun_header(ctx: &SkReuseportContext, len: u32) -> StunKind {
+        let Some(h) = load::<8>(ctx, UDP_HEADER) else {
+            return StunKind::Malformed;
+        };
+        let msg_type = u16::from_be_bytes([h[0], h[1]]);
+        let msg_len = u16::from_be_bytes([h[2], h[3]]) as u32;
+        let cookie = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+        if cookie != stun::MAGIC_COOKIE || msg_len % 4 != 0 {
+            return StunKind::Malformed;
+        }
+        let end = UDP_HEADER + stun::HEADER_LEN as u32 + msg_len;
+        if end > len {
+            return StunKind::Malformed;
+        }
+        if msg_type == stun::BINDING_REQUEST {
+            StunKind::BindingRequest(end)
+        } else {
+            StunKind::Other
+        }
+    }
+
+    #[inline(always)]
+    fn by_room(ctx: &SkReuseportContext, msg_end: u32) -> u32 {
+        let Some((value_off, value_len)) = find_username(ctx, msg_end) else {
+            return decide(Counter::StunMalformed, SK_DROP);
+        };
+        let mut prefix = [0u8; USERNAME_SCAN_LEN];
+        // Copy in 4-byte chunks: values are padded to 4, so a chunk never passes the padding.
+        let mut i = 0usize;
+        while i < USERNAME_SCAN_LEN / 4 {
+            let off = (i * 4) as u32;
+            if off >= value_len {
+                break;
+            }
+            let Some(chunk) = load::<4>(ctx, value_off + off) else {
+                return decide(Counter::StunMalformed, SK_DROP);
+            };
+            let base = i * 4;
+            if base + 3 < USERNAME_SCAN_LEN {
+                prefix[base] = chunk[0];
+                prefix[base + 1] = chunk[1];
+                prefix[base + 2] = chunk[2];
+                prefix[base + 3] = chunk[3];
+            }
+            i += 1;
+        }
+        let Some(room_len) = room_part_len(&prefix, value_len as usize) else {
+            return decide(Counter::StunMalformed, SK_DROP);
+        };
+        let Some(hash) = room_hash(&prefix, room_len) else {
+            return decide(Counter::StunMalformed, SK_DROP);
+        };
+        let threads = match CONFIG.get(CONFIG_THREADS) {
+            Some(t) if *t > 0 => *t,
+            _ => return decide(Counter::SelectError, SK_DROP),
+        };
+        select(ctx, hash % threads, Counter::SteeredByRoom)
+    }
+
+    /// Walk the attributes of a Binding Request; return (value offset, value length) of USERNAME.
+    #[inline(always)]
+    fn find_username(ctx: &SkReuseportContext, msg_end: u32) -> Option<(u32, u32)> {
+        let mut off = UDP_HEADER + stun::HEADER_LEN as u32;
+        let mut n = 0u32;
+        while n < stun::MAX_ATTRS_WALKED {
+            if off + 4 > msg_end {
+                return None;
+            }
+            let a = load::<4>(ctx, off)?;
+            let attr_type = u16::from_be_bytes([a[0], a[1]]);
+            let attr_len = u16::from_be_bytes([a[2], a[3]]) as u32;
+            let value = off + 4;
+            if value + attr_len > msg_end {
+                return None;
+            }
+            if attr_type == stun::ATTR_USERNAME {
+                return Some((value, attr_len));
+            }
+            off = value + ((attr_len + 3) & !3);
+            n += 1;
+        }
+        None
+    }
+
+    #[inline(always)]
+    fn by_flow(ctx: &SkReuseportContext) -> u32 {
+        let Some(port) = load::<2>(ctx, 0) else {
+            return decide(Counter::FlowMiss, SK_DROP);
+        };
+        let proto = u32::from_be(ctx.eth_protocol());
+        let mut key = FlowKey {
+            family: 0,
+            port_be: port,
+            addr: [0u8; 16],
+        };
+        if proto == ETH_P_IP {
+            let mut a = [0u8; 4];
+            // SAFETY: writes 4 bytes into `a`; bounds are checked by the helper.
+            let rc = unsafe {
+                bpf_skb_load_bytes_relative(ctx.as_ptr(), 12, a.as_mut_ptr().cast(), 4, BPF_HDR_START_NET)
+            };
+            if rc != 0 {
+                return decide(Counter::FlowMiss, SK_DROP);
+            }
+            key = FlowKey::v4(a, u16::from_be_bytes(port));
+        } else if proto == ETH_P_IPV6 {
+            let mut a = [0u8; 16];
+            // SAFETY: writes 16 bytes into `a`; bounds are checked by the helper.
+            let rc = unsafe {
+                bpf_skb_load_bytes_relative(ctx.as_ptr(), 8, a.as_mut_ptr().cast(), 16, BPF_HDR_START_NET)
+            };
+            if rc != 0 {
+                return decide(Counter::FlowMiss, SK_DROP);
+            }
+            key = FlowKey::v6(a, u16::from_be_bytes(port));
+        }
+        if key.family == 0 {
+            return decide(Counter::FlowMiss, SK_DROP);
+        }
+        // SAFETY: the value is copied out immediately; userspace only replaces whole entries.
+        match unsafe { FLOWS.get(&key) } {
+            Some(thread) => {
+                let t = *thread;
+                select(ctx, t, Counter::SteeredByFlow)
+            }
+            None => decide(Counter::FlowMiss, SK_DROP),
+        }
+    }
+
+    #[inline(always)]
+    fn select(ctx: &SkReuseportContext, thread: u32, ok: Counter) -> u32 {
+        match SOCKETS.select_reuseport(ctx, thread) {
+            Ok(()) => decide(ok, SK_PASS),
+            Err(_) => decide(Counter::SelectError, SK_DROP),
+        }
+    }
+
+    #[panic_handler]
+    fn panic(_info: &core::panic::PanicInfo) -> ! {
+        loop {}
+    }
+
+    #[unsafe(link_section = "license")]
+    #[unsafe(no_mangle)]
+    static LICENSE: [u8; 4] = *b"GPL\0";
+}

@@ -1,0 +1,134 @@
+//! Start-up order, run, and clean shutdown.
+//!
+//! 1. config is validated (in `main`) before anything else;
+//! 2. the eBPF program is loaded before any port is bound, so `--steering ebpf` on a
+//!    host without the capability fails without having claimed the port;
+//! 3. the UDP group and the HTTP listener are bound, the program attached;
+//! 4. logic threads start; SIGINT/SIGTERM stop everything and release the group.
+use std::{net::SocketAddr, sync::Arc};
+
+use tracing::{info, warn};
+
+use crate::{
+    config::Config,
+    control::{self, ApiState},
+    logic::{self, Command, ThreadSetup},
+    net,
+    steering::{self, ActiveMode},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("eBPF steering: {0}")]
+    Ebpf(#[from] steering::ebpf::EbpfError),
+    #[error(transparent)]
+    Net(#[from] net::NetError),
+    #[error("cannot bind HTTP API to {addr}: {source}")]
+    HttpBind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot start logic threads: {0}")]
+    Threads(std::io::Error),
+    #[error("runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+pub fn run(config: Config) -> Result<(), StartError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(StartError::Runtime)?;
+    runtime.block_on(run_async(config))
+}
+
+async fn run_async(config: Config) -> Result<(), StartError> {
+    let prepared = steering::prepare(&config)?;
+
+    let sockets = net::bind_group(config.udp_bind, config.threads)?;
+    let local_addr = sockets
+        .first()
+        .and_then(|s| s.local_addr().ok())
+        .unwrap_or(config.udp_bind);
+    let http = tokio::net::TcpListener::bind(config.http_bind)
+        .await
+        .map_err(|source| StartError::HttpBind {
+            addr: config.http_bind,
+            source,
+        })?;
+    let http_addr = http.local_addr().unwrap_or(config.http_bind);
+
+    let steering = Arc::new(steering::activate(prepared, &config, &sockets)?);
+    if steering.mode == ActiveMode::Connected {
+        if let Some(reason) = &steering.fallback_reason {
+            warn!(%reason, "running in CONNECTED fallback mode (requested: {})", config.steering.as_str());
+        }
+    }
+    // Keep duplicates of the group's fds so the program can be detached explicitly at
+    // shutdown, after the threads have closed theirs.
+    let detach_handle: Vec<std::net::UdpSocket> = sockets.first().and_then(|s| s.try_clone().ok()).into_iter().collect();
+
+    let mut setups = Vec::with_capacity(sockets.len());
+    for (index, socket) in sockets.into_iter().enumerate() {
+        setups.push(ThreadSetup {
+            index,
+            threads: config.threads,
+            mode: steering.mode,
+            socket,
+            local_addr,
+            flows: steering.flow_table()?,
+        });
+    }
+    let (handles, joins) = logic::spawn_all(setups).map_err(StartError::Threads)?;
+
+    let state = Arc::new(ApiState {
+        threads: handles.clone(),
+        steering: steering.clone(),
+        public_ip: config.public_ip,
+        udp_port: local_addr.port(),
+        udp_addr: local_addr.to_string(),
+    });
+    info!(
+        udp = %local_addr,
+        http = %http_addr,
+        threads = config.threads,
+        mode = steering.mode.as_str(),
+        public_ip = %config.public_ip,
+        "roomgate ready"
+    );
+    // A machine-readable line for scripts and tests that start roomgate on port 0.
+    println!(
+        "roomgate ready udp={local_addr} http={http_addr} mode={} threads={}",
+        steering.mode.as_str(),
+        config.threads
+    );
+
+    let server = axum::serve(http, control::router(state)).with_graceful_shutdown(shutdown_signal());
+    if let Err(e) = server.await {
+        warn!(error = %e, "HTTP server error");
+    }
+
+    info!("shutting down");
+    for h in &handles {
+        let _ = h.send(Command::Shutdown);
+    }
+    for j in joins {
+        let _ = j.join();
+    }
+    steering.detach(&detach_handle);
+    info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+        _ = term.recv() => info!("SIGTERM received"),
+    }
+}

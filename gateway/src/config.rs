@@ -1,0 +1,315 @@
+//! Command line and config file, validated completely before any port is bound.
+//!
+//! Precedence: command line > `--config` TOML file > built-in defaults. Every value is
+//! checked here so that `main` can exit 2 with one clear line on anything wrong, the
+//! way linkerd2-proxy refuses to start on a bad config instead of failing half-way.
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    str::FromStr,
+};
+
+use clap::{Parser, ValueEnum};
+use serde::Deserialize;
+
+/// How packets reach the logic thread that owns their room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SteeringMode {
+    /// Try eBPF; if loading or attaching fails, log why and run connected.
+    Auto,
+    /// eBPF `sk_reuseport` steering; refuse to start without it.
+    Ebpf,
+    /// Connected-UDP fallback: one connected socket per client on its owning thread.
+    Connected,
+}
+
+impl SteeringMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SteeringMode::Auto => "auto",
+            SteeringMode::Ebpf => "ebpf",
+            SteeringMode::Connected => "connected",
+        }
+    }
+}
+
+/// roomgate: a WebRTC media gateway that shares one UDP port across all cores and
+/// lets the kernel steer every packet to the thread that owns its room.
+#[derive(Debug, Parser)]
+#[command(name = "roomgate", version, about, long_about = None)]
+pub struct Cli {
+    /// TOML file with any of the options below (snake_case keys, e.g. `udp_bind`).
+    /// Command-line flags override it.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// UDP address all media uses (one port for every thread). Port 0 picks a free port.
+    /// [default: 0.0.0.0:7000]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub udp_bind: Option<String>,
+
+    /// Address of the HTTP API (REST, health). [default: 127.0.0.1:8080]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub http_bind: Option<String>,
+
+    /// Number of logic threads, 1..=256. [default: available cores]
+    #[arg(long, value_name = "N")]
+    pub threads: Option<String>,
+
+    /// Packet steering: auto, ebpf or connected. [default: auto]
+    #[arg(long, value_name = "MODE")]
+    pub steering: Option<String>,
+
+    /// IP address advertised in ICE candidates. [default: the --udp-bind address if it is
+    /// not a wildcard, else the first non-loopback IPv4 address of the host]
+    #[arg(long, value_name = "IP")]
+    pub public_ip: Option<String>,
+
+    /// Log filter: error, warn, info, debug, trace, or tracing directives such as
+    /// `info,gateway::logic=trace` (trace shows every steering decision). [default: info]
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+
+    /// Load the eBPF object from this file instead of the one embedded at build time.
+    #[arg(long, value_name = "PATH")]
+    pub ebpf_object: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    udp_bind: Option<String>,
+    http_bind: Option<String>,
+    threads: Option<toml::Value>,
+    steering: Option<String>,
+    public_ip: Option<String>,
+    log_level: Option<String>,
+    ebpf_object: Option<PathBuf>,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub udp_bind: SocketAddr,
+    pub http_bind: SocketAddr,
+    pub threads: usize,
+    pub steering: SteeringMode,
+    pub public_ip: IpAddr,
+    pub log_level: String,
+    pub ebpf_object: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    ParseFile { path: PathBuf, message: String },
+    #[error("invalid {option} {value:?}: {reason}")]
+    Invalid {
+        option: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+pub const DEFAULT_UDP_BIND: &str = "0.0.0.0:7000";
+pub const DEFAULT_HTTP_BIND: &str = "127.0.0.1:8080";
+pub const MAX_THREADS: usize = roomgate_common::MAX_THREADS as usize;
+
+impl Config {
+    pub fn from_cli(cli: Cli) -> Result<Self, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let udp_bind = parse_socket_addr(
+            "--udp-bind",
+            cli.udp_bind.or(file.udp_bind).as_deref().unwrap_or(DEFAULT_UDP_BIND),
+        )?;
+        let http_bind = parse_socket_addr(
+            "--http-bind",
+            cli.http_bind.or(file.http_bind).as_deref().unwrap_or(DEFAULT_HTTP_BIND),
+        )?;
+        let threads = match cli.threads.or(file.threads.map(toml_scalar)) {
+            Some(raw) => parse_threads(&raw)?,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_THREADS),
+        };
+        let steering = match cli.steering.or(file.steering) {
+            Some(raw) => SteeringMode::from_str(&raw, true).map_err(|_| ConfigError::Invalid {
+                option: "--steering",
+                value: raw,
+                reason: "expected auto, ebpf or connected".into(),
+            })?,
+            None => SteeringMode::Auto,
+        };
+        let public_ip = match cli.public_ip.or(file.public_ip) {
+            Some(raw) => {
+                let ip = IpAddr::from_str(raw.trim()).map_err(|e| ConfigError::Invalid {
+                    option: "--public-ip",
+                    value: raw.clone(),
+                    reason: e.to_string(),
+                })?;
+                if ip.is_unspecified() || ip.is_multicast() {
+                    return Err(ConfigError::Invalid {
+                        option: "--public-ip",
+                        value: raw,
+                        reason: "must be a unicast address clients can reach".into(),
+                    });
+                }
+                ip
+            }
+            None => default_public_ip(udp_bind.ip()),
+        };
+        let log_level = cli.log_level.or(file.log_level).unwrap_or_else(|| "info".into());
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_level) {
+            return Err(ConfigError::Invalid {
+                option: "--log-level",
+                value: log_level,
+                reason: e.to_string(),
+            });
+        }
+        let ebpf_object = cli.ebpf_object.or(file.ebpf_object);
+        if let Some(path) = &ebpf_object {
+            if !path.is_file() {
+                return Err(ConfigError::Invalid {
+                    option: "--ebpf-object",
+                    value: path.display().to_string(),
+                    reason: "no such file".into(),
+                });
+            }
+        }
+        if steering == SteeringMode::Connected && ebpf_object.is_some() {
+            return Err(ConfigError::Invalid {
+                option: "--ebpf-object",
+                value: ebpf_object.map(|p| p.display().to_string()).unwrap_or_default(),
+                reason: "has no effect with --steering connected".into(),
+            });
+        }
+        Ok(Config {
+            udp_bind,
+            http_bind,
+            threads,
+            steering,
+            public_ip,
+            log_level,
+            ebpf_object,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::ParseFile {
+        path: path.to_owned(),
+        // toml's Display spans several lines; one line keeps the exit message single.
+        message: e.message().to_owned(),
+    })
+}
+
+fn toml_scalar(v: toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s,
+        other => other.to_string(),
+    }
+}
+
+fn parse_socket_addr(option: &'static str, raw: &str) -> Result<SocketAddr, ConfigError> {
+    SocketAddr::from_str(raw.trim()).map_err(|e| ConfigError::Invalid {
+        option,
+        value: raw.to_owned(),
+        reason: format!("{e} (expected ADDR:PORT, e.g. 0.0.0.0:7000 or [::]:7000)"),
+    })
+}
+
+fn parse_threads(raw: &str) -> Result<usize, ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid {
+        option: "--threads",
+        value: raw.to_owned(),
+        reason,
+    };
+    let n: usize = raw.trim().parse().map_err(|e| invalid(format!("{e}")))?;
+    if n == 0 || n > MAX_THREADS {
+        return Err(invalid(format!("must be between 1 and {MAX_THREADS}")));
+    }
+    Ok(n)
+}
+
+/// The address clients are told to send to. A concrete bind address is the only one
+/// that works; for a wildcard bind pick the first non-loopback IPv4 address.
+fn default_public_ip(bind: IpAddr) -> IpAddr {
+    if !bind.is_unspecified() {
+        return bind;
+    }
+    if_addrs::get_if_addrs()
+        .ok()
+        .and_then(|ifs| {
+            ifs.into_iter()
+                .map(|i| i.ip())
+                .find(|ip| ip.is_ipv4() && !ip.is_loopback())
+        })
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("roomgate").chain(args.iter().copied())).expect("clap parses")
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::from_cli(cli(&[])).expect("defaults are valid");
+        assert_eq!(c.udp_bind, "0.0.0.0:7000".parse().unwrap());
+        assert_eq!(c.http_bind, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.steering, SteeringMode::Auto);
+        assert!(c.threads >= 1);
+    }
+
+    #[test]
+    fn bad_values_name_the_option() {
+        for (args, option) in [
+            (&["--threads", "0"][..], "--threads"),
+            (&["--threads", "999"][..], "--threads"),
+            (&["--threads", "two"][..], "--threads"),
+            (&["--udp-bind", "7000"][..], "--udp-bind"),
+            (&["--http-bind", "localhost:x"][..], "--http-bind"),
+            (&["--steering", "magic"][..], "--steering"),
+            (&["--public-ip", "0.0.0.0"][..], "--public-ip"),
+            (&["--public-ip", "nope"][..], "--public-ip"),
+            (&["--log-level", "info,[="][..], "--log-level"),
+            (&["--ebpf-object", "/nonexistent/obj"][..], "--ebpf-object"),
+        ] {
+            let err = Config::from_cli(cli(args)).expect_err("must be rejected");
+            let msg = err.to_string();
+            assert!(msg.contains(option), "{args:?} -> {msg}");
+            assert!(!msg.contains('\n'), "one line: {msg}");
+        }
+    }
+
+    #[test]
+    fn file_then_cli_precedence() {
+        let dir = std::env::temp_dir().join(format!("roomgate-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "threads = 3\nsteering = \"connected\"\nudp_bind = \"127.0.0.1:7100\"\n").unwrap();
+        let p = path.to_str().unwrap();
+        let c = Config::from_cli(cli(&["--config", p, "--threads", "2"])).unwrap();
+        assert_eq!(c.threads, 2);
+        assert_eq!(c.steering, SteeringMode::Connected);
+        assert_eq!(c.public_ip, "127.0.0.1".parse::<IpAddr>().unwrap());
+
+        std::fs::write(&path, "thread = 3\n").unwrap();
+        let err = Config::from_cli(cli(&["--config", p])).expect_err("unknown key");
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+}

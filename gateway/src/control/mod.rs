@@ -1,0 +1,196 @@
+//! The control plane: HTTP/JSON API for backends, talking to logic threads by message.
+//!
+//! It never touches a logic thread's data: commands go through the thread's bounded
+//! queue and answers come back on a oneshot; status reads the threads' counters.
+use std::{net::IpAddr, sync::Arc, time::Duration};
+
+use axum::{
+    extract::{Path, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{delete, get, post},
+    Json, Router,
+};
+use serde_json::{json, Value};
+
+use crate::{
+    logic::{Command, ThreadHandle},
+    room::RoomId,
+    steering::Steering,
+};
+
+/// How long an API call waits for a logic thread before answering 503.
+const THREAD_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct ApiState {
+    pub threads: Vec<ThreadHandle>,
+    pub steering: Arc<Steering>,
+    pub public_ip: IpAddr,
+    pub udp_port: u16,
+    pub udp_addr: String,
+}
+
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/api/status", get(status))
+        .route("/api/rooms/{room}", get(get_room))
+        .route("/api/rooms/{room}/participants", post(create_participant))
+        .route("/api/rooms/{room}/participants/{participant}", delete(delete_participant))
+        .with_state(state)
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+fn parse_room(raw: &str) -> Result<RoomId, ApiError> {
+    RoomId::parse(raw).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid room id {raw:?}: {e}")))
+}
+
+/// Send a command to the room's owner and wait for its answer.
+async fn ask<T>(
+    state: &ApiState,
+    room: &RoomId,
+    make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> Command,
+) -> Result<(usize, T), ApiError> {
+    let thread = room.owner(state.threads.len());
+    let handle = state
+        .threads
+        .get(thread)
+        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no such thread"))?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    handle
+        .send(make(tx))
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("thread {thread}: {e}")))?;
+    match tokio::time::timeout(THREAD_REPLY_TIMEOUT, rx).await {
+        Ok(Ok(v)) => Ok((thread, v)),
+        Ok(Err(_)) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("thread {thread} stopped"))),
+        Err(_) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("thread {thread} did not answer in time"),
+        )),
+    }
+}
+
+async fn create_participant(State(state): State<Arc<ApiState>>, Path(room): Path<String>) -> Result<Response, ApiError> {
+    let room = parse_room(&room)?;
+    let (thread, created) = ask(&state, &room, |reply| Command::CreateParticipant {
+        room: room.clone(),
+        reply,
+    })
+    .await?;
+    let created = created.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    let body = json!({
+        "room": room.as_str(),
+        "participant": created.participant,
+        "thread": thread,
+        "ice": { "ufrag": created.ufrag, "pwd": created.pwd, "lite": true },
+        "candidates": [{ "ip": state.public_ip.to_string(), "port": state.udp_port, "protocol": "udp" }],
+    });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+async fn get_room(State(state): State<Arc<ApiState>>, Path(room): Path<String>) -> Result<Json<Value>, ApiError> {
+    let room = parse_room(&room)?;
+    let (_, view) = ask(&state, &room, |reply| Command::GetRoom {
+        room: room.clone(),
+        reply,
+    })
+    .await?;
+    let view = view.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("room {room} has no participants")))?;
+    serde_json::to_value(view)
+        .map(Json)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+async fn delete_participant(
+    State(state): State<Arc<ApiState>>,
+    Path((room, participant)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let room = parse_room(&room)?;
+    let (_, found) = ask(&state, &room, |reply| Command::DeleteParticipant {
+        room: room.clone(),
+        participant: participant.clone(),
+        reply,
+    })
+    .await?;
+    if found {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no participant {participant:?} in room {room}"),
+        ))
+    }
+}
+
+async fn status(State(state): State<Arc<ApiState>>) -> Json<Value> {
+    let threads: Vec<Value> = state
+        .threads
+        .iter()
+        .enumerate()
+        .map(|(index, h)| {
+            let s = &h.stats;
+            let stun: serde_json::Map<String, Value> = crate::ice::StunOutcome::ALL
+                .iter()
+                .map(|o| (o.name().to_owned(), json!(s.stun(*o).get())))
+                .collect();
+            json!({
+                "index": index,
+                "rooms": s.rooms.get(),
+                "sessions": s.sessions.get(),
+                "rx_datagrams": s.rx_datagrams.get(),
+                "rx_bytes": s.rx_bytes.get(),
+                "tx_datagrams": s.tx_datagrams.get(),
+                "tx_bytes": s.tx_bytes.get(),
+                "handoffs": s.handoffs.get(),
+                "handoffs_received": s.handoffs_received.get(),
+                "handoff_failures": s.handoff_failures.get(),
+                "misdelivered": s.misdelivered.get(),
+                "no_session": s.no_session.get(),
+                "empty": s.empty.get(),
+                "unknown_type": s.unknown_type.get(),
+                "session_datagrams": s.session_datagrams.get(),
+                "pins": s.pins.get(),
+                "pin_failures": s.pin_failures.get(),
+                "unpins": s.unpins.get(),
+                "consent_expired": s.consent_expired.get(),
+                "connected_sockets": s.connected_sockets.get(),
+                "send_errors": s.send_errors.get(),
+                "stun": stun,
+            })
+        })
+        .collect();
+    let ebpf = state.steering.ebpf_counters().map(|counters| {
+        let mut m: serde_json::Map<String, Value> =
+            counters.into_iter().map(|(k, v)| (k.to_owned(), json!(v))).collect();
+        m.insert("flows_capacity".into(), json!(state.steering.flows_capacity()));
+        Value::Object(m)
+    });
+    Json(json!({
+        "mode": state.steering.mode.as_str(),
+        "fallback_reason": state.steering.fallback_reason,
+        "udp_addr": state.udp_addr,
+        "public_ip": state.public_ip.to_string(),
+        "threads": threads,
+        "ebpf": ebpf,
+    }))
+}

@@ -1,0 +1,16 @@
+//! roomgate: a WebRTC media gateway that shares one UDP port across all cores and has
+//! the kernel steer every packet to the logic thread that owns its room.
+//!
+//! - [`ice`]: sans-IO ICE-lite / STUN core (bytes and `now` in, bytes out).
+//! - [`logic`]: the per-core event loops that own sockets, rooms and sessions.
+//! - [`steering`]: the eBPF `sk_reuseport` program's userspace side, or the connected fallback.
+//! - [`control`]: the HTTP API, talking to logic threads by message.
+pub mod app;
+pub mod config;
+pub mod control;
+pub mod ice;
+pub mod logic;
+pub mod net;
+pub mod room;
+pub mod stats;
+pub mod steering;

@@ -1,0 +1,93 @@
+//! Per-thread counters shared with the control plane.
+//!
+//! Each logic thread owns one [`ThreadStats`] and is its only writer; the control
+//! plane only reads. Relaxed atomics on a cache line of their own keep the media path
+//! free of locks and of false sharing, and let `/api/status` read without stalling a
+//! thread.
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::ice::StunOutcome;
+
+#[derive(Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    #[inline]
+    pub fn add(&self, n: u64) {
+        // Single writer: a load+store is cheaper than a locked RMW and still exact.
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+    #[inline]
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Relaxed);
+    }
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// Handoff counters are written by other threads too (the sender), so they use a real RMW.
+#[derive(Default)]
+pub struct SharedCounter(AtomicU64);
+
+impl SharedCounter {
+    #[inline]
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Relaxed);
+    }
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+#[repr(align(64))]
+#[derive(Default)]
+pub struct ThreadStats {
+    pub rx_datagrams: Counter,
+    pub rx_bytes: Counter,
+    pub tx_datagrams: Counter,
+    pub tx_bytes: Counter,
+    /// Datagrams this thread passed to the owning thread (connected mode only).
+    pub handoffs: Counter,
+    /// Handoffs dropped because the owner's queue was full (never blocks the media path).
+    pub handoff_failures: Counter,
+    /// Datagrams this thread received from another thread.
+    pub handoffs_received: SharedCounter,
+    /// Datagrams that reached this thread although another thread provably owns them:
+    /// a Binding Request for another thread's room in eBPF mode, or a datagram from a
+    /// foreign source on a connected socket. Zero when steering works.
+    pub misdelivered: Counter,
+    /// Non-STUN datagrams from an address with no session on this thread. Dropped.
+    pub no_session: Counter,
+    /// Zero-length datagrams. Dropped.
+    pub empty: Counter,
+    /// First byte outside the RFC 7983 ranges. Dropped.
+    pub unknown_type: Counter,
+    /// Datagrams (DTLS, SRTP, STUN indications) delivered to a session.
+    pub session_datagrams: Counter,
+    /// Flow pins written (eBPF map inserts or connected sockets opened) and failures.
+    pub pins: Counter,
+    pub pin_failures: Counter,
+    pub unpins: Counter,
+    /// Sessions whose consent expired (30 s without a valid check).
+    pub consent_expired: Counter,
+    /// Send errors other than "would block".
+    pub send_errors: Counter,
+    pub rooms: Counter,
+    pub sessions: Counter,
+    pub connected_sockets: Counter,
+    stun: [Counter; StunOutcome::ALL.len()],
+}
+
+impl ThreadStats {
+    #[inline]
+    pub fn stun(&self, outcome: StunOutcome) -> &Counter {
+        &self.stun[outcome as usize]
+    }
+}

@@ -1,0 +1,200 @@
+//! The eBPF steering program: load, fill the maps, attach to the group, read counters.
+use std::{net::UdpSocket, path::Path};
+
+use aya::{
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, ReusePortSockArray},
+    programs::{ProgramError, SkReuseport},
+    Ebpf, EbpfLoader,
+};
+use roomgate_common::{Counter, FlowKey, CONFIG_THREADS, MAP_CONFIG, MAP_COUNTERS, MAP_FLOWS, MAP_SOCKETS, PROGRAM_NAME};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfError {
+    #[error("this roomgate was built without the eBPF object (run `cargo xtask build`); only --steering connected is available")]
+    NotEmbedded,
+    #[error("cannot read eBPF object {path}: {source}")]
+    ReadObject { path: String, source: std::io::Error },
+    #[error("cannot parse or create maps for the eBPF object: {0}")]
+    Object(#[source] aya::EbpfError),
+    #[error("eBPF object has no sk_reuseport program named {PROGRAM_NAME}")]
+    MissingProgram,
+    #[error("eBPF object has no map named {0}")]
+    MissingMap(&'static str),
+    #[error("the kernel refused the steering program: {io_error}\nverifier log:\n{verifier_log}")]
+    Verifier { io_error: std::io::Error, verifier_log: String },
+    #[error("{phase}: {source}")]
+    Program {
+        phase: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("{phase}: {source}")]
+    Map {
+        phase: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// The steering program loaded into the kernel with its maps.
+pub struct Loaded {
+    ebpf: Ebpf,
+    flows_id: u32,
+    flows_capacity: u32,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+#[cfg(roomgate_ebpf_embedded)]
+static EMBEDDED: &[u8] = aya::include_bytes_aligned!(env!("ROOMGATE_EBPF_OBJECT_PATH"));
+#[cfg(not(roomgate_ebpf_embedded))]
+static EMBEDDED: &[u8] = &[];
+
+pub fn embedded() -> bool {
+    !EMBEDDED.is_empty()
+}
+
+impl Loaded {
+    /// Load the program and create its maps. Done before any port is bound so that a
+    /// kernel or capability problem shows up before the gateway claims the port.
+    pub fn load(object: Option<&Path>, threads: u32) -> Result<Self, EbpfError> {
+        let file;
+        let bytes: &[u8] = match object {
+            Some(path) => {
+                file = std::fs::read(path).map_err(|source| EbpfError::ReadObject {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                &file
+            }
+            None if embedded() => EMBEDDED,
+            None => return Err(EbpfError::NotEmbedded),
+        };
+        let mut ebpf = EbpfLoader::new().load(bytes).map_err(EbpfError::Object)?;
+        let program: &mut SkReuseport = ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or(EbpfError::MissingProgram)?
+            .try_into()
+            .map_err(|source| EbpfError::Program { phase: "program type", source })?;
+        program.load().map_err(|e| match e {
+            ProgramError::LoadError { io_error, verifier_log } => EbpfError::Verifier {
+                io_error,
+                verifier_log: format!("{verifier_log:?}"),
+            },
+            source => EbpfError::Program { phase: "load program", source },
+        })?;
+
+        let mut config: Array<&mut MapData, u32> = ebpf
+            .map_mut(MAP_CONFIG)
+            .ok_or(EbpfError::MissingMap(MAP_CONFIG))?
+            .try_into()
+            .map_err(|source| EbpfError::Map { phase: "config map", source })?;
+        config
+            .set(CONFIG_THREADS, threads, 0)
+            .map_err(|source| EbpfError::Map { phase: "set thread count", source })?;
+
+        let flows = ebpf.map(MAP_FLOWS).ok_or(EbpfError::MissingMap(MAP_FLOWS))?;
+        let info = map_data(flows)
+            .ok_or(EbpfError::MissingMap(MAP_FLOWS))?
+            .info()
+            .map_err(|source| EbpfError::Map { phase: "flow map info", source })?;
+        let counters_map = ebpf.take_map(MAP_COUNTERS).ok_or(EbpfError::MissingMap(MAP_COUNTERS))?;
+        let counters = PerCpuArray::try_from(counters_map)
+            .map_err(|source| EbpfError::Map { phase: "counter map", source })?;
+        Ok(Loaded {
+            ebpf,
+            flows_id: info.id(),
+            flows_capacity: info.max_entries(),
+            counters,
+        })
+    }
+
+    /// Put thread k's socket at index k of the socket array, then attach the program to
+    /// the group (once: SO_ATTACH_REUSEPORT_EBPF applies to the whole group).
+    pub fn attach(&mut self, sockets: &[UdpSocket]) -> Result<(), EbpfError> {
+        let mut array: ReusePortSockArray<&mut MapData> = self
+            .ebpf
+            .map_mut(MAP_SOCKETS)
+            .ok_or(EbpfError::MissingMap(MAP_SOCKETS))?
+            .try_into()
+            .map_err(|source| EbpfError::Map { phase: "socket array", source })?;
+        for (index, socket) in sockets.iter().enumerate() {
+            array
+                .set(index as u32, socket, 0)
+                .map_err(|source| EbpfError::Map { phase: "insert socket", source })?;
+        }
+        let program: &SkReuseport = self
+            .ebpf
+            .program(PROGRAM_NAME)
+            .ok_or(EbpfError::MissingProgram)?
+            .try_into()
+            .map_err(|source| EbpfError::Program { phase: "program type", source })?;
+        let first = sockets.first().ok_or(EbpfError::Program {
+            phase: "attach",
+            source: ProgramError::NotLoaded,
+        })?;
+        program
+            .attach(first)
+            .map_err(|source| EbpfError::Program { phase: "attach to SO_REUSEPORT group", source })
+    }
+
+    /// Detach from the group; the sockets keep working with the kernel's default hash
+    /// until they are closed.
+    pub fn detach(socket: &UdpSocket) -> Result<(), EbpfError> {
+        SkReuseport::detach(socket).map_err(|source| EbpfError::Program { phase: "detach", source })
+    }
+
+    /// A handle on the flow map for one logic thread (its own fd, no sharing).
+    pub fn flow_table(&self) -> Result<FlowTable, EbpfError> {
+        FlowTable::open(self.flows_id)
+    }
+
+    pub fn flows_capacity(&self) -> u32 {
+        self.flows_capacity
+    }
+
+    /// Per-branch counters summed over CPUs, indexed by [`Counter`].
+    pub fn counters(&self) -> Result<[u64; Counter::COUNT as usize], EbpfError> {
+        let mut out = [0u64; Counter::COUNT as usize];
+        for c in Counter::ALL {
+            let values = self
+                .counters
+                .get(&(c as u32), 0)
+                .map_err(|source| EbpfError::Map { phase: "read counters", source })?;
+            out[c as usize] = values.iter().sum();
+        }
+        Ok(out)
+    }
+}
+
+fn map_data(map: &Map) -> Option<&MapData> {
+    match map {
+        Map::HashMap(d) => Some(d),
+        _ => None,
+    }
+}
+
+/// One thread's handle on the flow map. Userspace is the only writer: a flow is pinned
+/// after MESSAGE-INTEGRITY verified and removed when its session ends.
+pub struct FlowTable {
+    map: HashMap<MapData, FlowKey, u32>,
+}
+
+impl FlowTable {
+    fn open(id: u32) -> Result<Self, EbpfError> {
+        let data = MapData::from_id(id).map_err(|source| EbpfError::Map { phase: "open flow map", source })?;
+        let map = HashMap::try_from(Map::HashMap(data)).map_err(|source| EbpfError::Map { phase: "flow map type", source })?;
+        Ok(FlowTable { map })
+    }
+
+    pub fn pin(&mut self, key: FlowKey, thread: u32) -> Result<(), aya::maps::MapError> {
+        self.map.insert(key, thread, 0)
+    }
+
+    pub fn unpin(&mut self, key: &FlowKey) -> Result<(), aya::maps::MapError> {
+        self.map.remove(key)
+    }
+
+    pub fn lookup(&self, key: &FlowKey) -> Option<u32> {
+        self.map.get(key, 0).ok()
+    }
+}
