@@ -6,14 +6,18 @@
 //!
 //! - [`stun`]: [`parse`] a datagram into a [`StunView`], then [`answer`] a Binding Request
 //!   with the session's [`Credentials`] (RFC 8489 short-term credentials, RFC 8445 lite).
+//! - [`consent`]: per-session ICE state, the bounded set of validated client addresses and
+//!   consent expiry (RFC 7675).
 //! - [`credentials`]: server-side ICE credentials and their random generation.
 
+pub mod consent;
 pub mod credentials;
 pub mod stun;
 
 #[cfg(test)]
 mod test_crypto;
 
+pub use consent::{IceSession, IceState, CONSENT_TIMEOUT, MAX_ADDRESSES};
 pub use credentials::{random_ice_chars, Credentials, RandomError};
 pub use stun::{
     answer, bad_request, parse, Answer, StunError, StunOutcome, StunView, MAX_ATTRIBUTES,

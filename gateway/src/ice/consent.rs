@@ -1,0 +1,362 @@
+//! Per-session ICE-lite state and consent freshness (RFC 7675), on an explicit clock.
+//!
+//! An ICE-lite server sends no checks of its own: the client's Binding Requests are both
+//! its connectivity checks and its consent refreshes. So the state machine only reacts to
+//! "a check verified" and to time passing.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::ice::Credentials;
+
+/// Consent is lost after this long without a verified check (RFC 7675 §5.1).
+pub const CONSENT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Validated client addresses kept per session. A client checks one pair per local
+/// candidate (host v4/v6, srflx, relay): a handful. The bound stops an authenticated but
+/// misbehaving client from pinning unbounded flows.
+pub const MAX_ADDRESSES: usize = 8;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IceState {
+    /// No verified check yet.
+    New,
+    /// At least one verified check; consent is fresh.
+    Connected,
+    /// A verified check carried USE-CANDIDATE; consent is fresh.
+    Nominated,
+    /// Consent expired; all addresses were dropped (the caller unpins what it pinned).
+    /// A later verified check starts over from `Connected`/`Nominated`.
+    Expired,
+}
+
+impl IceState {
+    /// Stable lowercase name for APIs and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            IceState::New => "new",
+            IceState::Connected => "connected",
+            IceState::Nominated => "nominated",
+            IceState::Expired => "expired",
+        }
+    }
+}
+
+/// One session's ICE state. Protocol input is only ever a check that [`crate::ice::answer`]
+/// already authenticated; nothing here parses bytes.
+#[derive(Debug)]
+pub struct IceSession {
+    credentials: Credentials,
+    state: IceState,
+    created: Instant,
+    last_valid: Option<Instant>,
+    /// Validated addresses, least recently checked first, so eviction takes the front.
+    addresses: Vec<SocketAddr>,
+    nominated: Option<SocketAddr>,
+    /// Addresses dropped to make room, waiting for the caller to unpin them.
+    evicted: Vec<SocketAddr>,
+}
+
+impl IceSession {
+    pub fn new(credentials: Credentials, now: Instant) -> Self {
+        IceSession {
+            credentials,
+            state: IceState::New,
+            created: now,
+            last_valid: None,
+            addresses: Vec::new(),
+            nominated: None,
+            evicted: Vec::new(),
+        }
+    }
+
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    /// When the session was created. Sessions in `New` never expire here (the client may
+    /// still come); the caller can use this to reap ones that never connect.
+    pub fn created(&self) -> Instant {
+        self.created
+    }
+
+    pub fn state(&self) -> IceState {
+        self.state
+    }
+
+    /// Called after `answer` returned Success for a request from `from`. Returns
+    /// `Some(from)` when the address was not validated before: the caller pins it. If that
+    /// overflowed [`MAX_ADDRESSES`], the least recently checked non-nominated address was
+    /// evicted: drain [`Self::take_evicted`] after every call and unpin those.
+    pub fn on_valid_check(
+        &mut self,
+        from: SocketAddr,
+        use_candidate: bool,
+        now: Instant,
+    ) -> Option<SocketAddr> {
+        self.last_valid = Some(now);
+        if use_candidate {
+            // A later nomination replaces an earlier one (e.g. the client's network
+            // changed); the controlling agent decides, we follow.
+            self.nominated = Some(from);
+            self.state = IceState::Nominated;
+        } else if matches!(self.state, IceState::New | IceState::Expired) {
+            self.state = IceState::Connected;
+        }
+
+        if let Some(pos) = self.addresses.iter().position(|a| *a == from) {
+            let addr = self.addresses.remove(pos);
+            self.addresses.push(addr);
+            return None;
+        }
+        if self.addresses.len() >= MAX_ADDRESSES {
+            let nominated = self.nominated;
+            if let Some(pos) = self.addresses.iter().position(|a| Some(*a) != nominated) {
+                self.evicted.push(self.addresses.remove(pos));
+            }
+        }
+        self.addresses.push(from);
+        Some(from)
+    }
+
+    /// Undo the validation of `addr`, for when the caller could not pin it (pin conflict
+    /// or failure): the next verified check from it is reported as new again, so pinning is
+    /// retried. If it was nominated the nomination goes too; if no address is left the
+    /// session is back to `New` (nothing validated, so nothing to keep fresh).
+    pub fn forget(&mut self, addr: SocketAddr) {
+        self.addresses.retain(|a| *a != addr);
+        if self.nominated == Some(addr) {
+            self.nominated = None;
+            if self.state == IceState::Nominated {
+                self.state = IceState::Connected;
+            }
+        }
+        if self.addresses.is_empty() && self.state != IceState::New {
+            self.state = IceState::New;
+            self.last_valid = None;
+        }
+    }
+
+    /// Addresses evicted since the last call; the caller unpins each.
+    pub fn take_evicted(&mut self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.evicted.drain(..)
+    }
+
+    /// All validated client addresses (at most [`MAX_ADDRESSES`]), least recently checked
+    /// first.
+    pub fn addresses(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.addresses.iter().copied()
+    }
+
+    /// Where to send media: the nominated address, else the most recently checked one.
+    pub fn selected(&self) -> Option<SocketAddr> {
+        self.nominated.or_else(|| self.addresses.last().copied())
+    }
+
+    /// When consent runs out unless another verified check arrives; `None` when not
+    /// connected (`New` does not expire, `Expired` already did).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            IceState::Connected | IceState::Nominated => {
+                self.last_valid.map(|t| t + CONSENT_TIMEOUT)
+            }
+            IceState::New | IceState::Expired => None,
+        }
+    }
+
+    /// Returns true exactly once per loss of consent (no verified check for
+    /// [`CONSENT_TIMEOUT`]); the state becomes `Expired` and all addresses are forgotten,
+    /// so the caller unpins everything it pinned for this session.
+    pub fn handle_timeout(&mut self, now: Instant) -> bool {
+        match self.poll_timeout() {
+            Some(deadline) if now >= deadline => {
+                self.state = IceState::Expired;
+                self.addresses.clear();
+                self.nominated = None;
+                // Pending evictions are covered by "unpin everything".
+                self.evicted.clear();
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(t0: Instant) -> IceSession {
+        IceSession::new(
+            Credentials {
+                ufrag: "roomAsrv1".into(),
+                pwd: "abcdefghijklmnopqrstuvwx".into(),
+            },
+            t0,
+        )
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([192, 0, 2, 1], port))
+    }
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn new_session_does_not_expire() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        assert_eq!(s.state(), IceState::New);
+        assert_eq!(s.poll_timeout(), None);
+        assert!(!s.handle_timeout(t0 + secs(3600)));
+        assert_eq!(s.state(), IceState::New);
+        assert_eq!(s.selected(), None);
+    }
+
+    #[test]
+    fn connected_after_valid_check_and_expires_at_30s() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        let t1 = t0 + secs(5);
+        assert_eq!(s.on_valid_check(addr(1), false, t1), Some(addr(1)));
+        assert_eq!(s.state(), IceState::Connected);
+        assert_eq!(s.selected(), Some(addr(1)));
+        assert_eq!(s.poll_timeout(), Some(t1 + CONSENT_TIMEOUT));
+        assert!(!s.handle_timeout(t1 + CONSENT_TIMEOUT - Duration::from_millis(1)));
+        assert_eq!(s.state(), IceState::Connected);
+        assert!(s.handle_timeout(t1 + CONSENT_TIMEOUT));
+        assert_eq!(s.state(), IceState::Expired);
+        assert!(!s.handle_timeout(t1 + secs(31)), "reported exactly once");
+        assert!(!s.handle_timeout(t1 + secs(300)));
+        assert_eq!(s.poll_timeout(), None);
+        assert_eq!(s.addresses().count(), 0);
+        assert_eq!(s.selected(), None);
+    }
+
+    #[test]
+    fn check_at_20s_refreshes_consent() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        s.on_valid_check(addr(1), false, t0);
+        assert_eq!(
+            s.on_valid_check(addr(1), false, t0 + secs(20)),
+            None,
+            "known address is not reported again"
+        );
+        assert!(!s.handle_timeout(t0 + secs(30)));
+        assert!(!s.handle_timeout(t0 + secs(49)));
+        assert!(s.handle_timeout(t0 + secs(50)));
+    }
+
+    #[test]
+    fn use_candidate_nominates_and_wins_selection() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        s.on_valid_check(addr(1), false, t0);
+        assert_eq!(s.on_valid_check(addr(2), true, t0 + secs(1)), Some(addr(2)));
+        assert_eq!(s.state(), IceState::Nominated);
+        // A later plain check elsewhere neither un-nominates nor changes selection.
+        s.on_valid_check(addr(3), false, t0 + secs(2));
+        assert_eq!(s.state(), IceState::Nominated);
+        assert_eq!(s.selected(), Some(addr(2)));
+        assert_eq!(
+            s.addresses().collect::<Vec<_>>(),
+            [addr(1), addr(2), addr(3)]
+        );
+    }
+
+    #[test]
+    fn selected_is_most_recent_without_nomination() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        s.on_valid_check(addr(1), false, t0);
+        s.on_valid_check(addr(2), false, t0 + secs(1));
+        assert_eq!(s.selected(), Some(addr(2)));
+        s.on_valid_check(addr(1), false, t0 + secs(2));
+        assert_eq!(s.selected(), Some(addr(1)));
+    }
+
+    #[test]
+    fn new_address_reported_once() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        assert_eq!(s.on_valid_check(addr(1), false, t0), Some(addr(1)));
+        for i in 1..5 {
+            assert_eq!(s.on_valid_check(addr(1), i % 2 == 0, t0 + secs(i)), None);
+        }
+        assert_eq!(s.addresses().count(), 1);
+    }
+
+    #[test]
+    fn address_set_is_bounded_and_keeps_the_nominated_one() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        s.on_valid_check(addr(100), true, t0);
+        for p in 1..MAX_ADDRESSES as u16 {
+            assert_eq!(s.on_valid_check(addr(p), false, t0), Some(addr(p)));
+        }
+        assert_eq!(s.take_evicted().count(), 0, "exactly full, nothing evicted");
+        // Overflow twice: the oldest non-nominated go, the nominated (oldest of all) stays.
+        assert_eq!(s.on_valid_check(addr(50), false, t0), Some(addr(50)));
+        assert_eq!(s.take_evicted().collect::<Vec<_>>(), [addr(1)]);
+        assert_eq!(s.on_valid_check(addr(51), false, t0), Some(addr(51)));
+        assert_eq!(s.take_evicted().collect::<Vec<_>>(), [addr(2)]);
+        assert_eq!(s.addresses().count(), MAX_ADDRESSES);
+        assert!(s.addresses().any(|a| a == addr(100)));
+        assert_eq!(s.selected(), Some(addr(100)));
+        assert_eq!(s.take_evicted().count(), 0, "drained");
+    }
+
+    #[test]
+    fn valid_check_after_expiry_starts_over() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        s.on_valid_check(addr(1), true, t0);
+        assert!(s.handle_timeout(t0 + secs(30)));
+        // The caller unpinned everything on expiry, so the same address is new again.
+        let t1 = t0 + secs(40);
+        assert_eq!(s.on_valid_check(addr(1), false, t1), Some(addr(1)));
+        assert_eq!(s.state(), IceState::Connected);
+        assert_eq!(s.poll_timeout(), Some(t1 + CONSENT_TIMEOUT));
+        assert!(s.handle_timeout(t1 + secs(30)), "and can expire again");
+    }
+
+    #[test]
+    fn forget_undoes_a_validation() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        s.on_valid_check(addr(1), false, t0);
+        s.on_valid_check(addr(2), true, t0 + secs(1));
+        s.forget(addr(2));
+        assert_eq!(
+            s.state(),
+            IceState::Connected,
+            "nomination went with the address"
+        );
+        assert_eq!(s.selected(), Some(addr(1)));
+        assert_eq!(
+            s.on_valid_check(addr(2), false, t0 + secs(2)),
+            Some(addr(2)),
+            "reported as new again, so the caller retries the pin"
+        );
+        s.forget(addr(1));
+        s.forget(addr(2));
+        s.forget(addr(3)); // unknown: no-op
+        assert_eq!(s.state(), IceState::New);
+        assert_eq!(s.addresses().count(), 0);
+        assert_eq!(s.poll_timeout(), None, "nothing validated, nothing expires");
+    }
+
+    #[test]
+    fn state_names() {
+        let names = [
+            IceState::New,
+            IceState::Connected,
+            IceState::Nominated,
+            IceState::Expired,
+        ]
+        .map(IceState::name);
+        assert_eq!(names, ["new", "connected", "nominated", "expired"]);
+    }
+}
