@@ -212,13 +212,14 @@ fn userspace_and_kernel_agree_on_room_hash_for_a_corpus() {
     let threads = 3;
     let gw = Gateway::start("ebpf", threads);
     assert_eq!(gw.mode, "ebpf", "{}", gw.stderr());
-    let client = Client::bind("127.0.0.1");
     let mut expected_success = vec![0u64; threads];
     let mut first_run = HashMap::new();
     for room in room_corpus() {
         let p = gw.create(&room);
         assert_eq!(p.thread, reference_owner(&room, threads), "API owner of {room:?}");
         first_run.insert(room.clone(), p.thread);
+        // A fresh client address per room: an address belongs to one session.
+        let client = Client::bind("127.0.0.1");
         // The kernel program must steer the request to that same thread: otherwise it
         // is counted as misdelivered there and never answered.
         assert_eq!(

@@ -40,6 +40,9 @@ pub fn run(config: Config) -> Result<(), StartError> {
 }
 
 async fn run_async(config: Config) -> Result<(), StartError> {
+    // Register for signals first: a SIGTERM that arrives right after "ready" must stop
+    // us cleanly, not kill us with the default action.
+    let shutdown = ShutdownSignals::register().map_err(StartError::Runtime)?;
     let prepared = steering::prepare(&config)?;
 
     let sockets = net::bind_group(config.udp_bind, config.threads)?;
@@ -100,7 +103,7 @@ async fn run_async(config: Config) -> Result<(), StartError> {
         config.threads
     );
 
-    let server = axum::serve(http, control::router(state)).with_graceful_shutdown(shutdown_signal());
+    let server = axum::serve(http, control::router(state)).with_graceful_shutdown(shutdown.wait());
     if let Err(e) = server.await {
         warn!(error = %e, "HTTP server error");
     }
@@ -117,18 +120,24 @@ async fn run_async(config: Config) -> Result<(), StartError> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(error = %e, "cannot listen for SIGTERM");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+struct ShutdownSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn register() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(ShutdownSignals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => info!("SIGINT received"),
+            _ = self.terminate.recv() => info!("SIGTERM received"),
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
-        _ = term.recv() => info!("SIGTERM received"),
     }
 }

@@ -24,8 +24,23 @@ fn main() -> ExitCode {
     match gateway::app::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("roomgate: {e}");
+            eprintln!("roomgate: {}", with_causes(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// "outer: cause: root cause" on one line, so the OS error (e.g. EPERM) is never hidden.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+        source = cause.source();
+    }
+    text
 }

@@ -74,6 +74,8 @@ pub struct ThreadStats {
     /// Flow pins written (eBPF map inserts or connected sockets opened) and failures.
     pub pins: Counter,
     pub pin_failures: Counter,
+    /// Valid checks refused because the address is pinned to another session.
+    pub pin_conflicts: Counter,
     pub unpins: Counter,
     /// Sessions whose consent expired (30 s without a valid check).
     pub consent_expired: Counter,

@@ -94,6 +94,11 @@ impl Gateway {
         Self::builder(steering, threads).start()
     }
 
+    /// Start with exactly these arguments (no test defaults).
+    pub fn spawn_raw(args: Vec<String>) -> Gateway {
+        Self::spawn(Vec::new(), args)
+    }
+
     fn spawn(wrapper: Vec<String>, args: Vec<String>) -> Gateway {
         let mut cmd = match wrapper.split_first() {
             Some((first, rest)) => {
@@ -160,6 +165,10 @@ impl Gateway {
             child: Some(child),
             stderr,
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     pub fn stderr(&self) -> String {

@@ -50,8 +50,9 @@ mod program {
     static CONFIG: Array<u32> = Array::with_max_entries(CONFIG_LEN, 0);
 
     const UDP_HEADER: u32 = 8;
-    const ETH_P_IP: u32 = 0x0800;
-    const ETH_P_IPV6: u32 = 0x86DD;
+    /// Ethertypes as `sk_reuseport_md.eth_protocol` holds them: network byte order.
+    const ETH_P_IP: u32 = (0x0800u16).to_be() as u32;
+    const ETH_P_IPV6: u32 = (0x86DDu16).to_be() as u32;
 
     #[inline(always)]
     fn bump(c: Counter) {
@@ -112,12 +113,23 @@ mod program {
         Malformed,
     }
 
+    /// Classify a datagram whose first byte is in the STUN range. Only a Binding Request
+    /// is walked; any other message type is owned by whoever owns the flow.
     #[inline(always)]
     fn stun_header(ctx: &SkReuseportContext, len: u32) -> StunKind {
+        let Some(t) = load::<2>(ctx, UDP_HEADER) else {
+            // Fewer than 2 payload bytes: the type itself is truncated.
+            return StunKind::Malformed;
+        };
+        if u16::from_be_bytes(t) != stun::BINDING_REQUEST {
+            return StunKind::Other;
+        }
+        if len < UDP_HEADER + stun::HEADER_LEN as u32 {
+            return StunKind::Malformed;
+        }
         let Some(h) = load::<8>(ctx, UDP_HEADER) else {
             return StunKind::Malformed;
         };
-        let msg_type = u16::from_be_bytes([h[0], h[1]]);
         let msg_len = u16::from_be_bytes([h[2], h[3]]) as u32;
         let cookie = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
         if cookie != stun::MAGIC_COOKIE || msg_len % 4 != 0 {
@@ -127,11 +139,7 @@ mod program {
         if end > len {
             return StunKind::Malformed;
         }
-        if msg_type == stun::BINDING_REQUEST {
-            StunKind::BindingRequest(end)
-        } else {
-            StunKind::Other
-        }
+        StunKind::BindingRequest(end)
     }
 
     #[inline(always)]
@@ -177,7 +185,7 @@ mod program {
     fn find_username(ctx: &SkReuseportContext, msg_end: u32) -> Option<(u32, u32)> {
         let mut off = UDP_HEADER + stun::HEADER_LEN as u32;
         let mut n = 0u32;
-        while n < stun::MAX_ATTRS_WALKED {
+        while n < 1 {
             if off + 4 > msg_end {
                 return None;
             }
@@ -202,7 +210,8 @@ mod program {
         let Some(port) = load::<2>(ctx, 0) else {
             return decide(Counter::FlowMiss, SK_DROP);
         };
-        let proto = u32::from_be(ctx.eth_protocol());
+        // eth_protocol holds the big-endian ethertype in its low 16 bits.
+        let proto = ctx.eth_protocol();
         let mut key = FlowKey {
             family: 0,
             port_be: port,

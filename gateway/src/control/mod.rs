@@ -171,6 +171,7 @@ async fn status(State(state): State<Arc<ApiState>>) -> Json<Value> {
                 "session_datagrams": s.session_datagrams.get(),
                 "pins": s.pins.get(),
                 "pin_failures": s.pin_failures.get(),
+                "pin_conflicts": s.pin_conflicts.get(),
                 "unpins": s.unpins.get(),
                 "consent_expired": s.consent_expired.get(),
                 "connected_sockets": s.connected_sockets.get(),

@@ -135,6 +135,12 @@ pub fn spawn_all(setups: Vec<ThreadSetup>) -> io::Result<(Vec<ThreadHandle>, Vec
     Ok((handles, joins))
 }
 
+enum PinError {
+    /// The address is pinned to another session (on this or another thread).
+    Conflict,
+    Failed(String),
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Via {
     Group,
@@ -365,6 +371,11 @@ impl LogicThread {
             self.send(via, reply, &response);
             return;
         };
+        if self.by_addr.get(&from).is_some_and(|holder| holder != server_ufrag) {
+            self.stats.pin_conflicts.inc();
+            trace!(thread = self.index, %from, decision = "drop_pinned_elsewhere");
+            return;
+        }
         match owner_of_server_ufrag(server_ufrag, self.threads) {
             None => {
                 self.stats.stun(StunOutcome::UnknownUfrag).inc();
@@ -393,12 +404,29 @@ impl LogicThread {
                     self.unpin_addr(&ufrag, addr);
                 }
                 if let Some(addr) = newly_valid {
-                    if let Err(e) = self.pin(&ufrag, addr, from_raw) {
-                        // Without a pin the client's DTLS would be dropped; better no answer
-                        // than a success that leads nowhere. The client retries.
-                        self.stats.pin_failures.inc();
-                        warn!(thread = self.index, %from, error = %e, "pinning the flow failed");
-                        return;
+                    match self.pin(&ufrag, addr, from_raw) {
+                        Ok(()) => {}
+                        Err(PinError::Conflict) => {
+                            // The address is pinned to another session. Valid credentials for
+                            // one session must never move another session's flow (a spoofed
+                            // source is enough to try), so refuse and stay silent.
+                            self.stats.pin_conflicts.inc();
+                            if let Some(s) = self.sessions.get_mut(&ufrag) {
+                                s.ice.forget(addr);
+                            }
+                            debug!(thread = self.index, %from, ufrag = %ufrag, "address pinned to another session; refused");
+                            return;
+                        }
+                        Err(PinError::Failed(e)) => {
+                            // Without a pin the client's DTLS would be dropped; better no answer
+                            // than a success that leads nowhere. The client retries.
+                            self.stats.pin_failures.inc();
+                            if let Some(s) = self.sessions.get_mut(&ufrag) {
+                                s.ice.forget(addr);
+                            }
+                            warn!(thread = self.index, %from, error = %e, "pinning the flow failed");
+                            return;
+                        }
                     }
                 }
                 if let Some(s) = self.sessions.get_mut(&ufrag) {
@@ -455,17 +483,23 @@ impl LogicThread {
         }
     }
 
-    fn pin(&mut self, ufrag: &str, addr: SocketAddr, raw: SocketAddr) -> Result<(), String> {
+    fn pin(&mut self, ufrag: &str, addr: SocketAddr, raw: SocketAddr) -> Result<(), PinError> {
+        if self.by_addr.get(&addr).is_some_and(|holder| holder != ufrag) {
+            return Err(PinError::Conflict);
+        }
         match self.mode {
             ActiveMode::Ebpf => {
-                let flows = self.flows.as_mut().ok_or("no flow map handle")?;
-                flows
-                    .pin(flow_key(addr), self.index as u32)
-                    .map_err(|e| format!("flow map insert: {e}"))?;
+                let flows = self.flows.as_mut().ok_or(PinError::Failed("no flow map handle".into()))?;
+                match flows.pin(flow_key(addr), self.index as u32) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_holder)) => return Err(PinError::Conflict),
+                    Err(e) => return Err(PinError::Failed(format!("flow map insert: {e}"))),
+                }
             }
             ActiveMode::Connected => {
                 if !self.conn_by_peer.contains_key(&addr) {
-                    self.open_conn(addr, raw).map_err(|e| format!("connected socket: {e}"))?;
+                    self.open_conn(addr, raw)
+                        .map_err(|e| PinError::Failed(format!("connected socket: {e}")))?;
                 }
             }
         }

@@ -186,8 +186,18 @@ impl FlowTable {
         Ok(FlowTable { map })
     }
 
-    pub fn pin(&mut self, key: FlowKey, thread: u32) -> Result<(), aya::maps::MapError> {
-        self.map.insert(key, thread, 0)
+    /// Pin `key` to `thread` unless another thread holds it. Returns the holder on conflict.
+    pub fn pin(&mut self, key: FlowKey, thread: u32) -> Result<Result<(), u32>, aya::maps::MapError> {
+        const BPF_NOEXIST: u64 = 1;
+        match self.map.insert(key, thread, BPF_NOEXIST) {
+            Ok(()) => Ok(Ok(())),
+            Err(e) => match self.map.get(&key, 0) {
+                // Our own stale entry (e.g. left by an unpin that failed): keep it.
+                Ok(holder) if holder == thread => Ok(Ok(())),
+                Ok(holder) => Ok(Err(holder)),
+                Err(_) => Err(e),
+            },
+        }
     }
 
     pub fn unpin(&mut self, key: &FlowKey) -> Result<(), aya::maps::MapError> {

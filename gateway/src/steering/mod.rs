@@ -59,7 +59,15 @@ pub fn prepare(config: &Config) -> Result<Prepared, ebpf::EbpfError> {
 }
 
 fn fall_back(e: &ebpf::EbpfError) -> String {
-    let reason = e.to_string();
+    let mut reason = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let c = cause.to_string();
+        if !reason.contains(&c) {
+            reason = format!("{reason}: {c}");
+        }
+        source = cause.source();
+    }
     tracing::warn!(reason = %reason, "eBPF steering unavailable; FALLING BACK to connected-UDP steering");
     reason
 }
