@@ -60,7 +60,11 @@ impl Result_ {
 fn cpu_ns(pid: u32, tids: &[u32]) -> u64 {
     tids.iter()
         .filter_map(|t| std::fs::read_to_string(format!("/proc/{pid}/task/{t}/schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
+        .filter_map(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+        })
         .sum()
 }
 
@@ -71,7 +75,8 @@ fn threads_named(pid: u32, prefix: &str) -> Vec<u32> {
     dir.filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
         .filter(|tid| {
-            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).is_ok_and(|c| c.starts_with(prefix))
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+                .is_ok_and(|c| c.starts_with(prefix))
         })
         .collect()
 }
@@ -106,22 +111,36 @@ fn client_sockets() -> Vec<UdpSocket> {
 
 /// Program cost from fdinfo of the gateway's sk_reuseport program (type 21).
 fn program_stats(pid: u32) -> Option<(u64, u64, Option<u64>)> {
-    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).ok()?.flatten() {
-        let Ok(text) = std::fs::read_to_string(e.path()) else { continue };
+    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .ok()?
+        .flatten()
+    {
+        let Ok(text) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
         let field = |k: &str| {
             text.lines()
                 .find_map(|l| l.strip_prefix(k))
                 .and_then(|v| v.trim().parse::<u64>().ok())
         };
         if field("prog_type:") == Some(21) {
-            return Some((field("run_time_ns:")?, field("run_cnt:")?, field("verified_insns:")));
+            return Some((
+                field("run_time_ns:")?,
+                field("run_cnt:")?,
+                field("verified_insns:"),
+            ));
         }
     }
     None
 }
 
-fn gateway_run(steering: &'static str, name: &'static str) -> (Result_, Option<(u64, u64, Option<u64>)>) {
-    let gw = Gateway::builder(steering, THREADS).args(["--log-level", "warn"]).start();
+fn gateway_run(
+    steering: &'static str,
+    name: &'static str,
+) -> (Result_, Option<(u64, u64, Option<u64>)>) {
+    let gw = Gateway::builder(steering, THREADS)
+        .args(["--log-level", "warn"])
+        .start();
     assert_eq!(gw.mode, steering, "{}", gw.stderr());
     let clients = client_sockets();
     let mut i = 0;
@@ -131,7 +150,9 @@ fn gateway_run(steering: &'static str, name: &'static str) -> (Result_, Option<(
             let c = Client {
                 socket: clients[i].try_clone().expect("clone"),
             };
-            c.socket.set_read_timeout(Some(Duration::from_millis(500))).ok();
+            c.socket
+                .set_read_timeout(Some(Duration::from_millis(500)))
+                .ok();
             assert!(matches!(c.ice_check(gw.udp, &p), StunReply::Success { .. }));
             i += 1;
         }
@@ -146,7 +167,8 @@ fn gateway_run(steering: &'static str, name: &'static str) -> (Result_, Option<(
     let wall = t0.elapsed();
     let cpu = cpu_ns(pid, &tids) - cpu0;
     let after = gw.status();
-    let received = sum_threads(&after, "session_datagrams") - sum_threads(&before, "session_datagrams");
+    let received =
+        sum_threads(&after, "session_datagrams") - sum_threads(&before, "session_datagrams");
     let misdelivered = sum_threads(&after, "misdelivered") + sum_threads(&after, "no_session");
     let prog = program_stats(pid);
     (
@@ -168,7 +190,9 @@ fn gw_pid(gw: &Gateway) -> u32 {
 
 /// Receive loop shared by the baselines: recvmmsg batches via quinn-udp, like roomgate.
 fn recv_loop(socket: &UdpSocket, stop: &AtomicBool, mut on: impl FnMut(&[u8], SocketAddr)) {
-    socket.set_read_timeout(Some(Duration::from_millis(50))).ok();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .ok();
     let state = UdpSocketState::new(UdpSockRef::from(socket)).expect("state");
     let mut buf = vec![0u8; 2048 * BATCH_SIZE];
     let mut meta = [RecvMeta::default(); BATCH_SIZE];
@@ -176,7 +200,9 @@ fn recv_loop(socket: &UdpSocket, stop: &AtomicBool, mut on: impl FnMut(&[u8], So
         let mut chunks = buf.chunks_mut(2048).map(IoSliceMut::new);
         let mut iovs: [IoSliceMut<'_>; BATCH_SIZE] =
             std::array::from_fn(|_| chunks.next().unwrap_or_else(|| IoSliceMut::new(&mut [])));
-        let Ok(n) = state.recv(UdpSockRef::from(socket), &mut iovs, &mut meta) else { continue };
+        let Ok(n) = state.recv(UdpSockRef::from(socket), &mut iovs, &mut meta) else {
+            continue;
+        };
         for (i, m) in meta.iter().enumerate().take(n) {
             on(&buf[i * 2048..i * 2048 + m.len.min(2048)], m.addr);
         }
@@ -261,7 +287,13 @@ fn plain_reuseport_baseline(clients: &[UdpSocket], owners: &HashMap<SocketAddr, 
     let (tid_tx, tid_rx) = mpsc::channel();
     let mut joins = Vec::new();
     for (index, socket) in sockets.into_iter().enumerate() {
-        let (stop, right, wrong, owners, tid_tx) = (stop.clone(), right.clone(), wrong.clone(), owners.clone(), tid_tx.clone());
+        let (stop, right, wrong, owners, tid_tx) = (
+            stop.clone(),
+            right.clone(),
+            wrong.clone(),
+            owners.clone(),
+            tid_tx.clone(),
+        );
         joins.push(std::thread::spawn(move || {
             let _ = tid_tx.send(gettid());
             let mut sessions: HashMap<SocketAddr, u64> = HashMap::new();
@@ -308,7 +340,12 @@ fn reuseport_socket(addr: SocketAddr) -> UdpSocket {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())))
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -355,7 +392,8 @@ fn main() {
             r.ns_per_datagram(),
             r.per_cpu_sec(),
             r.per_cpu_sec() / handoff.per_cpu_sec(),
-            r.wrong_thread.map_or("n/a".into(), |w| format!("{:.1}%", w * 100.0)),
+            r.wrong_thread
+                .map_or("n/a".into(), |w| format!("{:.1}%", w * 100.0)),
             r.note
         );
     }

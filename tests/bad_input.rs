@@ -32,15 +32,33 @@ fn malformed_binding_requests() -> Vec<(&'static str, Vec<u8>)> {
     truncated.truncate(30);
     let mut past_end = stun(0x0001, &[good_user.clone(), mi.clone()].concat());
     past_end[22] = 0x04; // USERNAME length 0x0400
-    let many: Vec<u8> = (0..20).flat_map(|_| attr(0x8022, b"soft")).chain(good_user.clone()).collect();
+    let many: Vec<u8> = (0..20)
+        .flat_map(|_| attr(0x8022, b"soft"))
+        .chain(good_user.clone())
+        .collect();
     vec![
         ("truncated", truncated),
         ("attribute length past the end", past_end),
-        ("more attributes than the bound", stun(0x0001, &[many, mi.clone()].concat())),
-        ("USERNAME without ':'", stun(0x0001, &[attr(0x0006, b"lobbyAbCd1234cli1"), mi.clone()].concat())),
-        ("oversize USERNAME", stun(0x0001, &[attr(0x0006, &[b'a'; 600]), mi.clone()].concat())),
+        (
+            "more attributes than the bound",
+            stun(0x0001, &[many, mi.clone()].concat()),
+        ),
+        (
+            "USERNAME without ':'",
+            stun(
+                0x0001,
+                &[attr(0x0006, b"lobbyAbCd1234cli1"), mi.clone()].concat(),
+            ),
+        ),
+        (
+            "oversize USERNAME",
+            stun(0x0001, &[attr(0x0006, &[b'a'; 600]), mi.clone()].concat()),
+        ),
         ("no USERNAME", stun(0x0001, &mi)),
-        ("room part with a forbidden byte", stun(0x0001, &[attr(0x0006, b"lo.byAbCd1234:c"), mi].concat())),
+        (
+            "room part with a forbidden byte",
+            stun(0x0001, &[attr(0x0006, b"lo.byAbCd1234:c"), mi].concat()),
+        ),
     ]
 }
 
@@ -57,7 +75,10 @@ fn garbage_from_unknown_addresses() -> Vec<(&'static str, Vec<u8>)> {
 fn healthy_session(gw: &Gateway) -> (Participant, Client) {
     let p = gw.create("healthy");
     let c = Client::bind("127.0.0.5");
-    assert_eq!(c.ice_check(gw.udp, &p), StunReply::Success { mapped: c.addr() });
+    assert_eq!(
+        c.ice_check(gw.udp, &p),
+        StunReply::Success { mapped: c.addr() }
+    );
     (p, c)
 }
 
@@ -94,7 +115,10 @@ fn ebpf_mode_drops_and_counts_bad_input_in_the_kernel() {
     let (p, legit) = healthy_session(&gw);
     let before = gw.status();
     let (malformed, garbage, empty) = hammer(&gw, &legit);
-    assert!(eventually(Duration::from_secs(5), || session_rx(&gw, &p) == 3), "legit session unaffected");
+    assert!(
+        eventually(Duration::from_secs(5), || session_rx(&gw, &p) == 3),
+        "legit session unaffected"
+    );
     let after = gw.status();
     let d = |k: &str| ebpf_counter(&after, k) - ebpf_counter(&before, k);
     assert_eq!(d("stun_malformed"), malformed, "{after}");
@@ -106,7 +130,10 @@ fn ebpf_mode_drops_and_counts_bad_input_in_the_kernel() {
     assert_eq!(d("packets"), malformed + garbage + empty + 3);
     // Nothing of it reached userspace.
     let rx = sum_threads(&after, "rx_datagrams") - sum_threads(&before, "rx_datagrams");
-    assert_eq!(rx, 3, "only the legitimate datagrams reached a thread: {after}");
+    assert_eq!(
+        rx, 3,
+        "only the legitimate datagrams reached a thread: {after}"
+    );
     assert_eq!(gw.get("/healthz").0, 200);
 }
 
@@ -120,25 +147,53 @@ fn connected_mode_drops_and_counts_bad_input_in_userspace() {
     // Every bad datagram is accounted for by exactly one drop counter (a STUN error
     // response is a drop too: nothing is pinned).
     let dropped = |s: &serde_json::Value| {
-        ["empty", "unknown_type", "no_session"].iter().map(|k| sum_threads(s, k)).sum::<u64>()
-            + ["malformed", "bad_request", "unknown_ufrag", "not_a_request", "unauthorized"]
-                .iter()
-                .map(|k| stun_counter(s, k))
-                .sum::<u64>()
+        ["empty", "unknown_type", "no_session"]
+            .iter()
+            .map(|k| sum_threads(s, k))
+            .sum::<u64>()
+            + [
+                "malformed",
+                "bad_request",
+                "unknown_ufrag",
+                "not_a_request",
+                "unauthorized",
+            ]
+            .iter()
+            .map(|k| stun_counter(s, k))
+            .sum::<u64>()
     };
     assert!(
-        eventually(Duration::from_secs(5), || dropped(&gw.status()) - dropped(&before) == total),
+        eventually(Duration::from_secs(5), || dropped(&gw.status())
+            - dropped(&before)
+            == total),
         "{total} dropped datagrams counted: {}",
         gw.status()
     );
-    assert!(eventually(Duration::from_secs(5), || session_rx(&gw, &p) == 3), "legit session unaffected");
+    assert!(
+        eventually(Duration::from_secs(5), || session_rx(&gw, &p) == 3),
+        "legit session unaffected"
+    );
     let after = gw.status();
-    assert_eq!(stun_counter(&after, "success"), stun_counter(&before, "success"));
+    assert_eq!(
+        stun_counter(&after, "success"),
+        stun_counter(&before, "success")
+    );
     assert_eq!(sum_threads(&after, "pins"), sum_threads(&before, "pins"));
-    assert_eq!(sum_threads(&after, "empty") - sum_threads(&before, "empty"), empty);
-    assert_eq!(sum_threads(&after, "unknown_type") - sum_threads(&before, "unknown_type"), 3);
+    assert_eq!(
+        sum_threads(&after, "empty") - sum_threads(&before, "empty"),
+        empty
+    );
+    assert_eq!(
+        sum_threads(&after, "unknown_type") - sum_threads(&before, "unknown_type"),
+        3
+    );
     // The healthy client still completes checks.
-    assert_eq!(legit.ice_check(gw.udp, &p), StunReply::Success { mapped: legit.addr() });
+    assert_eq!(
+        legit.ice_check(gw.udp, &p),
+        StunReply::Success {
+            mapped: legit.addr()
+        }
+    );
 }
 
 #[test]
@@ -147,7 +202,10 @@ fn api_rejects_bad_room_ids_with_json_errors() {
     for bad in ["with%20space", "a.b", "%C3%A9", &"x".repeat(33)] {
         let (code, v) = gw.post(&format!("/api/rooms/{bad}/participants"));
         assert_eq!(code, 400, "{bad}: {v}");
-        assert!(v["error"].as_str().is_some_and(|e| e.contains("room id")), "{v}");
+        assert!(
+            v["error"].as_str().is_some_and(|e| e.contains("room id")),
+            "{v}"
+        );
     }
     let (code, _) = gw.get("/api/rooms/nobody-here");
     assert_eq!(code, 404);
@@ -155,6 +213,13 @@ fn api_rejects_bad_room_ids_with_json_errors() {
     assert_eq!(code, 404, "{v}");
     // Create, delete, gone.
     let p = gw.create("short-lived");
-    assert_eq!(gw.delete(&format!("/api/rooms/short-lived/participants/{}", p.participant)).0, 204);
+    assert_eq!(
+        gw.delete(&format!(
+            "/api/rooms/short-lived/participants/{}",
+            p.participant
+        ))
+        .0,
+        204
+    );
     assert_eq!(gw.get("/api/rooms/short-lived").0, 404);
 }

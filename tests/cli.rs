@@ -25,7 +25,11 @@ fn run(args: &[&str]) -> (i32, String, String, Duration) {
 }
 
 fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn port_is_free(port: u16) -> bool {
@@ -64,7 +68,11 @@ fn bad_flags_exit_2_with_one_line_before_binding() {
         assert_eq!(code, 2, "{case:?}: stderr {stderr}");
         assert!(!stdout.contains("ready"), "{case:?}");
         if !case[0].starts_with("--no-such") {
-            assert_eq!(stderr.trim().lines().count(), 1, "{case:?}: one line, got {stderr:?}");
+            assert_eq!(
+                stderr.trim().lines().count(),
+                1,
+                "{case:?}: one line, got {stderr:?}"
+            );
             assert!(stderr.starts_with("roomgate: "), "{stderr}");
         }
         assert!(port_is_free(port), "{case:?}: nothing was bound");
@@ -103,13 +111,30 @@ fn ebpf_mode_without_capabilities_is_a_clear_error_and_binds_nothing() {
     let port = free_udp_port();
     let udp = format!("127.0.0.1:{port}");
     let mut args = without_capabilities();
-    args.extend([BIN, "--steering", "ebpf", "--udp-bind", &udp, "--http-bind", "127.0.0.1:0"]);
-    let out = Command::new(args[0]).args(&args[1..]).output().expect("setpriv");
+    args.extend([
+        BIN,
+        "--steering",
+        "ebpf",
+        "--udp-bind",
+        &udp,
+        "--http-bind",
+        "127.0.0.1:0",
+    ]);
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("setpriv");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("roomgate: eBPF steering"), "{stderr}");
-    assert!(stderr.to_lowercase().contains("operation not permitted") || stderr.contains("EPERM"), "{stderr}");
-    assert!(port_is_free(port), "the program is loaded before the port is bound");
+    assert!(
+        stderr.to_lowercase().contains("operation not permitted") || stderr.contains("EPERM"),
+        "{stderr}"
+    );
+    assert!(
+        port_is_free(port),
+        "the program is loaded before the port is bound"
+    );
 }
 
 #[test]
@@ -117,17 +142,29 @@ fn auto_mode_without_capabilities_falls_back_loudly() {
     if !require_root() {
         return;
     }
-    let gw = Gateway::builder("auto", 2).wrapper(without_capabilities()).start();
+    let gw = Gateway::builder("auto", 2)
+        .wrapper(without_capabilities())
+        .start();
     assert_eq!(gw.mode, "connected");
     let status = gw.status();
     assert_eq!(status["mode"], "connected");
-    let reason = status["fallback_reason"].as_str().unwrap_or_default().to_owned();
+    let reason = status["fallback_reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     assert!(!reason.is_empty(), "fallback reason reported: {status}");
-    assert!(gw.stderr().contains("FALLING BACK"), "warning logged:\n{}", gw.stderr());
+    assert!(
+        gw.stderr().contains("FALLING BACK"),
+        "warning logged:\n{}",
+        gw.stderr()
+    );
     // And it works: a client completes a check.
     let p = gw.create("fallback-room");
     let c = Client::bind("127.0.0.1");
-    assert_eq!(c.ice_check(gw.udp, &p), StunReply::Success { mapped: c.addr() });
+    assert_eq!(
+        c.ice_check(gw.udp, &p),
+        StunReply::Success { mapped: c.addr() }
+    );
 }
 
 #[test]
@@ -150,14 +187,22 @@ fn corrupt_ebpf_object_fails_ebpf_mode_and_falls_back_in_auto() {
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("eBPF"), "{stderr}");
 
-    let gw = Gateway::builder("auto", 1).args(["--ebpf-object", obj.as_str()]).start();
+    let gw = Gateway::builder("auto", 1)
+        .args(["--ebpf-object", obj.as_str()])
+        .start();
     assert_eq!(gw.mode, "connected");
-    assert!(gw.status()["fallback_reason"].as_str().is_some_and(|r| r.contains("eBPF")));
+    assert!(gw.status()["fallback_reason"]
+        .as_str()
+        .is_some_and(|r| r.contains("eBPF")));
 }
 
 #[test]
 fn sigterm_stops_cleanly_and_releases_the_port() {
-    let steering = if unsafe { libc::geteuid() } == 0 { "ebpf" } else { "connected" };
+    let steering = if unsafe { libc::geteuid() } == 0 {
+        "ebpf"
+    } else {
+        "connected"
+    };
     let mut gw = Gateway::start(steering, 2);
     let port = gw.udp.port();
     assert!(!port_is_free(port));
@@ -170,10 +215,18 @@ fn refuses_to_join_another_process_reuseport_group() {
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
     s.set_reuse_port(true).unwrap();
     s.set_reuse_address(true).unwrap();
-    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+    s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
     let port = s.local_addr().unwrap().as_socket().unwrap().port();
     let udp = format!("127.0.0.1:{port}");
-    let (code, _, stderr, _) = run(&["--steering", "connected", "--udp-bind", &udp, "--http-bind", "127.0.0.1:0"]);
+    let (code, _, stderr, _) = run(&[
+        "--steering",
+        "connected",
+        "--udp-bind",
+        &udp,
+        "--http-bind",
+        "127.0.0.1:0",
+    ]);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("already used by"), "{stderr}");
 }

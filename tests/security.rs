@@ -19,16 +19,20 @@ fn spoofer_of(addr: SocketAddr) -> UdpSocket {
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).expect("socket");
     s.set_reuse_port(true).expect("reuseport");
     s.bind(&addr.into()).expect("bind to the victim's address");
-    s.set_read_timeout(Some(Duration::from_millis(300))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
     UdpSocket::from(s)
 }
 
 fn victim_client() -> Client {
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).expect("socket");
     s.set_reuse_port(true).expect("reuseport");
-    s.bind(&"127.0.0.2:0".parse::<SocketAddr>().unwrap().into()).expect("bind");
+    s.bind(&"127.0.0.2:0".parse::<SocketAddr>().unwrap().into())
+        .expect("bind");
     let socket = UdpSocket::from(s);
-    socket.set_read_timeout(Some(Duration::from_millis(400))).expect("timeout");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(400)))
+        .expect("timeout");
     Client { socket }
 }
 
@@ -37,7 +41,11 @@ fn participant_view(gw: &Gateway, p: &Participant) -> Value {
     assert_eq!(code, 200, "{v}");
     v["participants"]
         .as_array()
-        .and_then(|ps| ps.iter().find(|x| x["participant"] == p.participant.as_str()).cloned())
+        .and_then(|ps| {
+            ps.iter()
+                .find(|x| x["participant"] == p.participant.as_str())
+                .cloned()
+        })
         .unwrap_or_else(|| panic!("{} in {v}", p.participant))
 }
 
@@ -58,26 +66,42 @@ fn forged_requests_never_move_a_flow(steering: &str) {
     assert_eq!(gw.mode, steering, "{}", gw.stderr());
     let (victim, attacker) = two_rooms_on_different_threads(&gw);
     let client = victim_client();
-    assert_eq!(client.ice_check(gw.udp, &victim), StunReply::Success { mapped: client.addr() });
+    assert_eq!(
+        client.ice_check(gw.udp, &victim),
+        StunReply::Success {
+            mapped: client.addr()
+        }
+    );
     for s in 0..5 {
         client.send(gw.udp, &fake_dtls(s));
     }
-    assert!(eventually(Duration::from_secs(5), || participant_view(&gw, &victim)["rx_datagrams"] == 5));
+    assert!(eventually(Duration::from_secs(5), || participant_view(
+        &gw, &victim
+    )["rx_datagrams"]
+        == 5));
     let before = gw.status();
 
     let spoof = spoofer_of(client.addr());
     let mut buf = [0u8; 1500];
     // 1. The victim's own ufrag, wrong password: 401, nothing pinned.
     spoof
-        .send_to(&binding_request(&victim.ufrag, "evil", "wrong-password-wrong-pwd", true), gw.udp)
+        .send_to(
+            &binding_request(&victim.ufrag, "evil", "wrong-password-wrong-pwd", true),
+            gw.udp,
+        )
         .unwrap();
     // 2. No MESSAGE-INTEGRITY at all (hand-made: USERNAME only): 400.
-    spoof.send_to(&username_only_request(&attacker.ufrag), gw.udp).unwrap();
+    spoof
+        .send_to(&username_only_request(&attacker.ufrag), gw.udp)
+        .unwrap();
     // 3. Valid credentials of the attacker's own session, from the victim's address: the
     //    most dangerous case. It must not re-pin the victim's address to the attacker's
     //    thread.
     spoof
-        .send_to(&binding_request(&attacker.ufrag, "evil", &attacker.pwd, true), gw.udp)
+        .send_to(
+            &binding_request(&attacker.ufrag, "evil", &attacker.pwd, true),
+            gw.udp,
+        )
         .unwrap();
     // Drain whatever came back on either socket (replies go to the shared address).
     std::thread::sleep(Duration::from_millis(300));
@@ -88,24 +112,41 @@ fn forged_requests_never_move_a_flow(steering: &str) {
     let d = |k: &str| stun_counter(&after, k) - stun_counter(&before, k);
     let conflicts = sum_threads(&after, "pin_conflicts") - sum_threads(&before, "pin_conflicts");
     assert_eq!(d("success"), 0, "no forged request succeeded: {after}");
-    assert_eq!(d("unauthorized"), 1, "wrong password on the victim's own session: {after}");
+    assert_eq!(
+        d("unauthorized"),
+        1,
+        "wrong password on the victim's own session: {after}"
+    );
     // In eBPF mode the no-integrity request reaches the attacker room's thread and gets
     // its 400; in connected mode it arrives on the victim's connected socket and is
     // refused there, before any handoff, like any request from a pinned address that
     // names another session.
     let (want_400, want_conflicts) = if steering == "ebpf" { (1, 1) } else { (0, 2) };
     assert_eq!(d("bad_request"), want_400, "{after}");
-    assert_eq!(conflicts, want_conflicts, "requests naming another session from a pinned address refused: {after}");
-    assert_eq!(sum_threads(&after, "pins"), sum_threads(&before, "pins"), "no new pin: {after}");
+    assert_eq!(
+        conflicts, want_conflicts,
+        "requests naming another session from a pinned address refused: {after}"
+    );
+    assert_eq!(
+        sum_threads(&after, "pins"),
+        sum_threads(&before, "pins"),
+        "no new pin: {after}"
+    );
     let av = participant_view(&gw, &attacker);
-    assert_eq!(av["addresses"].as_array().map(Vec::len), Some(0), "attacker pinned nothing: {av}");
+    assert_eq!(
+        av["addresses"].as_array().map(Vec::len),
+        Some(0),
+        "attacker pinned nothing: {av}"
+    );
 
     // The victim's media still reaches the victim's session on the victim's thread.
     for s in 5..10 {
         client.send(gw.udp, &fake_dtls(s));
     }
     assert!(
-        eventually(Duration::from_secs(5), || participant_view(&gw, &victim)["rx_datagrams"] == 10),
+        eventually(Duration::from_secs(5), || participant_view(&gw, &victim)
+            ["rx_datagrams"]
+            == 10),
         "victim traffic kept flowing: {}",
         participant_view(&gw, &victim)
     );
@@ -114,7 +155,10 @@ fn forged_requests_never_move_a_flow(steering: &str) {
         assert_eq!(thread_counter(&fin, t, "misdelivered"), 0, "{fin}");
         assert_eq!(thread_counter(&fin, t, "no_session"), 0, "{fin}");
     }
-    assert_eq!(participant_view(&gw, &victim)["addresses"][0], client.addr().to_string());
+    assert_eq!(
+        participant_view(&gw, &victim)["addresses"][0],
+        client.addr().to_string()
+    );
     if steering == "ebpf" {
         assert_eq!(
             ebpf_counter(&fin, "steered_by_flow") - ebpf_counter(&before, "steered_by_flow"),
@@ -161,12 +205,19 @@ fn nothing_is_pinned_before_a_valid_check() {
     for s in 0..3 {
         client.send(gw.udp, &fake_rtp(s));
     }
-    assert_eq!(client.ice_check_with(gw.udp, &p.ufrag, "not-the-password-at-all", &p.pwd), StunReply::Error { code: 401 });
+    assert_eq!(
+        client.ice_check_with(gw.udp, &p.ufrag, "not-the-password-at-all", &p.pwd),
+        StunReply::Error { code: 401 }
+    );
     std::thread::sleep(Duration::from_millis(200));
     let v = participant_view(&gw, &p);
     assert_eq!(v["ice_state"], "new", "{v}");
     assert_eq!(v["rx_datagrams"], 0, "{v}");
     let s = gw.status();
     assert_eq!(sum_threads(&s, "pins"), 0);
-    assert_eq!(sum_threads(&s, "no_session"), 3, "unpinned media is dropped and counted: {s}");
+    assert_eq!(
+        sum_threads(&s, "no_session"),
+        3,
+        "unpinned media is dropped and counted: {s}"
+    );
 }

@@ -42,15 +42,21 @@ fn establish(gw: &Gateway) -> Run {
             for _ in 0..5 {
                 requests_per_thread[p.thread] += 1;
                 requests_total += 1;
-                if let Some(reply) = client.send_and_maybe_recv(gw.udp, &req, Duration::from_millis(500)) {
+                if let Some(reply) =
+                    client.send_and_maybe_recv(gw.udp, &req, Duration::from_millis(500))
+                {
                     answered = Some(reply);
                     break;
                 }
             }
-            let reply = answered.unwrap_or_else(|| panic!("no answer for {room}/{}: {}", p.participant, gw.stderr()));
+            let reply = answered.unwrap_or_else(|| {
+                panic!("no answer for {room}/{}: {}", p.participant, gw.stderr())
+            });
             assert_eq!(
                 decode_reply(&reply, &p.pwd),
-                StunReply::Success { mapped: client.addr() },
+                StunReply::Success {
+                    mapped: client.addr()
+                },
                 "ICE check of {room}/{}",
                 p.participant
             );
@@ -83,15 +89,24 @@ fn wait_for_sessions(gw: &Gateway, run: &Run) -> HashMap<(String, String), (u64,
             assert_eq!(code, 200, "{v}");
             let thread = v["thread"].as_u64().unwrap_or(u64::MAX) as usize;
             for p in v["participants"].as_array().expect("participants") {
-                let key = (format!("room-{r}"), p["participant"].as_str().unwrap_or("").to_owned());
+                let key = (
+                    format!("room-{r}"),
+                    p["participant"].as_str().unwrap_or("").to_owned(),
+                );
                 seen.insert(key, (p["rx_datagrams"].as_u64().unwrap_or(0), thread));
             }
         }
-        run.participants
-            .iter()
-            .all(|(p, _)| seen.get(&(p.room.clone(), p.participant.clone())).map(|s| s.0) == Some(MEDIA_PER_CLIENT))
+        run.participants.iter().all(|(p, _)| {
+            seen.get(&(p.room.clone(), p.participant.clone()))
+                .map(|s| s.0)
+                == Some(MEDIA_PER_CLIENT)
+        })
     });
-    assert!(ok, "not every session received its {MEDIA_PER_CLIENT} datagrams: {seen:?}\n{}", gw.stderr());
+    assert!(
+        ok,
+        "not every session received its {MEDIA_PER_CLIENT} datagrams: {seen:?}\n{}",
+        gw.stderr()
+    );
     seen
 }
 
@@ -121,15 +136,39 @@ fn ebpf_mode_steers_every_datagram_to_the_owner_without_handoffs() {
 
     let after = gw.status();
     let per_thread = participants_per_thread(&gw, &run);
-    assert!(per_thread.iter().filter(|n| **n > 0).count() >= 2, "rooms spread over threads: {per_thread:?}");
+    assert!(
+        per_thread.iter().filter(|n| **n > 0).count() >= 2,
+        "rooms spread over threads: {per_thread:?}"
+    );
+    #[allow(clippy::needless_range_loop)] // t indexes three parallel views of one thread
     for t in 0..gw.threads {
-        let rx = thread_counter(&after, t, "rx_datagrams") - thread_counter(&before, t, "rx_datagrams");
+        let rx =
+            thread_counter(&after, t, "rx_datagrams") - thread_counter(&before, t, "rx_datagrams");
         let expected = run.requests_per_thread[t] + per_thread[t] * MEDIA_PER_CLIENT;
-        assert_eq!(rx, expected, "thread {t} received exactly its rooms' datagrams\n{after}");
-        assert_eq!(thread_counter(&after, t, "handoffs"), 0, "no handoffs in eBPF mode");
-        assert_eq!(thread_counter(&after, t, "misdelivered"), 0, "thread {t} misdelivered");
-        assert_eq!(thread_counter(&after, t, "no_session"), 0, "thread {t} got traffic without session");
-        assert_eq!(thread_counter(&after, t, "pins"), per_thread[t], "one flow pinned per participant");
+        assert_eq!(
+            rx, expected,
+            "thread {t} received exactly its rooms' datagrams\n{after}"
+        );
+        assert_eq!(
+            thread_counter(&after, t, "handoffs"),
+            0,
+            "no handoffs in eBPF mode"
+        );
+        assert_eq!(
+            thread_counter(&after, t, "misdelivered"),
+            0,
+            "thread {t} misdelivered"
+        );
+        assert_eq!(
+            thread_counter(&after, t, "no_session"),
+            0,
+            "thread {t} got traffic without session"
+        );
+        assert_eq!(
+            thread_counter(&after, t, "pins"),
+            per_thread[t],
+            "one flow pinned per participant"
+        );
     }
 
     // The program made every decision: exact deltas per branch.
@@ -138,7 +177,13 @@ fn ebpf_mode_steers_every_datagram_to_the_owner_without_handoffs() {
     assert_eq!(d("steered_by_room"), run.requests_total, "{after}");
     assert_eq!(d("steered_by_flow"), media, "{after}");
     assert_eq!(d("packets"), run.requests_total + media);
-    for name in ["flow_miss", "stun_malformed", "unknown_type", "select_error", "empty"] {
+    for name in [
+        "flow_miss",
+        "stun_malformed",
+        "unknown_type",
+        "select_error",
+        "empty",
+    ] {
         assert_eq!(d(name), 0, "{name}: {after}");
     }
 }
@@ -152,7 +197,10 @@ fn connected_mode_delivers_to_the_owner_with_at_most_one_handoff_per_client() {
     wait_for_sessions(&gw, &run);
 
     let status = gw.status();
-    assert!(status["ebpf"].is_null(), "no eBPF counters in connected mode");
+    assert!(
+        status["ebpf"].is_null(),
+        "no eBPF counters in connected mode"
+    );
     let per_thread = participants_per_thread(&gw, &run);
     let handoffs = sum_threads(&status, "handoffs");
     assert!(
@@ -163,16 +211,36 @@ fn connected_mode_delivers_to_the_owner_with_at_most_one_handoff_per_client() {
     // media datagram arrived on the owner's connected socket.
     let received_handoffs = sum_threads(&status, "handoffs_received");
     assert_eq!(handoffs, received_handoffs);
+    #[allow(clippy::needless_range_loop)]
     for t in 0..gw.threads {
-        assert_eq!(thread_counter(&status, t, "misdelivered"), 0, "thread {t}\n{status}");
-        assert_eq!(thread_counter(&status, t, "no_session"), 0, "thread {t}\n{status}");
-        assert_eq!(thread_counter(&status, t, "connected_sockets"), per_thread[t], "thread {t}");
-        assert_eq!(thread_counter(&status, t, "session_datagrams"), per_thread[t] * MEDIA_PER_CLIENT, "thread {t}");
+        assert_eq!(
+            thread_counter(&status, t, "misdelivered"),
+            0,
+            "thread {t}\n{status}"
+        );
+        assert_eq!(
+            thread_counter(&status, t, "no_session"),
+            0,
+            "thread {t}\n{status}"
+        );
+        assert_eq!(
+            thread_counter(&status, t, "connected_sockets"),
+            per_thread[t],
+            "thread {t}"
+        );
+        assert_eq!(
+            thread_counter(&status, t, "session_datagrams"),
+            per_thread[t] * MEDIA_PER_CLIENT,
+            "thread {t}"
+        );
     }
     // At most one handoff per participant: each participant's first request may land on a
     // non-owner; nothing after the pin does (retries of a lost first request aside, which
     // loopback does not lose).
-    assert!(handoffs <= run.participants.len() as u64, "handoffs {handoffs} > participants");
+    assert!(
+        handoffs <= run.participants.len() as u64,
+        "handoffs {handoffs} > participants"
+    );
 }
 
 /// Independent FNV-1a (not the shared crate's code) over the ufrag room part.
@@ -186,7 +254,10 @@ fn reference_owner(room: &str, threads: usize) -> usize {
 }
 
 fn room_corpus() -> Vec<String> {
-    let mut rooms: Vec<String> = ROOM_HASH_VECTORS.iter().map(|(r, _)| r.to_string()).collect();
+    let mut rooms: Vec<String> = ROOM_HASH_VECTORS
+        .iter()
+        .map(|(r, _)| r.to_string())
+        .collect();
     let mut x: u32 = 0x2545_f491;
     for i in 0..120 {
         x ^= x << 13;
@@ -195,7 +266,9 @@ fn room_corpus() -> Vec<String> {
         let len = 1 + (x as usize % 32);
         let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
         let s: String = (0..len)
-            .map(|j| alphabet[(x.rotate_left(j as u32) as usize + i + j * 7) % alphabet.len()] as char)
+            .map(|j| {
+                alphabet[(x.rotate_left(j as u32) as usize + i + j * 7) % alphabet.len()] as char
+            })
             .collect();
         rooms.push(s);
     }
@@ -216,7 +289,11 @@ fn userspace_and_kernel_agree_on_room_hash_for_a_corpus() {
     let mut first_run = HashMap::new();
     for room in room_corpus() {
         let p = gw.create(&room);
-        assert_eq!(p.thread, reference_owner(&room, threads), "API owner of {room:?}");
+        assert_eq!(
+            p.thread,
+            reference_owner(&room, threads),
+            "API owner of {room:?}"
+        );
         first_run.insert(room.clone(), p.thread);
         // A fresh client address per room: an address belongs to one session.
         let client = Client::bind("127.0.0.1");
@@ -224,7 +301,9 @@ fn userspace_and_kernel_agree_on_room_hash_for_a_corpus() {
         // is counted as misdelivered there and never answered.
         assert_eq!(
             client.ice_check(gw.udp, &p),
-            StunReply::Success { mapped: client.addr() },
+            StunReply::Success {
+                mapped: client.addr()
+            },
             "room {room:?}"
         );
         expected_success[p.thread] += 1;
@@ -232,7 +311,9 @@ fn userspace_and_kernel_agree_on_room_hash_for_a_corpus() {
     let status = gw.status();
     for (t, want) in expected_success.iter().enumerate() {
         assert_eq!(thread_counter(&status, t, "misdelivered"), 0, "{status}");
-        let got = status["threads"][t]["stun"]["success"].as_u64().unwrap_or(0);
+        let got = status["threads"][t]["stun"]["success"]
+            .as_u64()
+            .unwrap_or(0);
         assert!(got >= *want, "thread {t}: {got} successes < {want}");
     }
     drop(gw);
@@ -240,7 +321,11 @@ fn userspace_and_kernel_agree_on_room_hash_for_a_corpus() {
     // Same thread count, new process: same owners.
     let gw = Gateway::start("connected", threads);
     for (room, thread) in first_run {
-        assert_eq!(gw.create(&room).thread, thread, "{room:?} is stable across restarts");
+        assert_eq!(
+            gw.create(&room).thread,
+            thread,
+            "{room:?} is stable across restarts"
+        );
     }
 }
 

@@ -24,7 +24,10 @@ pub enum StartError {
     #[error(transparent)]
     Net(#[from] net::NetError),
     #[error("cannot bind HTTP API to {addr}: {source}")]
-    HttpBind { addr: SocketAddr, source: std::io::Error },
+    HttpBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot start logic threads: {0}")]
     Threads(std::io::Error),
     #[error("runtime: {0}")]
@@ -66,7 +69,11 @@ async fn run_async(config: Config) -> Result<(), StartError> {
     }
     // Keep duplicates of the group's fds so the program can be detached explicitly at
     // shutdown, after the threads have closed theirs.
-    let detach_handle: Vec<std::net::UdpSocket> = sockets.first().and_then(|s| s.try_clone().ok()).into_iter().collect();
+    let detach_handle: Vec<std::net::UdpSocket> = sockets
+        .first()
+        .and_then(|s| s.try_clone().ok())
+        .into_iter()
+        .collect();
 
     let mut setups = Vec::with_capacity(sockets.len());
     for (index, socket) in sockets.into_iter().enumerate() {

@@ -129,15 +129,23 @@ impl Config {
         };
         let udp_bind = parse_socket_addr(
             "--udp-bind",
-            cli.udp_bind.or(file.udp_bind).as_deref().unwrap_or(DEFAULT_UDP_BIND),
+            cli.udp_bind
+                .or(file.udp_bind)
+                .as_deref()
+                .unwrap_or(DEFAULT_UDP_BIND),
         )?;
         let http_bind = parse_socket_addr(
             "--http-bind",
-            cli.http_bind.or(file.http_bind).as_deref().unwrap_or(DEFAULT_HTTP_BIND),
+            cli.http_bind
+                .or(file.http_bind)
+                .as_deref()
+                .unwrap_or(DEFAULT_HTTP_BIND),
         )?;
         let threads = match cli.threads.or(file.threads.map(toml_scalar)) {
             Some(raw) => parse_threads(&raw)?,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_THREADS),
+            None => std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(MAX_THREADS),
         };
         let steering = match cli.steering.or(file.steering) {
             Some(raw) => SteeringMode::from_str(&raw, true).map_err(|_| ConfigError::Invalid {
@@ -165,7 +173,10 @@ impl Config {
             }
             None => default_public_ip(udp_bind.ip()),
         };
-        let log_level = cli.log_level.or(file.log_level).unwrap_or_else(|| "info".into());
+        let log_level = cli
+            .log_level
+            .or(file.log_level)
+            .unwrap_or_else(|| "info".into());
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log_level) {
             return Err(ConfigError::Invalid {
                 option: "--log-level",
@@ -186,7 +197,9 @@ impl Config {
         if steering == SteeringMode::Connected && ebpf_object.is_some() {
             return Err(ConfigError::Invalid {
                 option: "--ebpf-object",
-                value: ebpf_object.map(|p| p.display().to_string()).unwrap_or_default(),
+                value: ebpf_object
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
                 reason: "has no effect with --steering connected".into(),
             });
         }
@@ -263,7 +276,8 @@ mod tests {
     use super::*;
 
     fn cli(args: &[&str]) -> Cli {
-        Cli::try_parse_from(std::iter::once("roomgate").chain(args.iter().copied())).expect("clap parses")
+        Cli::try_parse_from(std::iter::once("roomgate").chain(args.iter().copied()))
+            .expect("clap parses")
     }
 
     #[test]
@@ -301,7 +315,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("roomgate-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("c.toml");
-        std::fs::write(&path, "threads = 3\nsteering = \"connected\"\nudp_bind = \"127.0.0.1:7100\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "threads = 3\nsteering = \"connected\"\nudp_bind = \"127.0.0.1:7100\"\n",
+        )
+        .unwrap();
         let p = path.to_str().unwrap();
         let c = Config::from_cli(cli(&["--config", p, "--threads", "2"])).unwrap();
         assert_eq!(c.threads, 2);

@@ -57,11 +57,13 @@ pub fn bind_group(addr: SocketAddr, threads: usize) -> Result<Vec<UdpSocket>, Ne
             addr: bind_addr,
             source,
         })?;
-        socket.bind(&bind_addr.into()).map_err(|source| NetError::Bind {
-            index,
-            addr: bind_addr,
-            source,
-        })?;
+        socket
+            .bind(&bind_addr.into())
+            .map_err(|source| NetError::Bind {
+                index,
+                addr: bind_addr,
+                source,
+            })?;
         if index == 0 {
             if let Some(local) = socket.local_addr().ok().and_then(|a| a.as_socket()) {
                 bind_addr = local;
@@ -78,7 +80,10 @@ pub fn bind_group(addr: SocketAddr, threads: usize) -> Result<Vec<UdpSocket>, Ne
 /// every UDP socket of this network namespace; any on our port that is not ours is a
 /// conflict.
 fn check_port_not_shared(port: u16, ours: &[UdpSocket]) -> Result<(), NetError> {
-    let our_inodes: HashSet<u64> = ours.iter().filter_map(|s| socket_inode(s.as_raw_fd())).collect();
+    let our_inodes: HashSet<u64> = ours
+        .iter()
+        .filter_map(|s| socket_inode(s.as_raw_fd()))
+        .collect();
     let mut foreign = Vec::new();
     for table in ["/proc/net/udp", "/proc/net/udp6"] {
         let Ok(text) = std::fs::read_to_string(table) else {
@@ -89,10 +94,16 @@ fn check_port_not_shared(port: u16, ours: &[UdpSocket]) -> Result<(), NetError> 
             let (Some(local), Some(inode)) = (cols.get(1), cols.get(9)) else {
                 continue;
             };
-            let Some(p) = local.rsplit(':').next().and_then(|h| u16::from_str_radix(h, 16).ok()) else {
+            let Some(p) = local
+                .rsplit(':')
+                .next()
+                .and_then(|h| u16::from_str_radix(h, 16).ok())
+            else {
                 continue;
             };
-            let Ok(inode) = inode.parse::<u64>() else { continue };
+            let Ok(inode) = inode.parse::<u64>() else {
+                continue;
+            };
             if p == port && inode != 0 && !our_inodes.contains(&inode) {
                 foreign.push(inode);
             }

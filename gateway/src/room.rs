@@ -84,8 +84,14 @@ mod tests {
             for (id, _) in ROOM_HASH_VECTORS {
                 let room = RoomId::parse(id).unwrap();
                 let ufrag = format!("{}AbCd1234", room.ufrag_part());
-                assert_eq!(owner_of_server_ufrag(&ufrag, threads), Some(room.owner(threads)));
-                assert_eq!(room.owner(threads), RoomId::parse(id).unwrap().owner(threads));
+                assert_eq!(
+                    owner_of_server_ufrag(&ufrag, threads),
+                    Some(room.owner(threads))
+                );
+                assert_eq!(
+                    room.owner(threads),
+                    RoomId::parse(id).unwrap().owner(threads)
+                );
             }
         }
     }

@@ -262,9 +262,17 @@ pub struct Participant {
 
 impl Participant {
     pub fn from_json(v: &Value) -> Participant {
-        let s = |p: &str| v.pointer(p).and_then(Value::as_str).unwrap_or_else(|| panic!("{p} in {v}")).to_owned();
+        let s = |p: &str| {
+            v.pointer(p)
+                .and_then(Value::as_str)
+                .unwrap_or_else(|| panic!("{p} in {v}"))
+                .to_owned()
+        };
         let ip: IpAddr = s("/candidates/0/ip").parse().expect("candidate ip");
-        let port = v.pointer("/candidates/0/port").and_then(Value::as_u64).expect("port") as u16;
+        let port = v
+            .pointer("/candidates/0/port")
+            .and_then(Value::as_u64)
+            .expect("port") as u16;
         Participant {
             room: s("/room"),
             participant: s("/participant"),
@@ -277,7 +285,12 @@ impl Participant {
 }
 
 /// Build a Binding Request as a full ICE agent (controlling) would.
-pub fn binding_request(server_ufrag: &str, client_ufrag: &str, pwd: &str, use_candidate: bool) -> Vec<u8> {
+pub fn binding_request(
+    server_ufrag: &str,
+    client_ufrag: &str,
+    pwd: &str,
+    use_candidate: bool,
+) -> Vec<u8> {
     let mut b = StunMessageBuilder::new(BINDING, MessageClass::Request)
         .with_attribute(UserName::new(format!("{server_ufrag}:{client_ufrag}")).expect("username"))
         .with_attribute(Priority::new(0x6e7f_1eff))
@@ -286,7 +299,9 @@ pub fn binding_request(server_ufrag: &str, client_ufrag: &str, pwd: &str, use_ca
         b = b.with_attribute(UseCandidate::default());
     }
     let msg = b
-        .with_attribute(MessageIntegrity::new(HMACKey::new_short_term(pwd).expect("key")))
+        .with_attribute(MessageIntegrity::new(
+            HMACKey::new_short_term(pwd).expect("key"),
+        ))
         .with_attribute(Fingerprint::default())
         .build();
     let mut buf = vec![0u8; 512];
@@ -342,7 +357,9 @@ pub struct Client {
 impl Client {
     pub fn bind(ip: &str) -> Client {
         let socket = UdpSocket::bind((ip, 0)).expect("bind client");
-        socket.set_read_timeout(Some(Duration::from_millis(400))).expect("timeout");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(400)))
+            .expect("timeout");
         Client { socket }
     }
 
@@ -355,7 +372,13 @@ impl Client {
         self.ice_check_with(to, &p.ufrag, &p.pwd, &p.pwd)
     }
 
-    pub fn ice_check_with(&self, to: SocketAddr, server_ufrag: &str, sign_pwd: &str, verify_pwd: &str) -> StunReply {
+    pub fn ice_check_with(
+        &self,
+        to: SocketAddr,
+        server_ufrag: &str,
+        sign_pwd: &str,
+        verify_pwd: &str,
+    ) -> StunReply {
         let req = binding_request(server_ufrag, "cli1", sign_pwd, true);
         let mut buf = [0u8; 1500];
         for _ in 0..5 {
@@ -372,12 +395,23 @@ impl Client {
     }
 
     /// Send once and wait briefly; None if nothing came back.
-    pub fn send_and_maybe_recv(&self, to: SocketAddr, data: &[u8], wait: Duration) -> Option<Vec<u8>> {
+    pub fn send_and_maybe_recv(
+        &self,
+        to: SocketAddr,
+        data: &[u8],
+        wait: Duration,
+    ) -> Option<Vec<u8>> {
         self.socket.send_to(data, to).expect("send");
         self.socket.set_read_timeout(Some(wait)).ok()?;
         let mut buf = [0u8; 1500];
-        let r = self.socket.recv_from(&mut buf).ok().map(|(n, _)| buf[..n].to_vec());
-        let _ = self.socket.set_read_timeout(Some(Duration::from_millis(400)));
+        let r = self
+            .socket
+            .recv_from(&mut buf)
+            .ok()
+            .map(|(n, _)| buf[..n].to_vec());
+        let _ = self
+            .socket
+            .set_read_timeout(Some(Duration::from_millis(400)));
         r
     }
 
@@ -404,19 +438,33 @@ pub fn fake_rtp(seq: u16) -> Vec<u8> {
 
 /// Per-thread counter `key` from `/api/status`.
 pub fn thread_counter(status: &Value, thread: usize, key: &str) -> u64 {
-    status["threads"][thread][key].as_u64().unwrap_or_else(|| panic!("threads[{thread}].{key} in {status}"))
+    status["threads"][thread][key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("threads[{thread}].{key} in {status}"))
 }
 
 pub fn sum_threads(status: &Value, key: &str) -> u64 {
-    status["threads"].as_array().expect("threads").iter().map(|t| t[key].as_u64().unwrap_or(0)).sum()
+    status["threads"]
+        .as_array()
+        .expect("threads")
+        .iter()
+        .map(|t| t[key].as_u64().unwrap_or(0))
+        .sum()
 }
 
 pub fn stun_counter(status: &Value, outcome: &str) -> u64 {
-    status["threads"].as_array().expect("threads").iter().map(|t| t["stun"][outcome].as_u64().unwrap_or(0)).sum()
+    status["threads"]
+        .as_array()
+        .expect("threads")
+        .iter()
+        .map(|t| t["stun"][outcome].as_u64().unwrap_or(0))
+        .sum()
 }
 
 pub fn ebpf_counter(status: &Value, name: &str) -> u64 {
-    status["ebpf"][name].as_u64().unwrap_or_else(|| panic!("ebpf.{name} in {status}"))
+    status["ebpf"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("ebpf.{name} in {status}"))
 }
 
 /// Poll `f` until it returns true or `timeout` passes (datagrams are asynchronous).

@@ -57,7 +57,14 @@ fn run(args: &[String]) -> Result<()> {
     build_all(true)?;
     let bin = build::workspace_root().join("target/release/roomgate");
     let args: Vec<&String> = args.iter().skip_while(|a| *a == "--").collect();
-    println!("xtask: starting {} {}", bin.display(), args.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" "));
+    println!(
+        "xtask: starting {} {}",
+        bin.display(),
+        args.iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     let status = Command::new(&bin)
         .args(args)
         .status()
@@ -80,7 +87,10 @@ fn test(args: &[String]) -> Result<()> {
     if !filter.is_empty() {
         cmd.arg("--").args(filter);
     }
-    println!("xtask: cargo test --workspace (eBPF object {})", object.display());
+    println!(
+        "xtask: cargo test --workspace (eBPF object {})",
+        object.display()
+    );
     let status = cmd.status().context("running cargo test")?;
     if !status.success() {
         bail!("tests failed ({status})");

@@ -71,18 +71,16 @@ fn bpf_linker() -> Result<()> {
             return Ok(());
         }
     }
-    run(Command::new("cargo")
-        .env("LLVM_PREFIX", LLVM_PREFIX)
-        .args([
-            "install",
-            "bpf-linker",
-            "--locked",
-            "--version",
-            BPF_LINKER_VERSION,
-            "--no-default-features",
-            "--features",
-            "llvm-22",
-        ]))
+    run(Command::new("cargo").env("LLVM_PREFIX", LLVM_PREFIX).args([
+        "install",
+        "bpf-linker",
+        "--locked",
+        "--version",
+        BPF_LINKER_VERSION,
+        "--no-default-features",
+        "--features",
+        "llvm-22",
+    ]))
 }
 
 static APT_UPDATE: Once = Once::new();

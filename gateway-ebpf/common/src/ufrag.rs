@@ -137,11 +137,9 @@ mod tests {
         (out, n)
     }
 
-    #[test]
-    fn scan_len_is_aligned_and_covers_longest_ufrag() {
-        assert_eq!(USERNAME_SCAN_LEN % 4, 0);
-        assert!(USERNAME_SCAN_LEN > MAX_SERVER_UFRAG_LEN);
-    }
+    // The scan window must be 4-byte aligned and reach past the longest ufrag's ':'.
+    const _: () =
+        assert!(USERNAME_SCAN_LEN.is_multiple_of(4) && USERNAME_SCAN_LEN > MAX_SERVER_UFRAG_LEN);
 
     #[test]
     fn vectors_match() {
@@ -171,7 +169,7 @@ mod tests {
             "no-colon-here",
             ":cli",
             "short:cli",
-            "12345678:cli",                                        // room part empty
+            "12345678:cli",                                         // room part empty
             "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefgPPPPPPPP:c",          // room part 33
             "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz", // no ':' in window
         ] {
@@ -194,7 +192,11 @@ mod tests {
     fn rejects_bad_room_ids() {
         let mut out = [0u8; MAX_ROOM_PART_LEN];
         for bad in ["", "a b", "ümlaut", "a:b", "a+b", &"x".repeat(33)] {
-            assert_eq!(room_part_from_room_id(bad.as_bytes(), &mut out), None, "{bad:?}");
+            assert_eq!(
+                room_part_from_room_id(bad.as_bytes(), &mut out),
+                None,
+                "{bad:?}"
+            );
         }
     }
 }

@@ -36,7 +36,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/status", get(status))
         .route("/api/rooms/{room}", get(get_room))
         .route("/api/rooms/{room}/participants", post(create_participant))
-        .route("/api/rooms/{room}/participants/{participant}", delete(delete_participant))
+        .route(
+            "/api/rooms/{room}/participants/{participant}",
+            delete(delete_participant),
+        )
         .with_state(state)
 }
 
@@ -62,7 +65,12 @@ impl IntoResponse for ApiError {
 }
 
 fn parse_room(raw: &str) -> Result<RoomId, ApiError> {
-    RoomId::parse(raw).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid room id {raw:?}: {e}")))
+    RoomId::parse(raw).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid room id {raw:?}: {e}"),
+        )
+    })
 }
 
 /// Send a command to the room's owner and wait for its answer.
@@ -77,12 +85,18 @@ async fn ask<T>(
         .get(thread)
         .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "no such thread"))?;
     let (tx, rx) = tokio::sync::oneshot::channel();
-    handle
-        .send(make(tx))
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("thread {thread}: {e}")))?;
+    handle.send(make(tx)).map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("thread {thread}: {e}"),
+        )
+    })?;
     match tokio::time::timeout(THREAD_REPLY_TIMEOUT, rx).await {
         Ok(Ok(v)) => Ok((thread, v)),
-        Ok(Err(_)) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("thread {thread} stopped"))),
+        Ok(Err(_)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("thread {thread} stopped"),
+        )),
         Err(_) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("thread {thread} did not answer in time"),
@@ -90,7 +104,10 @@ async fn ask<T>(
     }
 }
 
-async fn create_participant(State(state): State<Arc<ApiState>>, Path(room): Path<String>) -> Result<Response, ApiError> {
+async fn create_participant(
+    State(state): State<Arc<ApiState>>,
+    Path(room): Path<String>,
+) -> Result<Response, ApiError> {
     let room = parse_room(&room)?;
     let (thread, created) = ask(&state, &room, |reply| Command::CreateParticipant {
         room: room.clone(),
@@ -108,14 +125,22 @@ async fn create_participant(State(state): State<Arc<ApiState>>, Path(room): Path
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-async fn get_room(State(state): State<Arc<ApiState>>, Path(room): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_room(
+    State(state): State<Arc<ApiState>>,
+    Path(room): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let room = parse_room(&room)?;
     let (_, view) = ask(&state, &room, |reply| Command::GetRoom {
         room: room.clone(),
         reply,
     })
     .await?;
-    let view = view.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("room {room} has no participants")))?;
+    let view = view.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("room {room} has no participants"),
+        )
+    })?;
     serde_json::to_value(view)
         .map(Json)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
@@ -181,9 +206,14 @@ async fn status(State(state): State<Arc<ApiState>>) -> Json<Value> {
         })
         .collect();
     let ebpf = state.steering.ebpf_counters().map(|counters| {
-        let mut m: serde_json::Map<String, Value> =
-            counters.into_iter().map(|(k, v)| (k.to_owned(), json!(v))).collect();
-        m.insert("flows_capacity".into(), json!(state.steering.flows_capacity()));
+        let mut m: serde_json::Map<String, Value> = counters
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), json!(v)))
+            .collect();
+        m.insert(
+            "flows_capacity".into(),
+            json!(state.steering.flows_capacity()),
+        );
         Value::Object(m)
     });
     Json(json!({

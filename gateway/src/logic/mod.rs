@@ -191,7 +191,8 @@ impl LogicThread {
         let group_state = UdpSocketState::new(UdpSockRef::from(&setup.socket))?;
         net::disable_gro(&setup.socket);
         let mut group = UdpSocket::from_std(setup.socket);
-        poll.registry().register(&mut group, GROUP, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut group, GROUP, Interest::READABLE)?;
         Ok(LogicThread {
             index: setup.index,
             threads: setup.threads,
@@ -218,7 +219,11 @@ impl LogicThread {
 
     fn run(mut self) {
         let mut events = Events::with_capacity(256);
-        debug!(thread = self.index, mode = self.mode.as_str(), "logic thread started");
+        debug!(
+            thread = self.index,
+            mode = self.mode.as_str(),
+            "logic thread started"
+        );
         while !self.stopping {
             let timeout = self.next_sweep.saturating_duration_since(Instant::now());
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
@@ -253,12 +258,18 @@ impl LogicThread {
             let mut buf = std::mem::take(&mut self.recv_buf);
             let result = {
                 let mut chunks = buf.chunks_mut(MAX_DATAGRAM).map(IoSliceMut::new);
-                let mut iovs: [IoSliceMut<'_>; BATCH_SIZE] =
-                    std::array::from_fn(|_| chunks.next().unwrap_or_else(|| IoSliceMut::new(&mut [])));
+                let mut iovs: [IoSliceMut<'_>; BATCH_SIZE] = std::array::from_fn(|_| {
+                    chunks.next().unwrap_or_else(|| IoSliceMut::new(&mut []))
+                });
                 match via {
-                    Via::Group => self.group_state.recv(UdpSockRef::from(&self.group), &mut iovs, &mut meta),
+                    Via::Group => {
+                        self.group_state
+                            .recv(UdpSockRef::from(&self.group), &mut iovs, &mut meta)
+                    }
                     Via::Conn(i) => match self.conns.get(i).and_then(Option::as_ref) {
-                        Some(c) => c.state.recv(UdpSockRef::from(&c.socket), &mut iovs, &mut meta),
+                        Some(c) => c
+                            .state
+                            .recv(UdpSockRef::from(&c.socket), &mut iovs, &mut meta),
                         None => Err(io::ErrorKind::WouldBlock.into()),
                     },
                     Via::Handoff => Err(io::ErrorKind::WouldBlock.into()),
@@ -299,7 +310,14 @@ impl LogicThread {
         }
     }
 
-    fn on_datagram(&mut self, data: &[u8], from_raw: SocketAddr, local_ip: Option<IpAddr>, via: Via, now: Instant) {
+    fn on_datagram(
+        &mut self,
+        data: &[u8],
+        from_raw: SocketAddr,
+        local_ip: Option<IpAddr>,
+        via: Via,
+        now: Instant,
+    ) {
         let from = canonical(from_raw);
         if let Via::Conn(i) = via {
             if self.conns.get(i).and_then(Option::as_ref).map(|c| c.peer) != Some(from) {
@@ -324,7 +342,11 @@ impl LogicThread {
     }
 
     fn on_session_datagram(&mut self, data: &[u8], from: SocketAddr) {
-        match self.by_addr.get(&from).and_then(|u| self.sessions.get_mut(u)) {
+        match self
+            .by_addr
+            .get(&from)
+            .and_then(|u| self.sessions.get_mut(u))
+        {
             Some(session) => {
                 session.rx_datagrams += 1;
                 session.rx_bytes += data.len() as u64;
@@ -363,7 +385,10 @@ impl LogicThread {
             }
             return;
         }
-        let reply = ReplyPath { to: from_raw, local_ip };
+        let reply = ReplyPath {
+            to: from_raw,
+            local_ip,
+        };
         let Some(server_ufrag) = view.server_ufrag() else {
             // RFC 8489 9.1.3: a request without USERNAME gets 400 Bad Request.
             let response = ice::bad_request(&view, "USERNAME missing");
@@ -371,7 +396,11 @@ impl LogicThread {
             self.send(via, reply, &response);
             return;
         };
-        if self.by_addr.get(&from).is_some_and(|holder| holder != server_ufrag) {
+        if self
+            .by_addr
+            .get(&from)
+            .is_some_and(|holder| holder != server_ufrag)
+        {
             self.stats.pin_conflicts.inc();
             trace!(thread = self.index, %from, decision = "drop_pinned_elsewhere");
             return;
@@ -395,7 +424,10 @@ impl LogicThread {
             return;
         };
         match ice::answer(&view, session.ice.credentials(), from) {
-            Answer::Success { response, use_candidate } => {
+            Answer::Success {
+                response,
+                use_candidate,
+            } => {
                 let ufrag = server_ufrag.to_owned();
                 session.valid_checks += 1;
                 let newly_valid = session.ice.on_valid_check(from, use_candidate, now);
@@ -450,7 +482,14 @@ impl LogicThread {
     }
 
     /// A Binding Request for a room another thread owns.
-    fn not_my_room(&mut self, owner: usize, data: &[u8], from: SocketAddr, local_ip: Option<IpAddr>, via: Via) {
+    fn not_my_room(
+        &mut self,
+        owner: usize,
+        data: &[u8],
+        from: SocketAddr,
+        local_ip: Option<IpAddr>,
+        via: Via,
+    ) {
         match (self.mode, via) {
             (ActiveMode::Connected, Via::Group | Via::Conn(_)) => {
                 let Some(peer) = self.peers.get(owner) else {
@@ -484,12 +523,19 @@ impl LogicThread {
     }
 
     fn pin(&mut self, ufrag: &str, addr: SocketAddr, raw: SocketAddr) -> Result<(), PinError> {
-        if self.by_addr.get(&addr).is_some_and(|holder| holder != ufrag) {
+        if self
+            .by_addr
+            .get(&addr)
+            .is_some_and(|holder| holder != ufrag)
+        {
             return Err(PinError::Conflict);
         }
         match self.mode {
             ActiveMode::Ebpf => {
-                let flows = self.flows.as_mut().ok_or(PinError::Failed("no flow map handle".into()))?;
+                let flows = self
+                    .flows
+                    .as_mut()
+                    .ok_or(PinError::Failed("no flow map handle".into()))?;
                 match flows.pin(flow_key(addr), self.index as u32) {
                     Ok(Ok(())) => {}
                     Ok(Err(_holder)) => return Err(PinError::Conflict),
@@ -521,14 +567,20 @@ impl LogicThread {
         self.poll
             .registry()
             .register(&mut socket, Token(CONN_BASE + index), Interest::READABLE)?;
-        let conn = ConnSocket { socket, state, peer };
+        let conn = ConnSocket {
+            socket,
+            state,
+            peer,
+        };
         if index == self.conns.len() {
             self.conns.push(Some(conn));
         } else {
             self.conns[index] = Some(conn);
         }
         self.conn_by_peer.insert(peer, index);
-        self.stats.connected_sockets.set(self.conn_by_peer.len() as u64);
+        self.stats
+            .connected_sockets
+            .set(self.conn_by_peer.len() as u64);
         Ok(())
     }
 
@@ -550,7 +602,9 @@ impl LogicThread {
                             self.free_conns.push(index);
                         }
                     }
-                    self.stats.connected_sockets.set(self.conn_by_peer.len() as u64);
+                    self.stats
+                        .connected_sockets
+                        .set(self.conn_by_peer.len() as u64);
                 }
             }
             self.stats.unpins.inc();
@@ -562,7 +616,11 @@ impl LogicThread {
     }
 
     fn unpin_session(&mut self, ufrag: &str) {
-        let addrs = self.sessions.get(ufrag).map(|s| s.pinned.clone()).unwrap_or_default();
+        let addrs = self
+            .sessions
+            .get(ufrag)
+            .map(|s| s.pinned.clone())
+            .unwrap_or_default();
         for addr in addrs {
             self.unpin_addr(ufrag, addr);
         }
@@ -601,7 +659,11 @@ impl LogicThread {
             Ok(()) => {
                 self.stats.tx_datagrams.inc();
                 self.stats.tx_bytes.add(contents.len() as u64);
-                if let Some(s) = self.by_addr.get(&canonical(reply.to)).and_then(|u| self.sessions.get_mut(u)) {
+                if let Some(s) = self
+                    .by_addr
+                    .get(&canonical(reply.to))
+                    .and_then(|u| self.sessions.get_mut(u))
+                {
                     s.tx_datagrams += 1;
                 }
             }
@@ -618,13 +680,21 @@ impl LogicThread {
                 Command::CreateParticipant { room, reply } => {
                     let _ = reply.send(self.create_participant(room));
                 }
-                Command::DeleteParticipant { room, participant, reply } => {
+                Command::DeleteParticipant {
+                    room,
+                    participant,
+                    reply,
+                } => {
                     let _ = reply.send(self.delete_participant(&room, &participant));
                 }
                 Command::GetRoom { room, reply } => {
                     let _ = reply.send(self.room_view(&room));
                 }
-                Command::Handoff { datagram, from, local_ip } => {
+                Command::Handoff {
+                    datagram,
+                    from,
+                    local_ip,
+                } => {
                     let now = Instant::now();
                     self.on_datagram(&datagram, from, local_ip, Via::Handoff, now);
                 }
@@ -637,7 +707,8 @@ impl LogicThread {
         let room_part = room.ufrag_part();
         // Retry on the (astronomically unlikely) collision of an 8-char participant part.
         for _ in 0..8 {
-            let participant = ice::random_ice_chars(PARTICIPANT_PART_LEN).map_err(|e| e.to_string())?;
+            let participant =
+                ice::random_ice_chars(PARTICIPANT_PART_LEN).map_err(|e| e.to_string())?;
             let ufrag = format!("{room_part}{participant}");
             if self.sessions.contains_key(&ufrag) {
                 continue;
@@ -660,7 +731,11 @@ impl LogicThread {
                     tx_datagrams: 0,
                 },
             );
-            self.rooms.entry(room.clone()).or_default().sessions.insert(ufrag.clone());
+            self.rooms
+                .entry(room.clone())
+                .or_default()
+                .sessions
+                .insert(ufrag.clone());
             self.update_gauges();
             debug!(thread = self.index, room = %room, participant, "participant created");
             return Ok(ParticipantCreated {
@@ -675,7 +750,9 @@ impl LogicThread {
 
     fn delete_participant(&mut self, room: &RoomId, participant: &str) -> bool {
         let ufrag = format!("{}{participant}", room.ufrag_part());
-        let Some(r) = self.rooms.get_mut(room) else { return false };
+        let Some(r) = self.rooms.get_mut(room) else {
+            return false;
+        };
         if !r.sessions.remove(&ufrag) {
             return false;
         }

@@ -6,14 +6,20 @@ use aya::{
     programs::{ProgramError, SkReuseport},
     Ebpf, EbpfLoader,
 };
-use roomgate_common::{Counter, FlowKey, CONFIG_THREADS, MAP_CONFIG, MAP_COUNTERS, MAP_FLOWS, MAP_SOCKETS, PROGRAM_NAME};
+use roomgate_common::{
+    Counter, FlowKey, CONFIG_THREADS, MAP_CONFIG, MAP_COUNTERS, MAP_FLOWS, MAP_SOCKETS,
+    PROGRAM_NAME,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EbpfError {
     #[error("this roomgate was built without the eBPF object (run `cargo xtask build`); only --steering connected is available")]
     NotEmbedded,
     #[error("cannot read eBPF object {path}: {source}")]
-    ReadObject { path: String, source: std::io::Error },
+    ReadObject {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot parse or create maps for the eBPF object: {0}")]
     Object(#[source] aya::EbpfError),
     #[error("eBPF object has no sk_reuseport program named {PROGRAM_NAME}")]
@@ -21,7 +27,10 @@ pub enum EbpfError {
     #[error("eBPF object has no map named {0}")]
     MissingMap(&'static str),
     #[error("the kernel refused the steering program: {io_error}\nverifier log:\n{verifier_log}")]
-    Verifier { io_error: std::io::Error, verifier_log: String },
+    Verifier {
+        io_error: std::io::Error,
+        verifier_log: String,
+    },
     #[error("{phase}: {source}")]
     Program {
         phase: &'static str,
@@ -74,32 +83,56 @@ impl Loaded {
             .program_mut(PROGRAM_NAME)
             .ok_or(EbpfError::MissingProgram)?
             .try_into()
-            .map_err(|source| EbpfError::Program { phase: "program type", source })?;
+            .map_err(|source| EbpfError::Program {
+                phase: "program type",
+                source,
+            })?;
         program.load().map_err(|e| match e {
-            ProgramError::LoadError { io_error, verifier_log } => EbpfError::Verifier {
+            ProgramError::LoadError {
+                io_error,
+                verifier_log,
+            } => EbpfError::Verifier {
                 io_error,
                 verifier_log: format!("{verifier_log:?}"),
             },
-            source => EbpfError::Program { phase: "load program", source },
+            source => EbpfError::Program {
+                phase: "load program",
+                source,
+            },
         })?;
 
         let mut config: Array<&mut MapData, u32> = ebpf
             .map_mut(MAP_CONFIG)
             .ok_or(EbpfError::MissingMap(MAP_CONFIG))?
             .try_into()
-            .map_err(|source| EbpfError::Map { phase: "config map", source })?;
+            .map_err(|source| EbpfError::Map {
+                phase: "config map",
+                source,
+            })?;
         config
             .set(CONFIG_THREADS, threads, 0)
-            .map_err(|source| EbpfError::Map { phase: "set thread count", source })?;
+            .map_err(|source| EbpfError::Map {
+                phase: "set thread count",
+                source,
+            })?;
 
-        let flows = ebpf.map(MAP_FLOWS).ok_or(EbpfError::MissingMap(MAP_FLOWS))?;
+        let flows = ebpf
+            .map(MAP_FLOWS)
+            .ok_or(EbpfError::MissingMap(MAP_FLOWS))?;
         let info = map_data(flows)
             .ok_or(EbpfError::MissingMap(MAP_FLOWS))?
             .info()
-            .map_err(|source| EbpfError::Map { phase: "flow map info", source })?;
-        let counters_map = ebpf.take_map(MAP_COUNTERS).ok_or(EbpfError::MissingMap(MAP_COUNTERS))?;
-        let counters = PerCpuArray::try_from(counters_map)
-            .map_err(|source| EbpfError::Map { phase: "counter map", source })?;
+            .map_err(|source| EbpfError::Map {
+                phase: "flow map info",
+                source,
+            })?;
+        let counters_map = ebpf
+            .take_map(MAP_COUNTERS)
+            .ok_or(EbpfError::MissingMap(MAP_COUNTERS))?;
+        let counters = PerCpuArray::try_from(counters_map).map_err(|source| EbpfError::Map {
+            phase: "counter map",
+            source,
+        })?;
         Ok(Loaded {
             ebpf,
             flows_id: info.id(),
@@ -116,31 +149,44 @@ impl Loaded {
             .map_mut(MAP_SOCKETS)
             .ok_or(EbpfError::MissingMap(MAP_SOCKETS))?
             .try_into()
-            .map_err(|source| EbpfError::Map { phase: "socket array", source })?;
+            .map_err(|source| EbpfError::Map {
+                phase: "socket array",
+                source,
+            })?;
         for (index, socket) in sockets.iter().enumerate() {
             array
                 .set(index as u32, socket, 0)
-                .map_err(|source| EbpfError::Map { phase: "insert socket", source })?;
+                .map_err(|source| EbpfError::Map {
+                    phase: "insert socket",
+                    source,
+                })?;
         }
         let program: &SkReuseport = self
             .ebpf
             .program(PROGRAM_NAME)
             .ok_or(EbpfError::MissingProgram)?
             .try_into()
-            .map_err(|source| EbpfError::Program { phase: "program type", source })?;
+            .map_err(|source| EbpfError::Program {
+                phase: "program type",
+                source,
+            })?;
         let first = sockets.first().ok_or(EbpfError::Program {
             phase: "attach",
             source: ProgramError::NotLoaded,
         })?;
-        program
-            .attach(first)
-            .map_err(|source| EbpfError::Program { phase: "attach to SO_REUSEPORT group", source })
+        program.attach(first).map_err(|source| EbpfError::Program {
+            phase: "attach to SO_REUSEPORT group",
+            source,
+        })
     }
 
     /// Detach from the group; the sockets keep working with the kernel's default hash
     /// until they are closed.
     pub fn detach(socket: &UdpSocket) -> Result<(), EbpfError> {
-        SkReuseport::detach(socket).map_err(|source| EbpfError::Program { phase: "detach", source })
+        SkReuseport::detach(socket).map_err(|source| EbpfError::Program {
+            phase: "detach",
+            source,
+        })
     }
 
     /// A handle on the flow map for one logic thread (its own fd, no sharing).
@@ -159,7 +205,10 @@ impl Loaded {
             let values = self
                 .counters
                 .get(&(c as u32), 0)
-                .map_err(|source| EbpfError::Map { phase: "read counters", source })?;
+                .map_err(|source| EbpfError::Map {
+                    phase: "read counters",
+                    source,
+                })?;
             out[c as usize] = values.iter().sum();
         }
         Ok(out)
@@ -181,13 +230,23 @@ pub struct FlowTable {
 
 impl FlowTable {
     fn open(id: u32) -> Result<Self, EbpfError> {
-        let data = MapData::from_id(id).map_err(|source| EbpfError::Map { phase: "open flow map", source })?;
-        let map = HashMap::try_from(Map::HashMap(data)).map_err(|source| EbpfError::Map { phase: "flow map type", source })?;
+        let data = MapData::from_id(id).map_err(|source| EbpfError::Map {
+            phase: "open flow map",
+            source,
+        })?;
+        let map = HashMap::try_from(Map::HashMap(data)).map_err(|source| EbpfError::Map {
+            phase: "flow map type",
+            source,
+        })?;
         Ok(FlowTable { map })
     }
 
     /// Pin `key` to `thread` unless another thread holds it. Returns the holder on conflict.
-    pub fn pin(&mut self, key: FlowKey, thread: u32) -> Result<Result<(), u32>, aya::maps::MapError> {
+    pub fn pin(
+        &mut self,
+        key: FlowKey,
+        thread: u32,
+    ) -> Result<Result<(), u32>, aya::maps::MapError> {
         const BPF_NOEXIST: u64 = 1;
         match self.map.insert(key, thread, BPF_NOEXIST) {
             Ok(()) => Ok(Ok(())),

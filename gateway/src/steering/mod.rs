@@ -28,7 +28,7 @@ impl ActiveMode {
 
 /// Result of the pre-bind phase: the program loaded (or why not).
 pub enum Prepared {
-    Ebpf(ebpf::Loaded),
+    Ebpf(Box<ebpf::Loaded>),
     Connected { fallback_reason: Option<String> },
 }
 
@@ -44,17 +44,21 @@ pub struct Steering {
 /// reason (with the verifier log) and falls back to connected.
 pub fn prepare(config: &Config) -> Result<Prepared, ebpf::EbpfError> {
     match config.steering {
-        SteeringMode::Connected => Ok(Prepared::Connected { fallback_reason: None }),
-        SteeringMode::Ebpf => Ok(Prepared::Ebpf(ebpf::Loaded::load(
+        SteeringMode::Connected => Ok(Prepared::Connected {
+            fallback_reason: None,
+        }),
+        SteeringMode::Ebpf => Ok(Prepared::Ebpf(Box::new(ebpf::Loaded::load(
             config.ebpf_object.as_deref(),
             config.threads as u32,
-        )?)),
-        SteeringMode::Auto => match ebpf::Loaded::load(config.ebpf_object.as_deref(), config.threads as u32) {
-            Ok(loaded) => Ok(Prepared::Ebpf(loaded)),
-            Err(e) => Ok(Prepared::Connected {
-                fallback_reason: Some(fall_back(&e)),
-            }),
-        },
+        )?))),
+        SteeringMode::Auto => {
+            match ebpf::Loaded::load(config.ebpf_object.as_deref(), config.threads as u32) {
+                Ok(loaded) => Ok(Prepared::Ebpf(Box::new(loaded))),
+                Err(e) => Ok(Prepared::Connected {
+                    fallback_reason: Some(fall_back(&e)),
+                }),
+            }
+        }
     }
 }
 
@@ -73,7 +77,11 @@ fn fall_back(e: &ebpf::EbpfError) -> String {
 }
 
 /// After the group is bound: attach the program, or stay connected.
-pub fn activate(prepared: Prepared, config: &Config, sockets: &[UdpSocket]) -> Result<Steering, ebpf::EbpfError> {
+pub fn activate(
+    prepared: Prepared,
+    config: &Config,
+    sockets: &[UdpSocket],
+) -> Result<Steering, ebpf::EbpfError> {
     match prepared {
         Prepared::Connected { fallback_reason } => Ok(Steering {
             mode: ActiveMode::Connected,
@@ -84,7 +92,7 @@ pub fn activate(prepared: Prepared, config: &Config, sockets: &[UdpSocket]) -> R
             Ok(()) => Ok(Steering {
                 mode: ActiveMode::Ebpf,
                 fallback_reason: None,
-                ebpf: Some(Mutex::new(loaded)),
+                ebpf: Some(Mutex::new(*loaded)),
             }),
             Err(e) if config.steering == SteeringMode::Auto => Ok(Steering {
                 mode: ActiveMode::Connected,
@@ -113,7 +121,12 @@ impl Steering {
     pub fn ebpf_counters(&self) -> Option<Vec<(&'static str, u64)>> {
         let loaded = self.ebpf.as_ref()?.lock().ok()?;
         let values = loaded.counters().ok()?;
-        Some(Counter::ALL.iter().map(|c| (c.name(), values[*c as usize])).collect())
+        Some(
+            Counter::ALL
+                .iter()
+                .map(|c| (c.name(), values[*c as usize]))
+                .collect(),
+        )
     }
 
     pub fn flows_capacity(&self) -> Option<u32> {
