@@ -5,8 +5,13 @@
 //!
 //! - STUN Binding Request: walk at most `MAX_ATTRS_WALKED` attributes to USERNAME, take
 //!   the room part of the server ufrag, `room_hash % threads` -> that thread's socket.
-//! - DTLS, RTP/RTCP and other STUN: look the source address up in FLOWS (pinned by the
-//!   owning thread after MESSAGE-INTEGRITY verified) -> that thread's socket.
+//! - DTLS, RTP/RTCP and STUN that is not a Binding Request: look the source address and
+//!   UDP source port up in FLOWS (pinned by the owning thread after MESSAGE-INTEGRITY
+//!   verified; this program never writes FLOWS) -> that thread's socket.
+//! - A Binding Request that cannot be walked (bad cookie or length, truncated, attribute
+//!   past the end, more than `MAX_ATTRS_WALKED` attributes, no USERNAME, bad room part),
+//!   or a STUN-range payload too short to hold a message type: `StunMalformed`, dropped.
+//!   Empty payload: `Empty`; first byte outside RFC 7983's ranges: `UnknownType`.
 //!
 //! Miss policy: a non-request datagram from an unpinned address has no owner. Passing it
 //! on to the kernel's default hash would hand it to an arbitrary thread that does not
@@ -34,8 +39,31 @@ mod program {
     };
     use roomgate_common::{
         classify, room_hash, room_part_len, stun, Counter, FlowKey, PacketClass, CONFIG_LEN, CONFIG_THREADS,
-        FLOWS_CAPACITY, MAX_THREADS, USERNAME_SCAN_LEN,
+        FLOWS_CAPACITY, MAP_CONFIG, MAP_COUNTERS, MAP_FLOWS, MAP_SOCKETS, MAX_THREADS, PROGRAM_NAME,
+        USERNAME_SCAN_LEN,
     };
+
+    /// `#[map(name = ...)]` takes a literal; these checks keep the literals (and the
+    /// program's function name) equal to the constants userspace looks up.
+    const fn same(a: &str, b: &str) -> bool {
+        let (a, b) = (a.as_bytes(), b.as_bytes());
+        if a.len() != b.len() {
+            return false;
+        }
+        let mut i = 0;
+        while i < a.len() {
+            if a[i] != b[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+    const _: () = assert!(same(MAP_SOCKETS, "SOCKETS"));
+    const _: () = assert!(same(MAP_FLOWS, "FLOWS"));
+    const _: () = assert!(same(MAP_COUNTERS, "COUNTERS"));
+    const _: () = assert!(same(MAP_CONFIG, "CONFIG"));
+    const _: () = assert!(same(PROGRAM_NAME, "roomgate_steer"));
 
     #[map(name = "SOCKETS")]
     static SOCKETS: ReusePortSockArray = ReusePortSockArray::with_max_entries(MAX_THREADS, 0);
@@ -147,26 +175,7 @@ mod program {
         let Some((value_off, value_len)) = find_username(ctx, msg_end) else {
             return decide(Counter::StunMalformed, SK_DROP);
         };
-        let mut prefix = [0u8; USERNAME_SCAN_LEN];
-        // Copy in 4-byte chunks: values are padded to 4, so a chunk never passes the padding.
-        let mut i = 0usize;
-        while i < USERNAME_SCAN_LEN / 4 {
-            let off = (i * 4) as u32;
-            if off >= value_len {
-                break;
-            }
-            let Some(chunk) = load::<4>(ctx, value_off + off) else {
-                return decide(Counter::StunMalformed, SK_DROP);
-            };
-            let base = i * 4;
-            if base + 3 < USERNAME_SCAN_LEN {
-                prefix[base] = chunk[0];
-                prefix[base + 1] = chunk[1];
-                prefix[base + 2] = chunk[2];
-                prefix[base + 3] = chunk[3];
-            }
-            i += 1;
-        }
+        let prefix = copy_username(ctx, value_off);
         let Some(room_len) = room_part_len(&prefix, value_len as usize) else {
             return decide(Counter::StunMalformed, SK_DROP);
         };
@@ -180,12 +189,52 @@ mod program {
         select(ctx, hash % threads, Counter::SteeredByRoom)
     }
 
+    /// Copy the first `USERNAME_SCAN_LEN` bytes at `value_off` into a buffer; bytes past
+    /// the USERNAME value are junk (or zero past the packet end) and are ignored by
+    /// `room_part_len`, which is bounded by the value length.
+    ///
+    /// Every chunk is loaded unconditionally, with no break on the value length: a failed
+    /// `bpf_skb_load_bytes` zero-fills its buffer, so the verifier sees one buffer state
+    /// (all bytes written by a helper) instead of one per possible value length, which
+    /// would multiply the cost of verifying `room_part_len` and `room_hash` by 12. Fast
+    /// path: one load of the whole window (a USERNAME is followed by at least
+    /// MESSAGE-INTEGRITY, so the window normally lies inside the packet); near the end of
+    /// the packet, 4-byte chunks (values are padded to 4, so a chunk that starts inside
+    /// the value never passes its padding, and one that starts past the packet fails and
+    /// stays zero).
+    #[inline(always)]
+    fn copy_username(ctx: &SkReuseportContext, value_off: u32) -> [u8; USERNAME_SCAN_LEN] {
+        let mut prefix = [0u8; USERNAME_SCAN_LEN];
+        // SAFETY: writes exactly USERNAME_SCAN_LEN bytes into `prefix`.
+        let whole = unsafe {
+            bpf_skb_load_bytes(
+                ctx.as_ptr(),
+                value_off,
+                prefix.as_mut_ptr().cast(),
+                USERNAME_SCAN_LEN as u32,
+            )
+        };
+        if whole != 0 {
+            let mut i = 0usize;
+            while i < USERNAME_SCAN_LEN / 4 {
+                if let Some(chunk) = prefix.get_mut(i * 4..i * 4 + 4) {
+                    // SAFETY: `chunk` is 4 bytes of `prefix`; the helper writes exactly 4.
+                    unsafe {
+                        bpf_skb_load_bytes(ctx.as_ptr(), value_off + (i * 4) as u32, chunk.as_mut_ptr().cast(), 4)
+                    };
+                }
+                i += 1;
+            }
+        }
+        prefix
+    }
+
     /// Walk the attributes of a Binding Request; return (value offset, value length) of USERNAME.
     #[inline(always)]
     fn find_username(ctx: &SkReuseportContext, msg_end: u32) -> Option<(u32, u32)> {
         let mut off = UDP_HEADER + stun::HEADER_LEN as u32;
         let mut n = 0u32;
-        while n < 1 {
+        while n < stun::MAX_ATTRS_WALKED {
             if off + 4 > msg_end {
                 return None;
             }
