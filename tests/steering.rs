@@ -286,6 +286,9 @@ fn userspace_and_kernel_agree_on_room_hash_for_a_corpus() {
     let gw = Gateway::start("ebpf", threads);
     assert_eq!(gw.mode, "ebpf", "{}", gw.stderr());
     let mut expected_success = vec![0u64; threads];
+    // Keep every client alive: a dropped socket's port could be reused by the next
+    // client while the old session still holds that address.
+    let mut clients = Vec::new();
     let mut first_run = HashMap::new();
     for room in room_corpus() {
         let p = gw.create(&room);
@@ -307,6 +310,7 @@ fn userspace_and_kernel_agree_on_room_hash_for_a_corpus() {
             "room {room:?}"
         );
         expected_success[p.thread] += 1;
+        clients.push(client);
     }
     let status = gw.status();
     for (t, want) in expected_success.iter().enumerate() {
