@@ -38,9 +38,9 @@ mod program {
         EbpfContext,
     };
     use roomgate_common::{
-        classify, room_hash, room_part_len, stun, Counter, FlowKey, PacketClass, CONFIG_LEN, CONFIG_THREADS,
-        FLOWS_CAPACITY, MAP_CONFIG, MAP_COUNTERS, MAP_FLOWS, MAP_SOCKETS, MAX_THREADS, PROGRAM_NAME,
-        USERNAME_SCAN_LEN,
+        classify, room_hash, room_part_len, stun, Counter, FlowKey, PacketClass, CONFIG_LEN,
+        CONFIG_THREADS, FLOWS_CAPACITY, MAP_CONFIG, MAP_COUNTERS, MAP_FLOWS, MAP_SOCKETS,
+        MAX_THREADS, PROGRAM_NAME, USERNAME_SCAN_LEN,
     };
 
     /// `#[map(name = ...)]` takes a literal; these checks keep the literals (and the
@@ -94,7 +94,8 @@ mod program {
     fn load<const N: usize>(ctx: &SkReuseportContext, offset: u32) -> Option<[u8; N]> {
         let mut buf = [0u8; N];
         // SAFETY: the helper writes at most N bytes into buf; it checks the packet bounds.
-        let rc = unsafe { bpf_skb_load_bytes(ctx.as_ptr(), offset, buf.as_mut_ptr().cast(), N as u32) };
+        let rc =
+            unsafe { bpf_skb_load_bytes(ctx.as_ptr(), offset, buf.as_mut_ptr().cast(), N as u32) };
         if rc == 0 {
             Some(buf)
         } else {
@@ -160,7 +161,7 @@ mod program {
         };
         let msg_len = u16::from_be_bytes([h[2], h[3]]) as u32;
         let cookie = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
-        if cookie != stun::MAGIC_COOKIE || msg_len % 4 != 0 {
+        if cookie != stun::MAGIC_COOKIE || !msg_len.is_multiple_of(4) {
             return StunKind::Malformed;
         }
         let end = UDP_HEADER + stun::HEADER_LEN as u32 + msg_len;
@@ -220,7 +221,12 @@ mod program {
                 if let Some(chunk) = prefix.get_mut(i * 4..i * 4 + 4) {
                     // SAFETY: `chunk` is 4 bytes of `prefix`; the helper writes exactly 4.
                     unsafe {
-                        bpf_skb_load_bytes(ctx.as_ptr(), value_off + (i * 4) as u32, chunk.as_mut_ptr().cast(), 4)
+                        bpf_skb_load_bytes(
+                            ctx.as_ptr(),
+                            value_off + (i * 4) as u32,
+                            chunk.as_mut_ptr().cast(),
+                            4,
+                        )
                     };
                 }
                 i += 1;
@@ -270,7 +276,13 @@ mod program {
             let mut a = [0u8; 4];
             // SAFETY: writes 4 bytes into `a`; bounds are checked by the helper.
             let rc = unsafe {
-                bpf_skb_load_bytes_relative(ctx.as_ptr(), 12, a.as_mut_ptr().cast(), 4, BPF_HDR_START_NET)
+                bpf_skb_load_bytes_relative(
+                    ctx.as_ptr(),
+                    12,
+                    a.as_mut_ptr().cast(),
+                    4,
+                    BPF_HDR_START_NET,
+                )
             };
             if rc != 0 {
                 return decide(Counter::FlowMiss, SK_DROP);
@@ -280,7 +292,13 @@ mod program {
             let mut a = [0u8; 16];
             // SAFETY: writes 16 bytes into `a`; bounds are checked by the helper.
             let rc = unsafe {
-                bpf_skb_load_bytes_relative(ctx.as_ptr(), 8, a.as_mut_ptr().cast(), 16, BPF_HDR_START_NET)
+                bpf_skb_load_bytes_relative(
+                    ctx.as_ptr(),
+                    8,
+                    a.as_mut_ptr().cast(),
+                    16,
+                    BPF_HDR_START_NET,
+                )
             };
             if rc != 0 {
                 return decide(Counter::FlowMiss, SK_DROP);
@@ -291,7 +309,7 @@ mod program {
             return decide(Counter::FlowMiss, SK_DROP);
         }
         // SAFETY: the value is copied out immediately; userspace only replaces whole entries.
-        match unsafe { FLOWS.get(&key) } {
+        match unsafe { FLOWS.get(key) } {
             Some(thread) => {
                 let t = *thread;
                 select(ctx, t, Counter::SteeredByFlow)
