@@ -139,7 +139,7 @@ fn gateway_run(
     name: &'static str,
 ) -> (Result_, Option<(u64, u64, Option<u64>)>) {
     let gw = Gateway::builder(steering, THREADS)
-        .args(["--log-level", "warn"])
+        .set("--log-level", "warn")
         .start();
     assert_eq!(gw.mode, steering, "{}", gw.stderr());
     let clients = client_sockets();

@@ -52,6 +52,17 @@ pub struct GatewayBuilder {
 }
 
 impl GatewayBuilder {
+    /// Set `flag` to `value`, replacing a default the builder already has.
+    pub fn set(mut self, flag: &str, value: impl Into<String>) -> Self {
+        match self.args.iter().position(|a| a == flag) {
+            Some(i) if i + 1 < self.args.len() => self.args[i + 1] = value.into(),
+            _ => {
+                self.args.push(flag.into());
+                self.args.push(value.into());
+            }
+        }
+        self
+    }
     pub fn arg(mut self, a: impl Into<String>) -> Self {
         self.args.push(a.into());
         self
