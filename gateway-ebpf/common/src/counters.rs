@@ -15,7 +15,8 @@ pub enum Counter {
     SteeredByFlow = 2,
     /// Non-request packet whose source address is not pinned: dropped in the kernel.
     FlowMiss = 3,
-    /// STUN Binding Request that could not be walked: truncated, attribute past the
+    /// STUN-range datagram that could not be walked: a payload too short for a type, or a
+    /// Binding Request that is truncated, has an attribute past the
     /// end, too many attributes, no USERNAME, no ':' or a room part of bad length or
     /// characters. Dropped.
     StunMalformed = 4,
