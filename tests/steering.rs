@@ -348,23 +348,52 @@ fn delete_unpins(steering: &str) {
     assert_eq!(gw.mode, steering, "{}", gw.stderr());
     let p = gw.create("leaving");
     let c = Client::bind("127.0.0.7");
-    assert_eq!(c.ice_check(gw.udp, &p), StunReply::Success { mapped: c.addr() });
+    assert_eq!(
+        c.ice_check(gw.udp, &p),
+        StunReply::Success { mapped: c.addr() }
+    );
     c.send(gw.udp, &fake_dtls(1));
-    assert!(eventually(Duration::from_secs(5), || sum_threads(&gw.status(), "session_datagrams") == 1));
+    assert!(eventually(Duration::from_secs(5), || sum_threads(
+        &gw.status(),
+        "session_datagrams"
+    ) == 1));
     let before = gw.status();
-    assert_eq!(gw.delete(&format!("/api/rooms/leaving/participants/{}", p.participant)).0, 204);
+    assert_eq!(
+        gw.delete(&format!(
+            "/api/rooms/leaving/participants/{}",
+            p.participant
+        ))
+        .0,
+        204
+    );
     assert_eq!(sum_threads(&gw.status(), "unpins"), 1);
     for s in 0..4 {
         c.send(gw.udp, &fake_rtp(s));
     }
     std::thread::sleep(Duration::from_millis(300));
     let after = gw.status();
-    assert_eq!(sum_threads(&after, "session_datagrams"), 1, "no session receives after DELETE");
+    assert_eq!(
+        sum_threads(&after, "session_datagrams"),
+        1,
+        "no session receives after DELETE"
+    );
     if steering == "ebpf" {
-        assert_eq!(ebpf_counter(&after, "flow_miss") - ebpf_counter(&before, "flow_miss"), 4, "{after}");
+        assert_eq!(
+            ebpf_counter(&after, "flow_miss") - ebpf_counter(&before, "flow_miss"),
+            4,
+            "{after}"
+        );
     } else {
-        assert_eq!(sum_threads(&after, "connected_sockets"), 0, "connected socket closed");
-        assert_eq!(sum_threads(&after, "no_session") - sum_threads(&before, "no_session"), 4, "{after}");
+        assert_eq!(
+            sum_threads(&after, "connected_sockets"),
+            0,
+            "connected socket closed"
+        );
+        assert_eq!(
+            sum_threads(&after, "no_session") - sum_threads(&before, "no_session"),
+            4,
+            "{after}"
+        );
     }
 }
 
@@ -388,26 +417,43 @@ fn ebpf_mode_steers_ipv6_clients_by_flow() {
     if !require_root() {
         return;
     }
-    let gw = Gateway::builder("ebpf", 2).set("--udp-bind", "[::1]:0").start();
+    let gw = Gateway::builder("ebpf", 2)
+        .set("--udp-bind", "[::1]:0")
+        .start();
     assert_eq!(gw.mode, "ebpf", "{}", gw.stderr());
     let before = gw.status();
     let mut clients = Vec::new();
     for r in 0..8 {
         let p = gw.create(&format!("v6-room-{r}"));
         let c = Client::bind("::1");
-        assert_eq!(c.ice_check(gw.udp, &p), StunReply::Success { mapped: c.addr() });
+        assert_eq!(
+            c.ice_check(gw.udp, &p),
+            StunReply::Success { mapped: c.addr() }
+        );
         for s in 0..3 {
             c.send(gw.udp, &fake_rtp(s));
         }
         clients.push((p, c));
     }
     assert!(
-        eventually(Duration::from_secs(5), || sum_threads(&gw.status(), "session_datagrams") == 24),
+        eventually(Duration::from_secs(5), || sum_threads(
+            &gw.status(),
+            "session_datagrams"
+        ) == 24),
         "{}",
         gw.status()
     );
     let after = gw.status();
-    assert_eq!(ebpf_counter(&after, "steered_by_flow") - ebpf_counter(&before, "steered_by_flow"), 24);
-    assert_eq!(ebpf_counter(&after, "flow_miss") - ebpf_counter(&before, "flow_miss"), 0);
-    assert_eq!(sum_threads(&after, "misdelivered") + sum_threads(&after, "no_session"), 0);
+    assert_eq!(
+        ebpf_counter(&after, "steered_by_flow") - ebpf_counter(&before, "steered_by_flow"),
+        24
+    );
+    assert_eq!(
+        ebpf_counter(&after, "flow_miss") - ebpf_counter(&before, "flow_miss"),
+        0
+    );
+    assert_eq!(
+        sum_threads(&after, "misdelivered") + sum_threads(&after, "no_session"),
+        0
+    );
 }

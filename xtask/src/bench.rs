@@ -26,14 +26,18 @@ fn steering() -> Result<()> {
     if !status.success() {
         bail!("steering benchmark failed ({status})");
     }
-    let report = std::fs::read_to_string(root.join("target/bench-steering.md")).context("reading the bench report")?;
+    let report = std::fs::read_to_string(root.join("target/bench-steering.md"))
+        .context("reading the bench report")?;
     let path = root.join("BENCHMARKS.md");
-    let existing = std::fs::read_to_string(&path).unwrap_or_else(|_| "# roomgate benchmarks\n\n".into());
+    let existing =
+        std::fs::read_to_string(&path).unwrap_or_else(|_| "# roomgate benchmarks\n\n".into());
     // Replace the steering section, keep any others.
     let start = existing.find("## Steering");
     let updated = match start {
         Some(s) => {
-            let end = existing[s + 1..].find("\n## ").map_or(existing.len(), |e| s + 1 + e + 1);
+            let end = existing[s + 1..]
+                .find("\n## ")
+                .map_or(existing.len(), |e| s + 1 + e + 1);
             format!("{}{}{}", &existing[..s], section(&report), &existing[end..])
         }
         None => format!("{}{}", existing, section(&report)),

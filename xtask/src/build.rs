@@ -202,5 +202,4 @@ mod tests {
         c.env("A", "1").env_remove("B").args(["build", "-p", "x"]);
         assert_eq!(display(&c), "A=1 cargo build -p x");
     }
-
 }
