@@ -158,6 +158,13 @@ fn auto_mode_without_capabilities_falls_back_loudly() {
         "warning logged:\n{}",
         gw.stderr()
     );
+    let (_, metrics) = gw.get("/metrics");
+    assert!(
+        metrics
+            .as_str()
+            .is_some_and(|m| m.contains("roomgate_steering_fallback 1")),
+        "fallback visible as a metric: {metrics}"
+    );
     // And it works: a client completes a check.
     let p = gw.create("fallback-room");
     let c = Client::bind("127.0.0.1");

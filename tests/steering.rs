@@ -177,6 +177,20 @@ fn ebpf_mode_steers_every_datagram_to_the_owner_without_handoffs() {
     assert_eq!(d("steered_by_room"), run.requests_total, "{after}");
     assert_eq!(d("steered_by_flow"), media, "{after}");
     assert_eq!(d("packets"), run.requests_total + media);
+
+    // The same counters through /metrics, and the active mode as a metric.
+    let (code, text) = gw.get("/metrics");
+    assert_eq!(code, 200);
+    let text = text.as_str().unwrap_or_default().to_owned();
+    assert!(
+        text.contains("roomgate_steering_mode{mode=\"ebpf\"} 1"),
+        "{text}"
+    );
+    let line = format!(
+        "roomgate_ebpf_decisions_total{{branch=\"steered_by_flow\"}} {}",
+        ebpf_counter(&gw.status(), "steered_by_flow")
+    );
+    assert!(text.contains(&line), "{line} in\n{text}");
     for name in [
         "flow_miss",
         "stun_malformed",
@@ -340,6 +354,20 @@ fn status_reports_mode_and_threads() {
     assert_eq!(s["mode"], "connected");
     assert_eq!(s["threads"].as_array().map(Vec::len), Some(2));
     assert_eq!(gw.get("/healthz").0, 200);
+    let (_, text) = gw.get("/metrics");
+    let text = text.as_str().unwrap_or_default().to_owned();
+    assert!(
+        text.contains("roomgate_steering_mode{mode=\"connected\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("roomgate_steering_mode{mode=\"ebpf\"} 0"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("roomgate_ebpf_decisions_total"),
+        "no eBPF series in connected mode"
+    );
 }
 
 /// DELETE releases the participant's pin: afterwards its datagrams have no owner.

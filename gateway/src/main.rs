@@ -17,6 +17,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log_level))
         .with_writer(std::io::stderr)
+        // Colour only for people at a terminal, not for journald or log files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if !gateway::steering::ebpf::embedded() && config.ebpf_object.is_none() {
         tracing::warn!("built without the eBPF steering object: only connected mode is available (build with `cargo xtask build`)");

@@ -91,9 +91,35 @@ fn test(args: &[String]) -> Result<()> {
         "xtask: cargo test --workspace (eBPF object {})",
         object.display()
     );
-    let status = cmd.status().context("running cargo test")?;
+    // Relay cargo's output while summing its per-binary results, so the run ends with
+    // one total line instead of the last binary's (often doc-tests' "0 passed").
+    cmd.stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().context("running cargo test")?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    if let Some(out) = child.stdout.take() {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                passed += count(rest, "passed");
+                failed += count(rest, "failed");
+            }
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    println!("xtask: {passed} passed, {failed} failed");
     if !status.success() {
         bail!("tests failed ({status})");
     }
     Ok(())
+}
+
+/// The number before `word` in "ok. 37 passed; 0 failed; 0 ignored; ...".
+fn count(summary: &str, word: &str) -> u64 {
+    summary
+        .split(';')
+        .filter_map(|part| part.trim().rsplit_once(' '))
+        .find(|(_, w)| *w == word)
+        .and_then(|(n, _)| n.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
 }

@@ -2,6 +2,8 @@
 //!
 //! It never touches a logic thread's data: commands go through the thread's bounded
 //! queue and answers come back on a oneshot; status reads the threads' counters.
+mod metrics;
+
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use axum::{
@@ -34,6 +36,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/api/status", get(status))
+        .route("/metrics", get(metrics_text))
         .route("/api/rooms/{room}", get(get_room))
         .route("/api/rooms/{room}/participants", post(create_participant))
         .route(
@@ -165,6 +168,19 @@ async fn delete_participant(
             format!("no participant {participant:?} in room {room}"),
         ))
     }
+}
+
+async fn metrics_text(State(state): State<Arc<ApiState>>) -> Result<Response, ApiError> {
+    let body = metrics::render(&state)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response())
 }
 
 async fn status(State(state): State<Arc<ApiState>>) -> Json<Value> {

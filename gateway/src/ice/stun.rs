@@ -528,6 +528,14 @@ fn unmapped(addr: SocketAddr) -> SocketAddr {
 mod tests {
     use super::*;
     use crate::ice::test_crypto::{crc32, hmac_sha1};
+
+    /// Recompute a trailing FINGERPRINT after a test edited the message, so only the
+    /// check under test can notice the edit.
+    fn reseal_fingerprint(msg: &mut [u8]) {
+        let n = msg.len();
+        let crc = crc32(&msg[..n - 8]) ^ 0x5354_554e;
+        msg[n - 4..].copy_from_slice(&crc.to_be_bytes());
+    }
     use crate::ice::Credentials;
     use stun_rs::attributes::ice::{IceControlling, Priority, UseCandidate};
     use stun_rs::attributes::stun::{Software, UserName};
@@ -761,9 +769,7 @@ mod tests {
         // Flip a PRIORITY byte, then repair FINGERPRINT so only MI notices.
         let prio = req.windows(2).position(|w| w == [0x00, 0x24]).unwrap();
         req[prio + 4] ^= 0x01;
-        let n = req.len();
-        let crc = crc32(&req[..n - 8]) ^ 0x5354_554e;
-        req[n - 4..].copy_from_slice(&crc.to_be_bytes());
+        reseal_fingerprint(&mut req);
         let view = parse(&req).unwrap();
         expect_reject(
             answer(&view, &creds(), v4()),
@@ -884,8 +890,7 @@ mod tests {
         // learn nothing about what we understand.
         let n = req.len();
         req[n - 20] ^= 1; // inside the MI value
-        let crc = crc32(&req[..n - 8]) ^ 0x5354_554e;
-        req[n - 4..].copy_from_slice(&crc.to_be_bytes());
+        reseal_fingerprint(&mut req);
         let view = parse(&req).unwrap();
         expect_reject(
             answer(&view, &creds(), v4()),
@@ -1010,9 +1015,7 @@ mod tests {
         // Binding Indication (0x0011) and Binding Success Response (0x0101), re-sealed.
         for msg_type in [[0x00, 0x11], [0x01, 0x01]] {
             req[0..2].copy_from_slice(&msg_type);
-            let n = req.len();
-            let crc = crc32(&req[..n - 8]) ^ 0x5354_554e;
-            req[n - 4..].copy_from_slice(&crc.to_be_bytes());
+            reseal_fingerprint(&mut req);
             let view = parse(&req).unwrap();
             assert!(!view.is_binding_request());
             assert!(matches!(

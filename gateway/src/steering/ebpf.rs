@@ -45,6 +45,10 @@ pub enum EbpfError {
     },
 }
 
+fn map_error(phase: &'static str) -> impl FnOnce(aya::maps::MapError) -> EbpfError {
+    move |source| EbpfError::Map { phase, source }
+}
+
 /// The steering program loaded into the kernel with its maps.
 pub struct Loaded {
     ebpf: Ebpf,
@@ -105,16 +109,10 @@ impl Loaded {
             .map_mut(MAP_CONFIG)
             .ok_or(EbpfError::MissingMap(MAP_CONFIG))?
             .try_into()
-            .map_err(|source| EbpfError::Map {
-                phase: "config map",
-                source,
-            })?;
+            .map_err(map_error("config map"))?;
         config
             .set(CONFIG_THREADS, threads, 0)
-            .map_err(|source| EbpfError::Map {
-                phase: "set thread count",
-                source,
-            })?;
+            .map_err(map_error("set thread count"))?;
 
         let flows = ebpf
             .map(MAP_FLOWS)
@@ -122,17 +120,11 @@ impl Loaded {
         let info = map_data(flows)
             .ok_or(EbpfError::MissingMap(MAP_FLOWS))?
             .info()
-            .map_err(|source| EbpfError::Map {
-                phase: "flow map info",
-                source,
-            })?;
+            .map_err(map_error("flow map info"))?;
         let counters_map = ebpf
             .take_map(MAP_COUNTERS)
             .ok_or(EbpfError::MissingMap(MAP_COUNTERS))?;
-        let counters = PerCpuArray::try_from(counters_map).map_err(|source| EbpfError::Map {
-            phase: "counter map",
-            source,
-        })?;
+        let counters = PerCpuArray::try_from(counters_map).map_err(map_error("counter map"))?;
         Ok(Loaded {
             ebpf,
             flows_id: info.id(),
@@ -149,17 +141,11 @@ impl Loaded {
             .map_mut(MAP_SOCKETS)
             .ok_or(EbpfError::MissingMap(MAP_SOCKETS))?
             .try_into()
-            .map_err(|source| EbpfError::Map {
-                phase: "socket array",
-                source,
-            })?;
+            .map_err(map_error("socket array"))?;
         for (index, socket) in sockets.iter().enumerate() {
             array
                 .set(index as u32, socket, 0)
-                .map_err(|source| EbpfError::Map {
-                    phase: "insert socket",
-                    source,
-                })?;
+                .map_err(map_error("insert socket"))?;
         }
         let program: &SkReuseport = self
             .ebpf
@@ -205,10 +191,7 @@ impl Loaded {
             let values = self
                 .counters
                 .get(&(c as u32), 0)
-                .map_err(|source| EbpfError::Map {
-                    phase: "read counters",
-                    source,
-                })?;
+                .map_err(map_error("read counters"))?;
             out[c as usize] = values.iter().sum();
         }
         Ok(out)
@@ -230,14 +213,8 @@ pub struct FlowTable {
 
 impl FlowTable {
     fn open(id: u32) -> Result<Self, EbpfError> {
-        let data = MapData::from_id(id).map_err(|source| EbpfError::Map {
-            phase: "open flow map",
-            source,
-        })?;
-        let map = HashMap::try_from(Map::HashMap(data)).map_err(|source| EbpfError::Map {
-            phase: "flow map type",
-            source,
-        })?;
+        let data = MapData::from_id(id).map_err(map_error("open flow map"))?;
+        let map = HashMap::try_from(Map::HashMap(data)).map_err(map_error("flow map type"))?;
         Ok(FlowTable { map })
     }
 
