@@ -485,3 +485,71 @@ fn ebpf_mode_steers_ipv6_clients_by_flow() {
         0
     );
 }
+
+/// Consent freshness end to end: 30 s without a valid check releases the pin (RFC 7675).
+/// The one slow test (~32 s); it runs in parallel with the others.
+fn consent_expiry_unpins(steering: &str) {
+    let gw = Gateway::start(steering, 2);
+    assert_eq!(gw.mode, steering, "{}", gw.stderr());
+    let p = gw.create("quiet-client");
+    let c = Client::bind("127.0.0.8");
+    assert_eq!(
+        c.ice_check(gw.udp, &p),
+        StunReply::Success { mapped: c.addr() }
+    );
+    let state = |gw: &Gateway| {
+        let (_, v) = gw.get("/api/rooms/quiet-client");
+        v["participants"][0]["ice_state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(state(&gw), "nominated");
+    // Still pinned well inside the window...
+    std::thread::sleep(Duration::from_secs(25));
+    assert_eq!(sum_threads(&gw.status(), "unpins"), 0);
+    // ...and released once 30 s have passed without a check.
+    assert!(
+        eventually(Duration::from_secs(10), || state(&gw) == "expired"),
+        "consent expired: {}",
+        gw.get("/api/rooms/quiet-client").1
+    );
+    let before = gw.status();
+    assert_eq!(sum_threads(&before, "consent_expired"), 1);
+    assert_eq!(sum_threads(&before, "unpins"), 1);
+    c.send(gw.udp, &fake_dtls(9));
+    std::thread::sleep(Duration::from_millis(300));
+    let after = gw.status();
+    assert_eq!(
+        sum_threads(&after, "session_datagrams"),
+        0,
+        "no delivery after expiry"
+    );
+    if steering == "ebpf" {
+        assert_eq!(
+            ebpf_counter(&after, "flow_miss") - ebpf_counter(&before, "flow_miss"),
+            1
+        );
+    } else {
+        assert_eq!(sum_threads(&after, "connected_sockets"), 0);
+    }
+    // A fresh valid check restores it.
+    assert_eq!(
+        c.ice_check(gw.udp, &p),
+        StunReply::Success { mapped: c.addr() }
+    );
+    assert_eq!(state(&gw), "nominated");
+}
+
+#[test]
+fn ebpf_mode_consent_expiry_unpins_the_flow() {
+    if !require_root() {
+        return;
+    }
+    consent_expiry_unpins("ebpf");
+}
+
+#[test]
+fn connected_mode_consent_expiry_unpins_the_flow() {
+    consent_expiry_unpins("connected");
+}
