@@ -253,3 +253,60 @@ fn config_file_is_honoured() {
     let p = gw.create("cfg-room");
     assert_eq!(p.candidate.ip().to_string(), "198.51.100.4");
 }
+
+/// The object built with the program's `verifier-reject` feature (by `cargo xtask test`).
+fn rejected_object() -> String {
+    let path = std::env::var("ROOMGATE_EBPF_REJECTED_OBJECT").unwrap_or_else(|_| {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../target/ebpf-verifier-reject/bpfel-unknown-none/release/roomgate-ebpf"
+        )
+        .to_owned()
+    });
+    assert!(
+        std::path::Path::new(&path).is_file(),
+        "{path} missing: run the tests through `cargo xtask test`, which builds it"
+    );
+    path
+}
+
+#[test]
+fn verifier_rejection_reports_the_verifier_log() {
+    if !require_root() {
+        return;
+    }
+    let obj = rejected_object();
+    let (code, stdout, stderr, _) = run(&[
+        "--steering",
+        "ebpf",
+        "--ebpf-object",
+        &obj,
+        "--udp-bind",
+        "127.0.0.1:0",
+        "--http-bind",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(!stdout.contains("ready"));
+    assert!(
+        stderr.contains("the kernel refused the steering program"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("verifier log:"), "{stderr}");
+    assert!(
+        stderr.contains("invalid access to packet"),
+        "the kernel's own words: {stderr}"
+    );
+
+    // auto: the same rejection becomes a loud fallback that carries the log.
+    let gw = Gateway::builder("auto", 1)
+        .args(["--ebpf-object", obj.as_str()])
+        .start();
+    assert_eq!(gw.mode, "connected");
+    let reason = gw.status()["fallback_reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(reason.contains("invalid access to packet"), "{reason}");
+    assert!(gw.stderr().contains("FALLING BACK"), "{}", gw.stderr());
+}

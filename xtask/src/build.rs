@@ -146,6 +146,31 @@ pub fn build_ebpf() -> Result<PathBuf> {
     Ok(object)
 }
 
+/// Build the program with its `verifier-reject` feature: an object the kernel's verifier
+/// must refuse, so the tests can prove a rejection reaches the operator with its log.
+/// Returns the object's path (in its own target directory).
+pub fn build_ebpf_rejected_by_verifier() -> Result<PathBuf> {
+    let root = workspace_root();
+    let target_dir = root.join("target/ebpf-verifier-reject");
+    let mut cmd = clean_cargo();
+    cmd.current_dir(root.join("gateway-ebpf/program"))
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--features",
+            "verifier-reject",
+            "--target",
+            EBPF_TARGET,
+            "-Z",
+            "build-std=core",
+        ]);
+    run(&mut cmd).context("building the verifier-reject eBPF variant")?;
+    Ok(target_dir.join(EBPF_TARGET).join("release/roomgate-ebpf"))
+}
+
 /// `cargo build -p gateway [--release]` with the eBPF object embedded
 /// (`ROOMGATE_EBPF_OBJECT`, read by `gateway/build.rs`).
 pub fn build_gateway(release: bool, object: &Path) -> Result<()> {

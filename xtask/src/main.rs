@@ -80,9 +80,11 @@ fn test(args: &[String]) -> Result<()> {
     let root = build::workspace_root();
     setup::apt_install(&["iproute2"])?;
     let filter: Vec<&String> = args.iter().skip_while(|a| *a == "--").collect();
+    let rejected = build::build_ebpf_rejected_by_verifier()?;
     let mut cmd = Command::new("cargo");
     cmd.current_dir(&root)
         .env("ROOMGATE_EBPF_OBJECT", &object)
+        .env("ROOMGATE_EBPF_REJECTED_OBJECT", &rejected)
         .args(["test", "--workspace"]);
     if !filter.is_empty() {
         cmd.arg("--").args(filter);

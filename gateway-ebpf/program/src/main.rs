@@ -121,6 +121,15 @@ mod program {
         if len <= UDP_HEADER {
             return decide(Counter::Empty, SK_DROP);
         }
+        #[cfg(feature = "verifier-reject")]
+        {
+            // Deliberately unverifiable: reads past ctx.data() with no bounds check.
+            // SAFETY: never loaded successfully; the verifier refuses this program.
+            let byte = unsafe { core::ptr::read_volatile((ctx.data() + 8) as *const u8) };
+            if byte == 0xff {
+                return decide(Counter::UnknownType, SK_DROP);
+            }
+        }
         let Some(head) = head(ctx) else {
             return decide(Counter::Empty, SK_DROP);
         };
