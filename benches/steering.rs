@@ -184,6 +184,18 @@ fn gateway_run(
     )
 }
 
+/// Same load against a gateway running the `stats-floor` program (one counter bump, one
+/// select): what the kernel's BPF statistics report for the cheapest useful program here.
+fn floor_run(object: &str) -> Option<(u64, u64, Option<u64>)> {
+    let gw = Gateway::builder("ebpf", THREADS)
+        .set("--log-level", "warn")
+        .args(["--ebpf-object", object])
+        .start();
+    let clients = client_sockets();
+    blast(&clients, gw.udp);
+    program_stats(gw_pid(&gw))
+}
+
 fn gw_pid(gw: &Gateway) -> u32 {
     gw.pid()
 }
@@ -364,6 +376,9 @@ fn main() {
     let _ = std::fs::write(stats_path, "1");
 
     let (ebpf, prog) = gateway_run("ebpf", "(a) roomgate, eBPF steering");
+    let floor = std::env::var("ROOMGATE_EBPF_FLOOR_OBJECT")
+        .ok()
+        .and_then(|o| floor_run(&o));
     let (connected, _) = gateway_run("connected", "(b) roomgate, connected fallback");
     let clients = client_sockets();
     // Owners for the baselines: room r -> thread r % THREADS, participants spread evenly.
@@ -406,6 +421,17 @@ fn main() {
         ),
         None => "eBPF program: stats unavailable".into(),
     };
+    let per_run = |(ns, cnt, _): (u64, u64, Option<u64>)| ns as f64 / cnt.max(1) as f64;
+    let floor_line = match (prog, floor) {
+        (Some(p), Some(f)) => format!(
+            "\nCalibration: a floor program (one counter bump + one select, `--features stats-floor`) under the \
+             same load reports {:.0} ns per packet; roomgate's parsing and flow lookup add {:.0} ns on top of it.",
+            per_run(f),
+            per_run(p) - per_run(f)
+        ),
+        _ => String::new(),
+    };
+    let prog_line = format!("{prog_line}{floor_line}");
     let report = format!(
         "## Steering (`cargo xtask bench steering`)\n\nMachine: {}. {} logic threads, {} rooms x {} participants, \
          one sender thread on loopback for {} s per design, RTP-sized (200 B) datagrams.\n\n{}\n{}\n",

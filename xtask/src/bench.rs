@@ -16,10 +16,12 @@ pub fn bench(args: &[String]) -> Result<()> {
 fn steering() -> Result<()> {
     crate::setup::setup()?;
     let object = build::build_ebpf()?;
+    let floor = build::build_ebpf_stats_floor()?;
     let root = build::workspace_root();
     let status = Command::new("cargo")
         .current_dir(&root)
         .env("ROOMGATE_EBPF_OBJECT", &object)
+        .env("ROOMGATE_EBPF_FLOOR_OBJECT", &floor)
         .args(["bench", "-p", "gateway", "--bench", "steering"])
         .status()
         .context("running cargo bench")?;

@@ -148,10 +148,20 @@ pub fn build_ebpf() -> Result<PathBuf> {
 
 /// Build the program with its `verifier-reject` feature: an object the kernel's verifier
 /// must refuse, so the tests can prove a rejection reaches the operator with its log.
-/// Returns the object's path (in its own target directory).
 pub fn build_ebpf_rejected_by_verifier() -> Result<PathBuf> {
+    build_ebpf_variant("verifier-reject")
+}
+
+/// Build the program with its `stats-floor` feature (one counter bump, one select): the
+/// steering bench's calibration of what the BPF statistics cost on this machine.
+pub fn build_ebpf_stats_floor() -> Result<PathBuf> {
+    build_ebpf_variant("stats-floor")
+}
+
+/// A feature variant of the program, in its own target directory; returns its path.
+fn build_ebpf_variant(feature: &str) -> Result<PathBuf> {
     let root = workspace_root();
-    let target_dir = root.join("target/ebpf-verifier-reject");
+    let target_dir = root.join(format!("target/ebpf-{feature}"));
     let mut cmd = clean_cargo();
     cmd.current_dir(root.join("gateway-ebpf/program"))
         .env("RUSTC_BOOTSTRAP", "1")
@@ -161,13 +171,13 @@ pub fn build_ebpf_rejected_by_verifier() -> Result<PathBuf> {
             "--release",
             "--locked",
             "--features",
-            "verifier-reject",
+            feature,
             "--target",
             EBPF_TARGET,
             "-Z",
             "build-std=core",
         ]);
-    run(&mut cmd).context("building the verifier-reject eBPF variant")?;
+    run(&mut cmd).with_context(|| format!("building the {feature} eBPF variant"))?;
     Ok(target_dir.join(EBPF_TARGET).join("release/roomgate-ebpf"))
 }
 

@@ -112,6 +112,9 @@ mod program {
     #[sk_reuseport]
     pub fn roomgate_steer(ctx: SkReuseportContext) -> u32 {
         bump(Counter::Packets);
+        #[cfg(feature = "stats-floor")]
+        return select(&ctx, 0, Counter::SteeredByFlow);
+        #[cfg(not(feature = "stats-floor"))]
         steer(&ctx)
     }
 
