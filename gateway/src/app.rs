@@ -60,6 +60,14 @@ async fn run_async(config: Config) -> Result<(), StartError> {
             source,
         })?;
     let http_addr = http.local_addr().unwrap_or(config.http_bind);
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::HttpBind { addr, source })?,
+        ),
+        None => None,
+    };
 
     let steering = Arc::new(steering::activate(prepared, &config, &sockets)?);
     if steering.mode == ActiveMode::Connected {
@@ -95,6 +103,19 @@ async fn run_async(config: Config) -> Result<(), StartError> {
         udp_port: local_addr.port(),
         udp_addr: local_addr.to_string(),
     });
+    let metrics_addr = match metrics_listener {
+        Some(listener) => {
+            let addr = listener.local_addr().ok();
+            let router = control::metrics_router(state.clone());
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, router).await {
+                    warn!(error = %e, "metrics server error");
+                }
+            });
+            addr
+        }
+        None => None,
+    };
     info!(
         udp = %local_addr,
         http = %http_addr,
@@ -104,8 +125,11 @@ async fn run_async(config: Config) -> Result<(), StartError> {
         "roomgate ready"
     );
     // A machine-readable line for scripts and tests that start roomgate on port 0.
+    let metrics = metrics_addr
+        .map(|a| format!(" metrics={a}"))
+        .unwrap_or_default();
     println!(
-        "roomgate ready udp={local_addr} http={http_addr} mode={} threads={}",
+        "roomgate ready udp={local_addr} http={http_addr} mode={} threads={}{metrics}",
         steering.mode.as_str(),
         config.threads
     );

@@ -71,6 +71,10 @@ pub struct Cli {
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
 
+    /// Also serve /metrics on this address (it is always on the HTTP API address too).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_addr: Option<String>,
+
     /// Load the eBPF object from this file instead of the one embedded at build time.
     #[arg(long, value_name = "PATH")]
     pub ebpf_object: Option<PathBuf>,
@@ -85,6 +89,7 @@ struct FileConfig {
     steering: Option<String>,
     public_ip: Option<String>,
     log_level: Option<String>,
+    metrics_addr: Option<String>,
     ebpf_object: Option<PathBuf>,
 }
 
@@ -97,6 +102,7 @@ pub struct Config {
     pub steering: SteeringMode,
     pub public_ip: IpAddr,
     pub log_level: String,
+    pub metrics_addr: Option<SocketAddr>,
     pub ebpf_object: Option<PathBuf>,
 }
 
@@ -184,6 +190,10 @@ impl Config {
                 reason: e.to_string(),
             });
         }
+        let metrics_addr = match cli.metrics_addr.or(file.metrics_addr) {
+            Some(raw) => Some(parse_socket_addr("--metrics-addr", &raw)?),
+            None => None,
+        };
         let ebpf_object = cli.ebpf_object.or(file.ebpf_object);
         if let Some(path) = &ebpf_object {
             if !path.is_file() {
@@ -210,6 +220,7 @@ impl Config {
             steering,
             public_ip,
             log_level,
+            metrics_addr,
             ebpf_object,
         })
     }

@@ -84,7 +84,41 @@ pub struct ThreadStats {
     pub rooms: Counter,
     pub sessions: Counter,
     pub connected_sockets: Counter,
+    /// Time spent handling events (poll wake-up to going back to sleep), ns.
+    pub busy_ns: Counter,
+    /// Sessions per ICE state, refreshed by the consent sweep (new, connected, nominated, expired).
+    pub sessions_by_state: [Counter; 4],
+    /// Per-datagram processing time, bucketed (see [`PROCESSING_BUCKETS_NS`]).
+    pub processing: Histogram,
     stun: [Counter; StunOutcome::ALL.len()],
+}
+
+/// Upper bounds (ns) of the per-datagram processing-time buckets; the last is +Inf.
+pub const PROCESSING_BUCKETS_NS: [u64; 8] =
+    [250, 500, 1_000, 2_500, 5_000, 10_000, 50_000, 250_000];
+
+/// A fixed-bucket histogram with a single writer: no allocation, no lock.
+#[derive(Default)]
+pub struct Histogram {
+    /// Non-cumulative counts per bucket; index 8 is +Inf.
+    pub buckets: [Counter; PROCESSING_BUCKETS_NS.len() + 1],
+    pub sum_ns: Counter,
+    pub count: Counter,
+}
+
+impl Histogram {
+    /// Record `n` observations of `each_ns` (a batch of datagrams averaged: one clock
+    /// read per recvmmsg batch instead of two per datagram).
+    #[inline]
+    pub fn observe_n(&self, each_ns: u64, n: u64) {
+        let i = PROCESSING_BUCKETS_NS
+            .iter()
+            .position(|b| each_ns <= *b)
+            .unwrap_or(PROCESSING_BUCKETS_NS.len());
+        self.buckets[i].add(n);
+        self.sum_ns.add(each_ns * n);
+        self.count.add(n);
+    }
 }
 
 impl ThreadStats {

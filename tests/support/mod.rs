@@ -243,6 +243,16 @@ impl Drop for Gateway {
     }
 }
 
+/// GET that reports a refused connection as `None` (for services still starting).
+pub fn try_get(url: &str) -> Option<u16> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(2)))
+        .build()
+        .into();
+    agent.get(url).call().ok().map(|r| r.status().as_u16())
+}
+
 pub fn http(method: &str, url: &str) -> (u16, Value) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)

@@ -78,7 +78,8 @@ fn run(args: &[String]) -> Result<()> {
 fn test(args: &[String]) -> Result<()> {
     let object = build_all(false)?;
     let root = build::workspace_root();
-    setup::apt_install(&["iproute2"])?;
+    // ip for the namespace tests, prometheus/promtool for the monitoring tests.
+    setup::apt_install(&["iproute2", "prometheus"])?;
     let filter: Vec<&String> = args.iter().skip_while(|a| *a == "--").collect();
     let rejected = build::build_ebpf_rejected_by_verifier()?;
     let mut cmd = Command::new("cargo");

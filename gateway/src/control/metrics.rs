@@ -3,12 +3,14 @@
 //! Built at scrape time from the logic threads' own counters (relaxed atomic loads) and
 //! the eBPF map, so a scrape never takes a lock a logic thread could be waiting on.
 //! Labels are bounded: thread index, mode, branch, outcome — never room or participant.
+use std::fmt::Write as _;
+
 use prometheus::{
-    core::Collector, Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    core::Collector, CounterVec, Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use super::ApiState;
-use crate::ice::StunOutcome;
+use crate::{ice::StunOutcome, logic::STATE_NAMES, stats::PROCESSING_BUCKETS_NS};
 
 /// A per-thread series: name, help, and how to read it from a thread's counters.
 type ThreadSeries = (
@@ -28,6 +30,23 @@ fn gauge(name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec, prometh
 pub fn render(state: &ApiState) -> Result<String, prometheus::Error> {
     let registry = Registry::new();
     let mut collectors: Vec<Box<dyn Collector>> = Vec::new();
+
+    let build = gauge(
+        "roomgate_build_info",
+        "Build information; always 1.",
+        &["version", "ebpf_embedded"],
+    )?;
+    build
+        .with_label_values(&[
+            env!("CARGO_PKG_VERSION"),
+            if crate::steering::ebpf::embedded() {
+                "true"
+            } else {
+                "false"
+            },
+        ])
+        .set(1);
+    collectors.push(Box::new(build));
 
     let mode = gauge(
         "roomgate_steering_mode",
@@ -129,6 +148,50 @@ pub fn render(state: &ApiState) -> Result<String, prometheus::Error> {
         }
         collectors.push(Box::new(g));
     }
+    let busy = CounterVec::new(
+        Opts::new(
+            "roomgate_thread_busy_seconds_total",
+            "Time the logic thread spent handling events (not waiting in poll).",
+        ),
+        &["thread"],
+    )?;
+    let by_state = gauge(
+        "roomgate_sessions_by_state",
+        "Sessions per ICE state (refreshed every 500 ms).",
+        &["thread", "state"],
+    )?;
+    let mut pinned = 0u64;
+    for (i, h) in state.threads.iter().enumerate() {
+        let t = i.to_string();
+        busy.with_label_values(&[&t])
+            .inc_by(h.stats.busy_ns.get() as f64 / 1e9);
+        for (name, c) in STATE_NAMES.iter().zip(&h.stats.sessions_by_state) {
+            by_state
+                .with_label_values(&[t.as_str(), name])
+                .set(c.get() as i64);
+        }
+        pinned += h.stats.pins.get().saturating_sub(h.stats.unpins.get());
+    }
+    collectors.push(Box::new(busy));
+    collectors.push(Box::new(by_state));
+    let flows = gauge(
+        "roomgate_flows_pinned",
+        "Client addresses currently pinned (eBPF flow-map entries or connected sockets).",
+        &[],
+    )?;
+    flows.with_label_values(&[] as &[&str]).set(pinned as i64);
+    collectors.push(Box::new(flows));
+    if let Some(capacity) = state.steering.flows_capacity() {
+        let cap = gauge(
+            "roomgate_flows_capacity",
+            "Capacity of the eBPF flow map.",
+            &[],
+        )?;
+        cap.with_label_values(&[] as &[&str])
+            .set(i64::from(capacity));
+        collectors.push(Box::new(cap));
+    }
+
     let stun = counter(
         "roomgate_stun_requests_total",
         "STUN messages handled, by outcome.",
@@ -159,5 +222,40 @@ pub fn render(state: &ApiState) -> Result<String, prometheus::Error> {
     }
     let mut out = Vec::new();
     TextEncoder::new().encode(&registry.gather(), &mut out)?;
-    Ok(String::from_utf8_lossy(&out).into_owned())
+    let mut text = String::from_utf8_lossy(&out).into_owned();
+    processing_histogram(state, &mut text);
+    Ok(text)
+}
+
+/// The per-datagram processing-time histogram, written directly in the text format: the
+/// threads keep fixed buckets, which the prometheus crate's Histogram cannot be set from.
+fn processing_histogram(state: &ApiState, out: &mut String) {
+    const NAME: &str = "roomgate_datagram_processing_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {NAME} Time a logic thread spends on one datagram (averaged per recvmmsg batch)."
+    );
+    let _ = writeln!(out, "# TYPE {NAME} histogram");
+    for (i, h) in state.threads.iter().enumerate() {
+        let hist = &h.stats.processing;
+        let mut cumulative = 0;
+        for (bound, bucket) in PROCESSING_BUCKETS_NS.iter().zip(&hist.buckets) {
+            cumulative += bucket.get();
+            let le = *bound as f64 / 1e9;
+            let _ = writeln!(
+                out,
+                "{NAME}_bucket{{thread=\"{i}\",le=\"{le}\"}} {cumulative}"
+            );
+        }
+        // Buckets are read one by one while the thread may be writing: derive +Inf and
+        // _count from the same reads so the exposition stays self-consistent.
+        let total = cumulative + hist.buckets[PROCESSING_BUCKETS_NS.len()].get();
+        let _ = writeln!(out, "{NAME}_bucket{{thread=\"{i}\",le=\"+Inf\"}} {total}");
+        let _ = writeln!(
+            out,
+            "{NAME}_sum{{thread=\"{i}\"}} {}",
+            hist.sum_ns.get() as f64 / 1e9
+        );
+        let _ = writeln!(out, "{NAME}_count{{thread=\"{i}\"}} {total}");
+    }
 }

@@ -46,6 +46,13 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .with_state(state)
 }
 
+/// Only /metrics, for `--metrics-addr`.
+pub fn metrics_router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_text))
+        .with_state(state)
+}
+
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,

@@ -26,7 +26,7 @@ use session::{ReplyPath, Room, Session};
 use tracing::{debug, trace, warn};
 
 use crate::{
-    ice::{self, Answer, Credentials, IceSession, StunOutcome},
+    ice::{self, Answer, Credentials, IceSession, IceState, StunOutcome},
     net,
     room::{owner_of_server_ufrag, RoomId},
     stats::ThreadStats,
@@ -233,6 +233,7 @@ impl LogicThread {
                 warn!(thread = self.index, error = %e, "poll failed; stopping thread");
                 break;
             }
+            let woke = Instant::now();
             for event in events.iter() {
                 match event.token() {
                     GROUP => self.drain(Via::Group),
@@ -246,6 +247,7 @@ impl LogicThread {
                 self.sweep(now);
                 self.next_sweep = now + SWEEP_EVERY;
             }
+            self.stats.busy_ns.add(woke.elapsed().as_nanos() as u64);
         }
         self.release_all();
         debug!(thread = self.index, "logic thread stopped");
@@ -289,6 +291,7 @@ impl LogicThread {
                 }
             };
             let now = Instant::now();
+            let mut datagrams = 0u64;
             for (i, m) in meta.iter().enumerate().take(n) {
                 let start = i * MAX_DATAGRAM;
                 // GRO is off, so one slot holds one datagram; stride guards anyway.
@@ -300,11 +303,16 @@ impl LogicThread {
                     self.stats.rx_datagrams.inc();
                     self.stats.rx_bytes.add(datagram.len() as u64);
                     self.on_datagram(datagram, m.addr, m.dst_ip, via, now);
+                    datagrams += 1;
                     if m.len == 0 {
                         break;
                     }
                     off = end;
                 }
+            }
+            if datagrams > 0 {
+                let each = now.elapsed().as_nanos() as u64 / datagrams;
+                self.stats.processing.observe_n(each, datagrams);
             }
             self.recv_buf = buf;
         }
@@ -788,6 +796,13 @@ impl LogicThread {
             .iter_mut()
             .filter_map(|(u, s)| s.ice.handle_timeout(now).then(|| u.clone()))
             .collect();
+        let mut by_state = [0u64; 4];
+        for session in self.sessions.values() {
+            by_state[state_index(session.ice.state())] += 1;
+        }
+        for (counter, n) in self.stats.sessions_by_state.iter().zip(by_state) {
+            counter.set(n);
+        }
         for ufrag in expired {
             debug!(thread = self.index, ufrag = %ufrag, "consent expired");
             self.stats.consent_expired.inc();
@@ -807,6 +822,19 @@ impl LogicThread {
         }
     }
 }
+
+/// Index into `ThreadStats::sessions_by_state`, in the order of [`STATE_NAMES`].
+fn state_index(state: IceState) -> usize {
+    match state {
+        IceState::New => 0,
+        IceState::Connected => 1,
+        IceState::Nominated => 2,
+        IceState::Expired => 3,
+    }
+}
+
+/// Label values of `ThreadStats::sessions_by_state`.
+pub const STATE_NAMES: [&str; 4] = ["new", "connected", "nominated", "expired"];
 
 fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())

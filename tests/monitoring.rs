@@ -1,0 +1,307 @@
+//! Monitoring against a real Prometheus (Debian's `prometheus` package, installed by
+//! `cargo xtask test`): the exposition is valid (`promtool check metrics`), labels are
+//! bounded, the eBPF counters on /metrics match /api/status, the rules file passes
+//! `promtool check rules`, and every PromQL expression of the dashboard and of the
+//! alert rules is evaluated by Prometheus against a gateway under traffic.
+mod support;
+
+use std::{
+    collections::BTreeSet,
+    io::Write,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::Value;
+use support::*;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn tool(name: &str) -> PathBuf {
+    let p = PathBuf::from("/usr/bin").join(name);
+    assert!(
+        p.is_file(),
+        "{} missing: `cargo xtask test` installs Debian's prometheus package",
+        p.display()
+    );
+    p
+}
+
+struct Prometheus {
+    child: Child,
+    url: String,
+    _dir: PathBuf,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self._dir);
+    }
+}
+
+fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn start_prometheus(target: &str) -> Prometheus {
+    let dir = std::env::temp_dir().join(format!("roomgate-prom-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("prometheus dir");
+    let rules = repo().join("grafana/alerts.yml");
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: roomgate\n    static_configs:\n      - targets: ['{target}']\n",
+        rules.display()
+    );
+    std::fs::write(dir.join("prometheus.yml"), config).expect("config");
+    let port = free_tcp_port();
+    let child = Command::new(tool("prometheus"))
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start prometheus");
+    Prometheus {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        _dir: dir,
+    }
+}
+
+fn query(prom: &Prometheus, expr: &str) -> Value {
+    let url = format!("{}/api/v1/query?query={}", prom.url, urlencode(expr));
+    http("GET", &url).1
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Grafana variables replaced the way Grafana would for "All threads".
+fn concrete(expr: &str) -> String {
+    expr.replace("$__rate_interval", "30s")
+        .replace("$thread", ".*")
+}
+
+fn dashboard_exprs() -> Vec<String> {
+    let text = std::fs::read_to_string(repo().join("grafana/dashboards/roomgate.json"))
+        .expect("dashboard");
+    let dash: Value = serde_json::from_str(&text).expect("dashboard is JSON");
+    let mut out = Vec::new();
+    for p in dash["panels"].as_array().expect("panels") {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            if let Some(e) = t["expr"].as_str() {
+                out.push(e.to_owned());
+            }
+        }
+    }
+    assert!(out.len() >= 10, "dashboard has its queries");
+    out
+}
+
+fn traffic(gw: &Gateway, clients: &mut Vec<(Participant, Client)>) {
+    for r in 0..6 {
+        let p = gw.create(&format!("watched-{r}"));
+        let c = Client::bind("127.0.0.1");
+        assert!(matches!(c.ice_check(gw.udp, &p), StunReply::Success { .. }));
+        clients.push((p, c));
+    }
+    // A few rejections too, so the error panels have something to show.
+    let stranger = Client::bind("127.0.0.9");
+    stranger.send(gw.udp, &fake_rtp(1));
+    let _ = stranger.send_and_maybe_recv(
+        gw.udp,
+        &binding_request(&clients[0].0.ufrag, "x", "wrong-password-wrong-pwd", false),
+        Duration::from_millis(200),
+    );
+}
+
+#[test]
+fn promtool_accepts_the_alert_rules() {
+    let out = Command::new(tool("promtool"))
+        .args(["check", "rules"])
+        .arg(repo().join("grafana/alerts.yml"))
+        .output()
+        .expect("promtool");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn exposition_is_valid_bounded_and_matches_status() {
+    if !require_root() {
+        return;
+    }
+    let gw = Gateway::start("ebpf", 2);
+    let mut clients = Vec::new();
+    traffic(&gw, &mut clients);
+    for (_, c) in &clients {
+        c.send(gw.udp, &fake_dtls(1));
+    }
+    assert!(eventually(Duration::from_secs(5), || sum_threads(
+        &gw.status(),
+        "session_datagrams"
+    ) == 6));
+    let (code, text) = gw.get("/metrics");
+    assert_eq!(code, 200);
+    let text = text.as_str().expect("text").to_owned();
+
+    let mut promtool = Command::new(tool("promtool"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let out = promtool.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Bounded labels: only these names, and no room or participant ID anywhere.
+    let allowed: BTreeSet<&str> = [
+        "thread",
+        "mode",
+        "outcome",
+        "branch",
+        "state",
+        "le",
+        "version",
+        "ebpf_embedded",
+    ]
+    .into();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        if let Some(labels) = line
+            .split_once('{')
+            .and_then(|(_, r)| r.split_once('}'))
+            .map(|(l, _)| l)
+        {
+            for pair in labels.split(',').filter(|p| !p.is_empty()) {
+                let name = pair.split('=').next().unwrap_or_default();
+                assert!(allowed.contains(name), "unbounded label {name:?} in {line}");
+            }
+        }
+        for (p, _) in &clients {
+            assert!(
+                !line.contains(&p.participant) && !line.contains("watched-"),
+                "ID leaked: {line}"
+            );
+        }
+    }
+    // The eBPF counters on /metrics are the ones the steering tests assert.
+    let status = gw.status();
+    for (branch, v) in status["ebpf"].as_object().expect("ebpf counters") {
+        if branch == "flows_capacity" {
+            continue;
+        }
+        let line = format!("roomgate_ebpf_decisions_total{{branch=\"{branch}\"}} ");
+        let got: Option<u64> = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .and_then(|n| n.trim().parse().ok());
+        // Counters only grow; /metrics was read first.
+        let now = v.as_u64().unwrap_or(0);
+        assert!(
+            got.is_some_and(|g| g <= now && g + 2 >= now),
+            "{branch}: metrics {got:?}, status {now}"
+        );
+    }
+}
+
+#[test]
+fn prometheus_evaluates_every_dashboard_and_alert_expression() {
+    if !require_root() {
+        return;
+    }
+    let gw = Gateway::start("ebpf", 2);
+    let prom = start_prometheus(&gw.http.to_string());
+    assert!(
+        eventually(Duration::from_secs(30), || try_get(&format!(
+            "{}/-/ready",
+            prom.url
+        )) == Some(200)),
+        "Prometheus became ready"
+    );
+    let mut clients = Vec::new();
+    traffic(&gw, &mut clients);
+    // Keep media flowing while Prometheus scrapes a few times.
+    let up = eventually(Duration::from_secs(30), || {
+        for (i, (_, c)) in clients.iter().enumerate() {
+            c.send(gw.udp, &fake_rtp(i as u16));
+        }
+        let v = query(&prom, "count_over_time(up{job=\"roomgate\"}[1m])");
+        v["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n >= 6)
+    });
+    assert!(up, "Prometheus scraped roomgate: {}", query(&prom, "up"));
+
+    for expr in dashboard_exprs() {
+        let q = concrete(&expr);
+        let v = query(&prom, &q);
+        assert_eq!(v["status"], "success", "{q}: {v}");
+        let result = v["data"]["result"].as_array().cloned().unwrap_or_default();
+        assert!(!result.is_empty(), "dashboard query returns data: {q}\n{v}");
+    }
+
+    // Alert rules: loaded and evaluated by Prometheus without error.
+    let ok = eventually(Duration::from_secs(15), || {
+        let (_, v) = http("GET", &format!("{}/api/v1/rules", prom.url));
+        let rules: Vec<Value> = v["data"]["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .collect();
+        !rules.is_empty()
+            && rules.iter().all(|r| {
+                r["health"] == "ok"
+                    && r["lastEvaluation"]
+                        .as_str()
+                        .is_some_and(|t| !t.starts_with("0001"))
+            })
+    });
+    let (_, rules) = http("GET", &format!("{}/api/v1/rules", prom.url));
+    assert!(ok, "every alert rule evaluated with health ok: {rules}");
+    let text = std::fs::read_to_string(repo().join("grafana/alerts.yml")).expect("rules");
+    for line in text.lines().filter_map(|l| l.trim().strip_prefix("expr: ")) {
+        let v = query(&prom, line);
+        assert_eq!(v["status"], "success", "{line}: {v}");
+    }
+}
