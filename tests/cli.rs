@@ -310,3 +310,20 @@ fn verifier_rejection_reports_the_verifier_log() {
     assert!(reason.contains("invalid access to packet"), "{reason}");
     assert!(gw.stderr().contains("FALLING BACK"), "{}", gw.stderr());
 }
+
+#[test]
+fn metrics_addr_serves_metrics_on_its_own_listener() {
+    let gw = Gateway::builder("connected", 1)
+        .args(["--metrics-addr", "127.0.0.1:0"])
+        .start();
+    let addr = gw.metrics.expect("ready line reports metrics=ADDR");
+    let (code, body) = http("GET", &format!("http://{addr}/metrics"));
+    assert_eq!(code, 200);
+    assert!(
+        body.as_str()
+            .is_some_and(|b| b.contains("roomgate_build_info")),
+        "{body}"
+    );
+    // Only /metrics there: the API stays on --http-bind.
+    assert_eq!(http("GET", &format!("http://{addr}/api/status")).0, 404);
+}

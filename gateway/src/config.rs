@@ -313,6 +313,7 @@ mod tests {
             (&["--public-ip", "nope"][..], "--public-ip"),
             (&["--log-level", "info,[="][..], "--log-level"),
             (&["--ebpf-object", "/nonexistent/obj"][..], "--ebpf-object"),
+            (&["--metrics-addr", "9100"][..], "--metrics-addr"),
         ] {
             let err = Config::from_cli(cli(args)).expect_err("must be rejected");
             let msg = err.to_string();

@@ -43,6 +43,8 @@ pub struct Gateway {
     pub http: SocketAddr,
     pub mode: String,
     pub threads: usize,
+    /// The separate metrics listener, when started with --metrics-addr.
+    pub metrics: Option<SocketAddr>,
     stderr: Arc<Mutex<String>>,
 }
 
@@ -173,6 +175,10 @@ impl Gateway {
             http: field("http").parse().expect("http addr"),
             mode: field("mode"),
             threads: field("threads").parse().expect("threads"),
+            metrics: line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("metrics="))
+                .and_then(|a| a.parse().ok()),
             child: Some(child),
             stderr,
         }

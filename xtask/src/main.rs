@@ -6,6 +6,8 @@
 //!   HTTP 127.0.0.1:8080, one thread per core, eBPF steering with connected fallback).
 //! - `test`: setup + build, then every test: unit, integration and privileged (eBPF in
 //!   the real kernel, network namespaces). This is what `.ci/run` calls.
+//! - `monitor [-- ARGS]`: `run` plus a local Prometheus (Debian package) scraping the
+//!   gateway over loopback with the alert rules loaded, on http://127.0.0.1:9090.
 //! - `bench steering`: the steering benchmark; writes its table to stdout and BENCHMARKS.md.
 mod bench;
 mod build;
@@ -37,9 +39,10 @@ fn real_main() -> Result<()> {
         }
         "run" => run(&rest),
         "test" => test(&rest),
+        "monitor" => monitor(&rest),
         "bench" => bench::bench(&rest),
         "" | "help" | "--help" | "-h" => {
-            println!("usage: cargo xtask <setup|build [--debug]|run [-- ARGS]|test [-- FILTER]|bench steering>");
+            println!("usage: cargo xtask <setup|build [--debug]|run [-- ARGS]|monitor [-- ARGS]|test [-- FILTER]|bench steering>");
             Ok(())
         }
         other => bail!("unknown command {other:?}; try `cargo xtask help`"),
@@ -69,6 +72,48 @@ fn run(args: &[String]) -> Result<()> {
         .args(args)
         .status()
         .with_context(|| format!("starting {}", bin.display()))?;
+    if !status.success() {
+        bail!("roomgate exited with {status}");
+    }
+    Ok(())
+}
+
+fn monitor(args: &[String]) -> Result<()> {
+    build_all(true)?;
+    setup::apt_install(&["prometheus"])?;
+    let root = build::workspace_root();
+    let args: Vec<&String> = args.iter().skip_while(|a| *a == "--").collect();
+    // Scrape wherever the API listens (the gateway's default unless --http-bind is given).
+    let http = args
+        .iter()
+        .position(|a| *a == "--http-bind")
+        .and_then(|i| args.get(i + 1))
+        .map_or("127.0.0.1:8080".to_owned(), |a| a.to_string());
+    let dir = root.join("target/monitor");
+    std::fs::create_dir_all(&dir).context("creating target/monitor")?;
+    let config = format!(
+        "global:\n  scrape_interval: 5s\n  evaluation_interval: 5s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: roomgate\n    static_configs:\n      - targets: ['{http}']\n",
+        root.join("grafana/alerts.yml").display()
+    );
+    std::fs::write(dir.join("prometheus.yml"), config).context("writing prometheus.yml")?;
+    let mut prometheus = Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg("--web.listen-address=127.0.0.1:9090")
+        .spawn()
+        .context("starting prometheus")?;
+    println!("xtask: Prometheus on http://127.0.0.1:9090 scraping {http}; import grafana/dashboards/roomgate.json into Grafana");
+    let bin = root.join("target/release/roomgate");
+    let status = Command::new(&bin).args(&args).status();
+    let _ = prometheus.kill();
+    let _ = prometheus.wait();
+    let status = status.with_context(|| format!("starting {}", bin.display()))?;
     if !status.success() {
         bail!("roomgate exited with {status}");
     }

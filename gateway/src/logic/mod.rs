@@ -310,8 +310,7 @@ impl LogicThread {
                     off = end;
                 }
             }
-            if datagrams > 0 {
-                let each = now.elapsed().as_nanos() as u64 / datagrams;
+            if let Some(each) = (now.elapsed().as_nanos() as u64).checked_div(datagrams) {
                 self.stats.processing.observe_n(each, datagrams);
             }
             self.recv_buf = buf;
