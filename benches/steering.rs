@@ -12,6 +12,7 @@
 //! the kernel's BPF statistics (run_time_ns / run_cnt in the program's fdinfo).
 #[path = "../tests/support/mod.rs"]
 mod support;
+mod util;
 
 use std::{
     collections::HashMap,
@@ -28,12 +29,9 @@ use std::{
 use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState, BATCH_SIZE};
 use socket2::{Domain, Protocol, Socket, Type};
 use support::*;
+use util::*;
 
 const THREADS: usize = 2;
-const ROOMS: usize = 32;
-const PER_ROOM: usize = 4;
-const RUN_FOR: Duration = Duration::from_secs(4);
-const SOURCE_IPS: [&str; 4] = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4"];
 
 struct Result_ {
     name: &'static str,
@@ -54,59 +52,6 @@ impl Result_ {
     fn per_cpu_sec(&self) -> f64 {
         self.received as f64 / (self.cpu_ns.max(1) as f64 / 1e9)
     }
-}
-
-/// On-CPU nanoseconds of the given threads.
-fn cpu_ns(pid: u32, tids: &[u32]) -> u64 {
-    tids.iter()
-        .filter_map(|t| std::fs::read_to_string(format!("/proc/{pid}/task/{t}/schedstat")).ok())
-        .filter_map(|s| {
-            s.split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .sum()
-}
-
-fn threads_named(pid: u32, prefix: &str) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
-        .filter(|tid| {
-            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
-                .is_ok_and(|c| c.starts_with(prefix))
-        })
-        .collect()
-}
-
-fn gettid() -> u32 {
-    // SAFETY: gettid has no preconditions.
-    unsafe { libc::syscall(libc::SYS_gettid) as u32 }
-}
-
-/// Blast `datagrams` round-robin from `clients` to `to` for RUN_FOR. Returns datagrams sent.
-fn blast(clients: &[UdpSocket], to: SocketAddr) -> u64 {
-    let payload = fake_rtp(1);
-    let deadline = Instant::now() + RUN_FOR;
-    let mut sent = 0u64;
-    'outer: loop {
-        for c in clients {
-            let _ = c.send_to(&payload, to);
-            sent += 1;
-        }
-        if sent % 4096 < clients.len() as u64 && Instant::now() >= deadline {
-            break 'outer;
-        }
-    }
-    sent
-}
-
-fn client_sockets() -> Vec<UdpSocket> {
-    (0..ROOMS * PER_ROOM)
-        .map(|i| UdpSocket::bind((SOURCE_IPS[i % SOURCE_IPS.len()], 0)).expect("bind client"))
-        .collect()
 }
 
 /// Program cost from fdinfo of the gateway's sk_reuseport program (type 21).
@@ -347,21 +292,6 @@ fn reuseport_socket(addr: SocketAddr) -> UdpSocket {
     s.set_reuse_port(true).expect("reuseport");
     s.bind(&addr.into()).expect("bind");
     UdpSocket::from(s)
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines().find_map(|l| {
-                l.strip_prefix("model name")
-                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
-            })
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cpu}, {cores} cores, Linux {}", kernel.trim())
 }
 
 fn main() {

@@ -8,33 +8,48 @@ use crate::build;
 
 pub fn bench(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
-        Some("steering") | None => steering(),
-        Some(other) => bail!("unknown benchmark {other:?}; available: steering"),
+        Some("steering") | None => {
+            run_bench("steering", "Steering", "target/bench-steering.md", true)
+        }
+        Some("metrics") => run_bench(
+            "metrics",
+            "Metrics scrape cost",
+            "target/bench-metrics.md",
+            false,
+        ),
+        Some(other) => bail!("unknown benchmark {other:?}; available: steering, metrics"),
     }
 }
 
-fn steering() -> Result<()> {
+/// Run `benches/<bench>.rs` in release with the eBPF object embedded, then replace the
+/// section starting with `## <heading>` in BENCHMARKS.md by the bench's report.
+fn run_bench(bench: &str, heading: &str, report_path: &str, needs_floor: bool) -> Result<()> {
     crate::setup::setup()?;
     let object = build::build_ebpf()?;
-    let floor = build::build_ebpf_stats_floor()?;
+    let floor = if needs_floor {
+        Some(build::build_ebpf_stats_floor()?)
+    } else {
+        None
+    };
     let root = build::workspace_root();
-    let status = Command::new("cargo")
-        .current_dir(&root)
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(&root)
         .env("ROOMGATE_EBPF_OBJECT", &object)
-        .env("ROOMGATE_EBPF_FLOOR_OBJECT", &floor)
-        .args(["bench", "-p", "gateway", "--bench", "steering"])
-        .status()
-        .context("running cargo bench")?;
-    if !status.success() {
-        bail!("steering benchmark failed ({status})");
+        .args(["bench", "-p", "gateway", "--bench", bench]);
+    if let Some(floor) = &floor {
+        cmd.env("ROOMGATE_EBPF_FLOOR_OBJECT", floor);
     }
-    let report = std::fs::read_to_string(root.join("target/bench-steering.md"))
-        .context("reading the bench report")?;
+    let status = cmd.status().context("running cargo bench")?;
+    if !status.success() {
+        bail!("{bench} benchmark failed ({status})");
+    }
+    let report =
+        std::fs::read_to_string(root.join(report_path)).context("reading the bench report")?;
     let path = root.join("BENCHMARKS.md");
     let existing =
         std::fs::read_to_string(&path).unwrap_or_else(|_| "# roomgate benchmarks\n\n".into());
-    // Replace the steering section, keep any others.
-    let start = existing.find("## Steering");
+    // Replace this bench's section, keep the others.
+    let start = existing.find(&format!("## {heading}"));
     let updated = match start {
         Some(s) => {
             let end = existing[s + 1..]
@@ -42,7 +57,7 @@ fn steering() -> Result<()> {
                 .map_or(existing.len(), |e| s + 1 + e + 1);
             format!("{}{}{}", &existing[..s], section(&report), &existing[end..])
         }
-        None => format!("{}{}", existing, section(&report)),
+        None => format!("{}\n{}", existing.trim_end(), section(&report)),
     };
     std::fs::write(&path, updated).context("writing BENCHMARKS.md")?;
     println!("xtask: updated {}", path.display());
@@ -50,8 +65,5 @@ fn steering() -> Result<()> {
 }
 
 fn section(report: &str) -> String {
-    format!(
-        "{}\nCommand: `cargo xtask bench steering` (as root; it enables `kernel.bpf_stats_enabled` for the run and restores it).\n\n",
-        report.trim_end()
-    )
+    format!("{}\nRun as root (eBPF steering; the steering bench also enables `kernel.bpf_stats_enabled` for the run and restores it).\n\n", report.trim_end())
 }
