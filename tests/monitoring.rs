@@ -305,3 +305,56 @@ fn prometheus_evaluates_every_dashboard_and_alert_expression() {
         assert_eq!(v["status"], "success", "{line}: {v}");
     }
 }
+
+#[test]
+fn dashboard_has_the_variables_and_rows_operators_need() {
+    let text = std::fs::read_to_string(repo().join("grafana/dashboards/roomgate.json"))
+        .expect("dashboard");
+    let dash: Value = serde_json::from_str(&text).expect("JSON");
+    let vars: Vec<&str> = dash["templating"]["list"]
+        .as_array()
+        .expect("templating")
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert!(
+        vars.contains(&"datasource") && vars.contains(&"thread"),
+        "{vars:?}"
+    );
+    let rows: Vec<&str> = dash["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .filter(|p| p["type"] == "row")
+        .filter_map(|p| p["title"].as_str())
+        .collect();
+    assert_eq!(
+        rows,
+        ["Steering overview", "Per-thread load", "Media", "Errors"]
+    );
+    for p in dash["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .filter(|p| p["type"] != "row")
+    {
+        assert_eq!(
+            p["datasource"]["uid"], "${datasource}",
+            "panel {} uses the variable",
+            p["title"]
+        );
+        assert!(
+            p["description"].as_str().is_some_and(|d| !d.is_empty()),
+            "panel {} is described",
+            p["title"]
+        );
+    }
+    // Provisioning files point Grafana at the dashboard folder and at Prometheus.
+    for f in [
+        "grafana/provisioning/dashboards/roomgate.yml",
+        "grafana/provisioning/datasources/prometheus.yml",
+    ] {
+        let y = std::fs::read_to_string(repo().join(f)).expect(f);
+        assert!(y.contains("apiVersion: 1"), "{f}");
+    }
+}
