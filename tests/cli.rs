@@ -327,3 +327,34 @@ fn metrics_addr_serves_metrics_on_its_own_listener() {
     // Only /metrics there: the API stays on --http-bind.
     assert_eq!(http("GET", &format!("http://{addr}/api/status")).0, 404);
 }
+
+/// The documented minimum for eBPF mode: CAP_BPF (program, maps), CAP_NET_ADMIN
+/// (reuseport attach) and CAP_PERFMON (the verifier's pointer-arithmetic rules for the
+/// bounded USERNAME scan). Regression: logic threads once reopened the flow map by id,
+/// which needs CAP_SYS_ADMIN, and `auto` then died instead of running.
+#[test]
+fn ebpf_mode_runs_with_only_bpf_net_admin_and_perfmon() {
+    if !require_root() {
+        return;
+    }
+    let caps = "-all,+bpf,+net_admin,+perfmon";
+    let gw = Gateway::builder("ebpf", 2)
+        .wrapper([
+            "setpriv".to_owned(),
+            format!("--bounding-set={caps}"),
+            format!("--inh-caps={caps}"),
+            "--".to_owned(),
+        ])
+        .start();
+    assert_eq!(gw.mode, "ebpf", "{}", gw.stderr());
+    let p = gw.create("few-caps");
+    let c = Client::bind("127.0.0.1");
+    assert_eq!(
+        c.ice_check(gw.udp, &p),
+        StunReply::Success { mapped: c.addr() }
+    );
+    c.send(gw.udp, &fake_dtls(1));
+    assert!(eventually(Duration::from_secs(5), || {
+        sum_threads(&gw.status(), "session_datagrams") == 1
+    }));
+}

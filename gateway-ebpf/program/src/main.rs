@@ -39,8 +39,8 @@ mod program {
     };
     use roomgate_common::{
         classify, room_hash, room_part_len, stun, Counter, FlowKey, PacketClass, CONFIG_LEN,
-        CONFIG_THREADS, FLOWS_CAPACITY, MAP_CONFIG, MAP_COUNTERS, MAP_FLOWS, MAP_SOCKETS,
-        MAX_THREADS, PROGRAM_NAME, USERNAME_SCAN_LEN,
+        CONFIG_THREADS, FAMILY_V4, FAMILY_V6, FLOWS_CAPACITY, MAP_CONFIG, MAP_COUNTERS, MAP_FLOWS,
+        MAP_SOCKETS, MAX_THREADS, PROGRAM_NAME, USERNAME_SCAN_LEN,
     };
 
     /// `#[map(name = ...)]` takes a literal; these checks keep the literals (and the
@@ -90,14 +90,21 @@ mod program {
         }
     }
 
+    #[repr(C, align(8))]
+    struct KeyWords([u32; 5]);
+    const _: () = assert!(core::mem::size_of::<FlowKey>() == 5 * 4);
+
     #[inline(always)]
     fn load<const N: usize>(ctx: &SkReuseportContext, offset: u32) -> Option<[u8; N]> {
-        let mut buf = [0u8; N];
-        // SAFETY: the helper writes at most N bytes into buf; it checks the packet bounds.
+        // Not zero-filled first: LLVM turns that into a memset loop over a variable stack
+        // offset, which the verifier only accepts with CAP_PERFMON.
+        let mut buf = core::mem::MaybeUninit::<[u8; N]>::uninit();
+        // SAFETY: the helper writes all N bytes on success (and zero-fills them on error).
         let rc =
             unsafe { bpf_skb_load_bytes(ctx.as_ptr(), offset, buf.as_mut_ptr().cast(), N as u32) };
         if rc == 0 {
-            Some(buf)
+            // SAFETY: written in full by the helper above.
+            Some(unsafe { buf.assume_init() })
         } else {
             None
         }
@@ -232,32 +239,32 @@ mod program {
     /// stays zero).
     #[inline(always)]
     fn copy_username(ctx: &SkReuseportContext, value_off: u32) -> [u8; USERNAME_SCAN_LEN] {
-        let mut prefix = [0u8; USERNAME_SCAN_LEN];
-        // SAFETY: writes exactly USERNAME_SCAN_LEN bytes into `prefix`.
+        let mut window = core::mem::MaybeUninit::<[u8; USERNAME_SCAN_LEN]>::uninit();
+        // SAFETY: the helper writes all USERNAME_SCAN_LEN bytes on success and zero-fills
+        // them on failure, so the buffer is initialized either way.
         let whole = unsafe {
             bpf_skb_load_bytes(
                 ctx.as_ptr(),
                 value_off,
-                prefix.as_mut_ptr().cast(),
+                window.as_mut_ptr().cast(),
                 USERNAME_SCAN_LEN as u32,
             )
         };
+        // SAFETY: see above.
+        let mut prefix = unsafe { window.assume_init() };
         if whole != 0 {
-            let mut i = 0usize;
-            while i < USERNAME_SCAN_LEN / 4 {
-                if let Some(chunk) = prefix.get_mut(i * 4..i * 4 + 4) {
-                    // SAFETY: `chunk` is 4 bytes of `prefix`; the helper writes exactly 4.
-                    unsafe {
-                        bpf_skb_load_bytes(
-                            ctx.as_ptr(),
-                            value_off + (i * 4) as u32,
-                            chunk.as_mut_ptr().cast(),
-                            4,
-                        )
-                    };
-                }
-                i += 1;
+            // Constant offsets only: a variable stack offset needs CAP_PERFMON.
+            macro_rules! chunk {
+                ($($k:literal)*) => {$(
+                    if let Some(c) = load::<4>(ctx, value_off + $k * 4) {
+                        prefix[$k * 4] = c[0];
+                        prefix[$k * 4 + 1] = c[1];
+                        prefix[$k * 4 + 2] = c[2];
+                        prefix[$k * 4 + 3] = c[3];
+                    }
+                )*};
             }
+            chunk!(0 1 2 3 4 5 6 7 8 9 10);
         }
         prefix
     }
@@ -291,47 +298,44 @@ mod program {
     fn by_flow(ctx: &SkReuseportContext, port: [u8; 2]) -> u32 {
         // eth_protocol holds the big-endian ethertype in its low 16 bits.
         let proto = ctx.eth_protocol();
-        let mut key = FlowKey {
-            family: 0,
-            port_be: port,
-            addr: [0u8; 16],
-        };
-        if proto == ETH_P_IP {
-            let mut a = [0u8; 4];
-            // SAFETY: writes 4 bytes into `a`; bounds are checked by the helper.
-            let rc = unsafe {
-                bpf_skb_load_bytes_relative(
-                    ctx.as_ptr(),
-                    12,
-                    a.as_mut_ptr().cast(),
-                    4,
-                    BPF_HDR_START_NET,
-                )
-            };
-            if rc != 0 {
-                return decide(Counter::FlowMiss, SK_DROP);
-            }
-            key = FlowKey::v4(a, u16::from_be_bytes(port));
+        let (family, addr_len, addr_off) = if proto == ETH_P_IP {
+            (FAMILY_V4, 4u32, 12u32)
         } else if proto == ETH_P_IPV6 {
-            let mut a = [0u8; 16];
-            // SAFETY: writes 16 bytes into `a`; bounds are checked by the helper.
-            let rc = unsafe {
-                bpf_skb_load_bytes_relative(
-                    ctx.as_ptr(),
-                    8,
-                    a.as_mut_ptr().cast(),
-                    16,
-                    BPF_HDR_START_NET,
-                )
-            };
-            if rc != 0 {
-                return decide(Counter::FlowMiss, SK_DROP);
-            }
-            key = FlowKey::v6(a, u16::from_be_bytes(port));
+            (FAMILY_V6, 16, 8)
+        } else {
+            return decide(Counter::FlowMiss, SK_DROP);
+        };
+        // The FlowKey is assembled in place as five aligned 32-bit words written with
+        // volatile stores: zero-filling a 2-byte-aligned struct makes LLVM emit a memset
+        // loop over a variable stack offset, which the verifier only accepts with
+        // CAP_PERFMON. Layout: family (u16, host order), port (network order), address.
+        let mut words = KeyWords([0; 5]);
+        let w = words.0.as_mut_ptr();
+        // SAFETY: five in-bounds, aligned stores into `words`.
+        unsafe {
+            let fam = family.to_ne_bytes();
+            core::ptr::write_volatile(w, u32::from_ne_bytes([fam[0], fam[1], port[0], port[1]]));
+            core::ptr::write_volatile(w.add(1), 0);
+            core::ptr::write_volatile(w.add(2), 0);
+            core::ptr::write_volatile(w.add(3), 0);
+            core::ptr::write_volatile(w.add(4), 0);
         }
-        if key.family == 0 {
+        // SAFETY: the helper writes addr_len (4 or 16) bytes at byte 4 of the 20-byte key.
+        let rc = unsafe {
+            bpf_skb_load_bytes_relative(
+                ctx.as_ptr(),
+                addr_off,
+                w.add(1).cast(),
+                addr_len,
+                BPF_HDR_START_NET,
+            )
+        };
+        if rc != 0 {
             return decide(Counter::FlowMiss, SK_DROP);
         }
+        // SAFETY: KeyWords is 20 bytes, 8-aligned, and FlowKey is a padding-free 20-byte
+        // repr(C) struct with alignment 2 for which every bit pattern is valid.
+        let key: &FlowKey = unsafe { &*(words.0.as_ptr() as *const FlowKey) };
         // SAFETY: the value is copied out immediately; userspace only replaces whole entries.
         match unsafe { FLOWS.get(key) } {
             Some(thread) => {

@@ -1,5 +1,5 @@
 //! The eBPF steering program: load, fill the maps, attach to the group, read counters.
-use std::{net::UdpSocket, path::Path};
+use std::{net::UdpSocket, os::fd::AsFd, path::Path};
 
 use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuArray, ReusePortSockArray},
@@ -49,10 +49,22 @@ fn map_error(phase: &'static str) -> impl FnOnce(aya::maps::MapError) -> EbpfErr
     move |source| EbpfError::Map { phase, source }
 }
 
+fn dup_failed(io_error: std::io::Error) -> EbpfError {
+    EbpfError::Map {
+        phase: "duplicate flow map fd",
+        source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+            call: "dup",
+            io_error,
+        }),
+    }
+}
+
 /// The steering program loaded into the kernel with its maps.
 pub struct Loaded {
     ebpf: Ebpf,
-    flows_id: u32,
+    /// Our own fd of the flow map; each logic thread gets a duplicate of it.
+    /// (Opening the map again by id would need CAP_SYS_ADMIN; dup needs nothing.)
+    flows_fd: std::os::fd::OwnedFd,
     flows_capacity: u32,
     counters: PerCpuArray<MapData, u64>,
 }
@@ -114,21 +126,28 @@ impl Loaded {
             .set(CONFIG_THREADS, threads, 0)
             .map_err(map_error("set thread count"))?;
 
-        let flows = ebpf
-            .map(MAP_FLOWS)
-            .ok_or(EbpfError::MissingMap(MAP_FLOWS))?;
-        let info = map_data(flows)
-            .ok_or(EbpfError::MissingMap(MAP_FLOWS))?
+        let flows = map_data(
+            ebpf.map(MAP_FLOWS)
+                .ok_or(EbpfError::MissingMap(MAP_FLOWS))?,
+        )
+        .ok_or(EbpfError::MissingMap(MAP_FLOWS))?;
+        let flows_capacity = flows
             .info()
-            .map_err(map_error("flow map info"))?;
+            .map_err(map_error("flow map info"))?
+            .max_entries();
+        let flows_fd = flows
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(dup_failed)?;
         let counters_map = ebpf
             .take_map(MAP_COUNTERS)
             .ok_or(EbpfError::MissingMap(MAP_COUNTERS))?;
         let counters = PerCpuArray::try_from(counters_map).map_err(map_error("counter map"))?;
         Ok(Loaded {
             ebpf,
-            flows_id: info.id(),
-            flows_capacity: info.max_entries(),
+            flows_fd,
+            flows_capacity,
             counters,
         })
     }
@@ -177,7 +196,8 @@ impl Loaded {
 
     /// A handle on the flow map for one logic thread (its own fd, no sharing).
     pub fn flow_table(&self) -> Result<FlowTable, EbpfError> {
-        FlowTable::open(self.flows_id)
+        let fd = self.flows_fd.try_clone().map_err(dup_failed)?;
+        FlowTable::open(fd)
     }
 
     pub fn flows_capacity(&self) -> u32 {
@@ -212,8 +232,8 @@ pub struct FlowTable {
 }
 
 impl FlowTable {
-    fn open(id: u32) -> Result<Self, EbpfError> {
-        let data = MapData::from_id(id).map_err(map_error("open flow map"))?;
+    fn open(fd: std::os::fd::OwnedFd) -> Result<Self, EbpfError> {
+        let data = MapData::from_fd(fd).map_err(map_error("open flow map"))?;
         let map = HashMap::try_from(Map::HashMap(data)).map_err(map_error("flow map type"))?;
         Ok(FlowTable { map })
     }
