@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use crate::{
     config::Config,
     control::{self, ApiState},
-    logic::{self, Command, ThreadSetup},
+    logic::{self, ThreadSetup},
     net,
     steering::{self, ActiveMode},
 };
@@ -141,7 +141,7 @@ async fn run_async(config: Config) -> Result<(), StartError> {
 
     info!("shutting down");
     for h in &handles {
-        let _ = h.send(Command::Shutdown);
+        h.request_stop();
     }
     for j in joins {
         let _ = j.join();

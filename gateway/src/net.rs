@@ -71,19 +71,21 @@ pub fn bind_group(addr: SocketAddr, threads: usize) -> Result<Vec<UdpSocket>, Ne
         }
         sockets.push(UdpSocket::from(socket));
     }
-    check_port_not_shared(bind_addr.port(), &sockets)?;
+    check_port_not_shared(bind_addr, &sockets)?;
     Ok(sockets)
 }
 
 /// A restarted or second roomgate with the same uid would silently join an existing
 /// group on the same port and steal a share of its traffic. /proc/net/udp{,6} lists
-/// every UDP socket of this network namespace; any on our port that is not ours is a
-/// conflict.
-fn check_port_not_shared(port: u16, ours: &[UdpSocket]) -> Result<(), NetError> {
-    let our_inodes: HashSet<u64> = ours
+/// every UDP socket of this network namespace; any socket that is not ours, on our port
+/// and on an overlapping address (the same one, or a wildcard on either side) is a
+/// conflict. Sockets on other addresses with the same port number are not.
+fn check_port_not_shared(ours: SocketAddr, sockets: &[UdpSocket]) -> Result<(), NetError> {
+    let our_inodes: HashSet<u64> = sockets
         .iter()
         .filter_map(|s| socket_inode(s.as_raw_fd()))
         .collect();
+    let our_ip = ours.ip().to_canonical();
     let mut foreign = Vec::new();
     for table in ["/proc/net/udp", "/proc/net/udp6"] {
         let Ok(text) = std::fs::read_to_string(table) else {
@@ -94,17 +96,14 @@ fn check_port_not_shared(port: u16, ours: &[UdpSocket]) -> Result<(), NetError> 
             let (Some(local), Some(inode)) = (cols.get(1), cols.get(9)) else {
                 continue;
             };
-            let Some(p) = local
-                .rsplit(':')
-                .next()
-                .and_then(|h| u16::from_str_radix(h, 16).ok())
-            else {
+            let Some((ip, port)) = parse_proc_addr(local) else {
                 continue;
             };
             let Ok(inode) = inode.parse::<u64>() else {
                 continue;
             };
-            if p == port && inode != 0 && !our_inodes.contains(&inode) {
+            let overlaps = ip.is_unspecified() || our_ip.is_unspecified() || ip == our_ip;
+            if port == ours.port() && overlaps && inode != 0 && !our_inodes.contains(&inode) {
                 foreign.push(inode);
             }
         }
@@ -113,11 +112,34 @@ fn check_port_not_shared(port: u16, ours: &[UdpSocket]) -> Result<(), NetError> 
         Ok(())
     } else {
         Err(NetError::PortShared {
-            port,
+            port: ours.port(),
             count: foreign.len(),
             inodes: foreign,
         })
     }
+}
+
+/// "0100007F:1B58" (IPv4) or 32 hex digits + ":PORT" (IPv6), as /proc/net/udp{,6} print
+/// them: each 32-bit word of the address in host byte order.
+fn parse_proc_addr(field: &str) -> Option<(std::net::IpAddr, u16)> {
+    let (addr, port) = field.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let word = |i: usize| -> Option<[u8; 4]> {
+        let hex = addr.get(i * 8..i * 8 + 8)?;
+        Some(u32::from_str_radix(hex, 16).ok()?.to_le_bytes())
+    };
+    let ip = match addr.len() {
+        8 => std::net::IpAddr::from(word(0)?),
+        32 => {
+            let mut b = [0u8; 16];
+            for i in 0..4 {
+                b[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+            }
+            std::net::IpAddr::from(b).to_canonical()
+        }
+        _ => return None,
+    };
+    Some((ip, port))
 }
 
 fn socket_inode(fd: i32) -> Option<u64> {
@@ -157,6 +179,46 @@ pub fn disable_gro(socket: &impl AsRawFd) {
             libc::UDP_GRO,
             (&off as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_net_udp_addresses() {
+        assert_eq!(
+            parse_proc_addr("0100007F:1B58"),
+            Some(("127.0.0.1".parse().unwrap(), 7000))
+        );
+        assert_eq!(
+            parse_proc_addr("00000000000000000000000001000000:1B58"),
+            Some(("::1".parse().unwrap(), 7000))
+        );
+        // v4-mapped (::ffff:127.0.0.2) compares as IPv4.
+        assert_eq!(
+            parse_proc_addr("0000000000000000FFFF00000200007F:0050"),
+            Some(("127.0.0.2".parse().unwrap(), 80))
+        );
+        assert_eq!(parse_proc_addr("zz:1"), None);
+    }
+
+    #[test]
+    fn a_socket_on_another_address_with_the_same_port_is_not_a_conflict() {
+        let other = UdpSocket::bind("127.0.0.2:0").unwrap();
+        let port = other.local_addr().unwrap().port();
+        let group = bind_group(SocketAddr::from(([127, 0, 0, 1], port)), 2)
+            .expect("no conflict with 127.0.0.2");
+        assert_eq!(group.len(), 2);
+        // A wildcard bind on that port does overlap.
+        drop(group);
+        let err =
+            bind_group(SocketAddr::from(([0, 0, 0, 0], port)), 1).expect_err("overlaps 127.0.0.2");
+        assert!(
+            matches!(err, NetError::Bind { .. } | NetError::PortShared { .. }),
+            "{err}"
         );
     }
 }

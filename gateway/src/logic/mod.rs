@@ -12,6 +12,7 @@ use std::{
     io::{self, IoSliceMut},
     net::{IpAddr, SocketAddr},
     sync::{
+        atomic::{AtomicBool, Ordering},
         mpsc::{self, Receiver, SyncSender, TrySendError},
         Arc,
     },
@@ -40,6 +41,9 @@ const CONN_BASE: usize = 2;
 const MAX_DATAGRAM: usize = 2048;
 /// Bound on queued commands and handoffs per thread; beyond it we shed, never block.
 const QUEUE_DEPTH: usize = 4096;
+/// recvmmsg batches per socket per wake-up. A flood on one socket must not starve the
+/// others, the command queue or the consent sweep; the rest is read on the next pass.
+const MAX_BATCHES_PER_WAKE: usize = 64;
 /// Consent freshness is checked at this granularity.
 const SWEEP_EVERY: Duration = Duration::from_millis(500);
 const PWD_LEN: usize = 24;
@@ -66,7 +70,6 @@ pub enum Command {
         from: SocketAddr,
         local_ip: Option<IpAddr>,
     },
-    Shutdown,
 }
 
 /// The control plane's (and other threads') handle on a logic thread.
@@ -74,6 +77,8 @@ pub enum Command {
 pub struct ThreadHandle {
     tx: SyncSender<Command>,
     waker: Arc<Waker>,
+    /// Set to stop the thread; separate from the queue so a full queue cannot delay it.
+    stop: Arc<AtomicBool>,
     pub stats: Arc<ThreadStats>,
 }
 
@@ -92,6 +97,12 @@ impl ThreadHandle {
             TrySendError::Disconnected(_) => SendError::Stopped,
         })?;
         self.waker.wake().map_err(|_| SendError::Stopped)
+    }
+
+    /// Ask the thread to release its flows and exit.
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = self.waker.wake();
     }
 }
 
@@ -114,18 +125,20 @@ pub fn spawn_all(setups: Vec<ThreadSetup>) -> io::Result<(Vec<ThreadHandle>, Vec
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = mpsc::sync_channel(QUEUE_DEPTH);
         let stats = Arc::new(ThreadStats::default());
+        let stop = Arc::new(AtomicBool::new(false));
         handles.push(ThreadHandle {
             tx,
             waker,
+            stop: stop.clone(),
             stats: stats.clone(),
         });
-        parts.push((setup, poll, rx, stats));
+        parts.push((setup, poll, rx, stats, stop));
     }
     let peers: Arc<[ThreadHandle]> = handles.clone().into();
     let mut joins = Vec::with_capacity(parts.len());
-    for (setup, poll, rx, stats) in parts {
+    for (setup, poll, rx, stats, stop) in parts {
         let index = setup.index;
-        let thread = LogicThread::new(setup, poll, rx, stats, peers.clone())?;
+        let thread = LogicThread::new(setup, poll, rx, stats, stop, peers.clone())?;
         joins.push(
             std::thread::Builder::new()
                 .name(format!("roomgate-logic-{index}"))
@@ -177,7 +190,10 @@ struct LogicThread {
     by_addr: HashMap<SocketAddr, String>,
     recv_buf: Box<[u8]>,
     next_sweep: Instant,
-    stopping: bool,
+    stop: Arc<AtomicBool>,
+    /// Sockets left readable because a wake-up hit MAX_BATCHES_PER_WAKE (edge-triggered
+    /// epoll will not report them again until new data arrives).
+    pending: Vec<Via>,
 }
 
 impl LogicThread {
@@ -186,6 +202,7 @@ impl LogicThread {
         poll: Poll,
         rx: Receiver<Command>,
         stats: Arc<ThreadStats>,
+        stop: Arc<AtomicBool>,
         peers: Arc<[ThreadHandle]>,
     ) -> io::Result<Self> {
         let group_state = UdpSocketState::new(UdpSockRef::from(&setup.socket))?;
@@ -213,7 +230,8 @@ impl LogicThread {
             by_addr: HashMap::new(),
             recv_buf: vec![0u8; MAX_DATAGRAM * BATCH_SIZE].into_boxed_slice(),
             next_sweep: Instant::now() + SWEEP_EVERY,
-            stopping: false,
+            stop,
+            pending: Vec::new(),
         })
     }
 
@@ -224,8 +242,12 @@ impl LogicThread {
             mode = self.mode.as_str(),
             "logic thread started"
         );
-        while !self.stopping {
-            let timeout = self.next_sweep.saturating_duration_since(Instant::now());
+        while !self.stop.load(Ordering::Acquire) {
+            let timeout = if self.pending.is_empty() {
+                self.next_sweep.saturating_duration_since(Instant::now())
+            } else {
+                Duration::ZERO
+            };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -234,6 +256,9 @@ impl LogicThread {
                 break;
             }
             let woke = Instant::now();
+            for via in std::mem::take(&mut self.pending) {
+                self.drain(via);
+            }
             for event in events.iter() {
                 match event.token() {
                     GROUP => self.drain(Via::Group),
@@ -256,7 +281,14 @@ impl LogicThread {
     /// Read until the socket would block; batches of up to BATCH_SIZE via recvmmsg.
     fn drain(&mut self, via: Via) {
         let mut meta = [RecvMeta::default(); BATCH_SIZE];
-        loop {
+        let mut errors = 0;
+        for batch in 0.. {
+            if batch == MAX_BATCHES_PER_WAKE {
+                if !self.pending.contains(&via) {
+                    self.pending.push(via);
+                }
+                return;
+            }
             let mut buf = std::mem::take(&mut self.recv_buf);
             let result = {
                 let mut chunks = buf.chunks_mut(MAX_DATAGRAM).map(IoSliceMut::new);
@@ -284,10 +316,15 @@ impl LogicThread {
                     return;
                 }
                 Err(e) => {
-                    // ICMP errors surface here on connected sockets; they concern one client.
+                    // ICMP errors surface here on connected sockets; reading clears them and
+                    // datagrams may still be queued behind, so keep reading (bounded).
                     trace!(thread = self.index, error = %e, "recv error");
                     self.recv_buf = buf;
-                    return;
+                    errors += 1;
+                    if errors > 8 {
+                        return;
+                    }
+                    continue;
                 }
             };
             let now = Instant::now();
@@ -511,7 +548,6 @@ impl LogicThread {
                 match peer.send(cmd) {
                     Ok(()) => {
                         self.stats.handoffs.inc();
-                        peer.stats.handoffs_received.inc();
                         trace!(thread = self.index, owner, %from, decision = "handoff");
                     }
                     Err(e) => {
@@ -571,9 +607,16 @@ impl LogicThread {
         net::disable_gro(&std_socket);
         let mut socket = UdpSocket::from_std(std_socket);
         let index = self.free_conns.pop().unwrap_or(self.conns.len());
-        self.poll
-            .registry()
-            .register(&mut socket, Token(CONN_BASE + index), Interest::READABLE)?;
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut socket, Token(CONN_BASE + index), Interest::READABLE)
+        {
+            if index < self.conns.len() {
+                self.free_conns.push(index);
+            }
+            return Err(e);
+        }
         let conn = ConnSocket {
             socket,
             state,
@@ -702,10 +745,12 @@ impl LogicThread {
                     from,
                     local_ip,
                 } => {
+                    // Counted by the receiver, so handoffs == handoffs_received proves
+                    // every handed-off datagram arrived.
+                    self.stats.handoffs_received.inc();
                     let now = Instant::now();
                     self.on_datagram(&datagram, from, local_ip, Via::Handoff, now);
                 }
-                Command::Shutdown => self.stopping = true,
             }
         }
     }
