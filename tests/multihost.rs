@@ -34,8 +34,9 @@ fn ip(args: &[&str]) {
 }
 
 impl Topology {
-    fn new() -> Topology {
-        let tag = std::process::id() % 100_000;
+    /// Names carry the pid and a per-test tag so tests of one run never collide.
+    fn new_tagged(test: &str) -> Topology {
+        let tag = format!("{}{}", std::process::id() % 10_000, &test[..1]);
         let gw = format!("rg{tag}gw");
         let hosts: Vec<String> = (1..=2).map(|i| format!("rg{tag}h{i}")).collect();
         let t = Topology {
@@ -94,6 +95,18 @@ impl Topology {
             ip(&["-n", &gw, "link", "set", &g, "up"]);
             ip(&["-n", host, "link", "set", &h, "up"]);
         }
+        // Host 1 may also reach the gateway's *other* address (10.201.2.1) through its own
+        // link: the gateway then receives on 10.201.1.1's interface a request for
+        // 10.201.2.1, and routing alone would answer from 10.201.1.1.
+        ip(&[
+            "-n",
+            &hosts[0],
+            "route",
+            "add",
+            "10.201.2.1/32",
+            "via",
+            "10.201.1.1",
+        ]);
         t
     }
 }
@@ -130,16 +143,28 @@ fn client_in(ns: &str, ip: &str) -> Client {
 }
 
 #[test]
-fn clients_on_other_hosts_over_ipv4_and_ipv6_are_steered_by_the_kernel() {
+fn ebpf_mode_steers_clients_on_other_hosts_over_ipv4_and_ipv6() {
     if !require_root() {
         return;
     }
-    let topo = Topology::new();
-    let gw = Gateway::builder("ebpf", 2)
+    other_hosts("ebpf");
+}
+
+#[test]
+fn connected_mode_serves_clients_on_other_hosts_over_ipv4_and_ipv6() {
+    if !require_root() {
+        return;
+    }
+    other_hosts("connected");
+}
+
+fn other_hosts(steering: &str) {
+    let topo = Topology::new_tagged(steering);
+    let gw = Gateway::builder(steering, 2)
         .set("--udp-bind", "[::]:0")
         .wrapper(["ip", "netns", "exec", topo.gw.as_str()])
         .start();
-    assert_eq!(gw.mode, "ebpf", "{}", gw.stderr());
+    assert_eq!(gw.mode, steering, "{}", gw.stderr());
     let port = gw.udp.port();
     let before = in_netns(&topo.gw, || gw.status());
 
@@ -150,6 +175,11 @@ fn clients_on_other_hosts_over_ipv4_and_ipv6_are_steered_by_the_kernel() {
             &topo.hosts[0],
             "10.201.1.2",
             SocketAddr::from(([10, 201, 1, 1], port)),
+        ),
+        (
+            &topo.hosts[0],
+            "10.201.1.2",
+            SocketAddr::from(([10, 201, 2, 1], port)),
         ),
         (
             &topo.hosts[1],
@@ -182,14 +212,22 @@ fn clients_on_other_hosts_over_ipv4_and_ipv6_are_steered_by_the_kernel() {
         delivered()
     );
     let after = in_netns(&topo.gw, || gw.status());
-    let d = |k: &str| ebpf_counter(&after, k) - ebpf_counter(&before, k);
-    assert_eq!(d("steered_by_flow"), total_media, "{after}");
-    assert!(d("steered_by_room") >= sessions.len() as u64, "{after}");
-    assert_eq!(
-        d("flow_miss"),
-        0,
-        "IPv4 keys from v4-mapped addresses match: {after}"
-    );
+    if steering == "ebpf" {
+        let d = |k: &str| ebpf_counter(&after, k) - ebpf_counter(&before, k);
+        assert_eq!(d("steered_by_flow"), total_media, "{after}");
+        assert!(d("steered_by_room") >= sessions.len() as u64, "{after}");
+        assert_eq!(
+            d("flow_miss"),
+            0,
+            "IPv4 keys from v4-mapped addresses match: {after}"
+        );
+    } else {
+        assert_eq!(
+            sum_threads(&after, "connected_sockets"),
+            sessions.len() as u64,
+            "one connected socket per client, bound to its arrival address: {after}"
+        );
+    }
     for t in 0..gw.threads {
         assert_eq!(thread_counter(&after, t, "misdelivered"), 0, "{after}");
         assert_eq!(thread_counter(&after, t, "no_session"), 0, "{after}");

@@ -148,8 +148,9 @@ fn socket_inode(fd: i32) -> Option<u64> {
     s.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
 }
 
-/// Open a socket on the group's address, connected to one client, for the connected
-/// fallback. The kernel's UDP lookup scores a connected socket above the group, so
+/// Open a socket on the group's port, connected to one client, for the connected
+/// fallback. `local` is the group's address, or for a wildcard group the address the
+/// client's request arrived on. The kernel's UDP lookup scores a connected socket above the group, so
 /// every later datagram of that client lands here, on the owning thread.
 ///
 /// Between `bind` and `connect` the new socket is an unconnected member of the group

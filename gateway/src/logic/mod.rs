@@ -480,7 +480,7 @@ impl LogicThread {
                     self.unpin_addr(&ufrag, addr);
                 }
                 if let Some(addr) = newly_valid {
-                    match self.pin(&ufrag, addr, from_raw) {
+                    match self.pin(&ufrag, addr, reply) {
                         Ok(()) => {}
                         Err(PinError::Conflict) => {
                             // The address is pinned to another session. Valid credentials for
@@ -565,7 +565,7 @@ impl LogicThread {
         }
     }
 
-    fn pin(&mut self, ufrag: &str, addr: SocketAddr, raw: SocketAddr) -> Result<(), PinError> {
+    fn pin(&mut self, ufrag: &str, addr: SocketAddr, reply: ReplyPath) -> Result<(), PinError> {
         if self
             .by_addr
             .get(&addr)
@@ -587,7 +587,7 @@ impl LogicThread {
             }
             ActiveMode::Connected => {
                 if !self.conn_by_peer.contains_key(&addr) {
-                    self.open_conn(addr, raw)
+                    self.open_conn(addr, reply)
                         .map_err(|e| PinError::Failed(format!("connected socket: {e}")))?;
                 }
             }
@@ -601,8 +601,18 @@ impl LogicThread {
         Ok(())
     }
 
-    fn open_conn(&mut self, peer: SocketAddr, raw: SocketAddr) -> io::Result<()> {
-        let std_socket = net::open_connected(self.local_addr, raw)?;
+    fn open_conn(&mut self, peer: SocketAddr, reply: ReplyPath) -> io::Result<()> {
+        // With a wildcard group, bind the client's socket to the address its request
+        // arrived on: connect() would otherwise pick a source by routing, and on a
+        // multi-homed host the ICE agent drops replies from an address it did not send to
+        // (and its later datagrams, sent to the arrival address, would miss the socket).
+        let local = match reply.local_ip {
+            Some(ip) if self.local_addr.ip().is_unspecified() => {
+                SocketAddr::new(ip, self.local_addr.port())
+            }
+            _ => self.local_addr,
+        };
+        let std_socket = net::open_connected(local, reply.to)?;
         let state = UdpSocketState::new(UdpSockRef::from(&std_socket))?;
         net::disable_gro(&std_socket);
         let mut socket = UdpSocket::from_std(std_socket);
