@@ -77,6 +77,8 @@ pub struct ThreadStats {
     /// Valid checks refused because the address is pinned to another session.
     pub pin_conflicts: Counter,
     pub unpins: Counter,
+    /// Flow-map removals the kernel refused: the entry stays and blocks that address.
+    pub unpin_failures: Counter,
     /// Sessions whose consent expired (30 s without a valid check).
     pub consent_expired: Counter,
     /// Send errors other than "would block".

@@ -221,6 +221,7 @@ async fn status(State(state): State<Arc<ApiState>>) -> Json<Value> {
                 "pin_failures": s.pin_failures.get(),
                 "pin_conflicts": s.pin_conflicts.get(),
                 "unpins": s.unpins.get(),
+                "unpin_failures": s.unpin_failures.get(),
                 "consent_expired": s.consent_expired.get(),
                 "connected_sockets": s.connected_sockets.get(),
                 "send_errors": s.send_errors.get(),

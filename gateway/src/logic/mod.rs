@@ -76,6 +76,9 @@ pub enum Command {
 #[derive(Clone)]
 pub struct ThreadHandle {
     tx: SyncSender<Command>,
+    /// Handoffs have their own queue: they come from unauthenticated network input, and a
+    /// flood of them must not crowd out the control plane's commands.
+    handoff_tx: SyncSender<Command>,
     waker: Arc<Waker>,
     /// Set to stop the thread; separate from the queue so a full queue cannot delay it.
     stop: Arc<AtomicBool>,
@@ -92,7 +95,11 @@ pub enum SendError {
 
 impl ThreadHandle {
     pub fn send(&self, cmd: Command) -> Result<(), SendError> {
-        self.tx.try_send(cmd).map_err(|e| match e {
+        let queue = match cmd {
+            Command::Handoff { .. } => &self.handoff_tx,
+            _ => &self.tx,
+        };
+        queue.try_send(cmd).map_err(|e| match e {
             TrySendError::Full(_) => SendError::Full,
             TrySendError::Disconnected(_) => SendError::Stopped,
         })?;
@@ -124,15 +131,17 @@ pub fn spawn_all(setups: Vec<ThreadSetup>) -> io::Result<(Vec<ThreadHandle>, Vec
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = mpsc::sync_channel(QUEUE_DEPTH);
+        let (handoff_tx, handoff_rx) = mpsc::sync_channel(QUEUE_DEPTH);
         let stats = Arc::new(ThreadStats::default());
         let stop = Arc::new(AtomicBool::new(false));
         handles.push(ThreadHandle {
             tx,
+            handoff_tx,
             waker,
             stop: stop.clone(),
             stats: stats.clone(),
         });
-        parts.push((setup, poll, rx, stats, stop));
+        parts.push((setup, poll, (rx, handoff_rx), stats, stop));
     }
     let peers: Arc<[ThreadHandle]> = handles.clone().into();
     let mut joins = Vec::with_capacity(parts.len());
@@ -181,6 +190,7 @@ struct LogicThread {
     conn_by_peer: HashMap<SocketAddr, usize>,
     flows: Option<FlowTable>,
     rx: Receiver<Command>,
+    handoff_rx: Receiver<Command>,
     peers: Arc<[ThreadHandle]>,
     stats: Arc<ThreadStats>,
     rooms: HashMap<RoomId, Room>,
@@ -200,7 +210,7 @@ impl LogicThread {
     fn new(
         setup: ThreadSetup,
         poll: Poll,
-        rx: Receiver<Command>,
+        (rx, handoff_rx): (Receiver<Command>, Receiver<Command>),
         stats: Arc<ThreadStats>,
         stop: Arc<AtomicBool>,
         peers: Arc<[ThreadHandle]>,
@@ -223,6 +233,7 @@ impl LogicThread {
             conn_by_peer: HashMap::new(),
             flows: setup.flows,
             rx,
+            handoff_rx,
             peers,
             stats,
             rooms: HashMap::new(),
@@ -651,7 +662,8 @@ impl LogicThread {
                 ActiveMode::Ebpf => {
                     if let Some(flows) = self.flows.as_mut() {
                         if let Err(e) = flows.unpin(&flow_key(addr)) {
-                            debug!(thread = self.index, client = %addr, error = %e, "flow map remove");
+                            self.stats.unpin_failures.inc();
+                            warn!(thread = self.index, client = %addr, error = %e, "flow map remove");
                         }
                     }
                 }
@@ -735,7 +747,12 @@ impl LogicThread {
     }
 
     fn drain_commands(&mut self) {
-        while let Ok(cmd) = self.rx.try_recv() {
+        // Control-plane commands first, then at most one queue's worth of handoffs.
+        let commands = std::iter::from_fn(|| self.rx.try_recv().ok()).collect::<Vec<_>>();
+        let handoffs = std::iter::from_fn(|| self.handoff_rx.try_recv().ok())
+            .take(QUEUE_DEPTH)
+            .collect::<Vec<_>>();
+        for cmd in commands.into_iter().chain(handoffs) {
             match cmd {
                 Command::CreateParticipant { room, reply } => {
                     let _ = reply.send(self.create_participant(room));
