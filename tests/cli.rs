@@ -24,6 +24,20 @@ fn run(args: &[&str]) -> (i32, String, String, Duration) {
     )
 }
 
+/// `--steering ebpf` with the program loaded from `object`, on free loopback ports.
+fn run_ebpf_with_object(object: &str) -> (i32, String, String, Duration) {
+    run(&[
+        "--steering",
+        "ebpf",
+        "--ebpf-object",
+        object,
+        "--udp-bind",
+        "127.0.0.1:0",
+        "--http-bind",
+        "127.0.0.1:0",
+    ])
+}
+
 fn free_udp_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
         .unwrap()
@@ -181,16 +195,7 @@ fn corrupt_ebpf_object_fails_ebpf_mode_and_falls_back_in_auto() {
     let obj = dir.join("garbage.o");
     std::fs::write(&obj, b"\x7fELF but not really an object file").unwrap();
     let obj = obj.display().to_string();
-    let (code, _, stderr, _) = run(&[
-        "--steering",
-        "ebpf",
-        "--ebpf-object",
-        &obj,
-        "--udp-bind",
-        "127.0.0.1:0",
-        "--http-bind",
-        "127.0.0.1:0",
-    ]);
+    let (code, _, stderr, _) = run_ebpf_with_object(&obj);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("eBPF"), "{stderr}");
 
@@ -276,16 +281,7 @@ fn verifier_rejection_reports_the_verifier_log() {
         return;
     }
     let obj = rejected_object();
-    let (code, stdout, stderr, _) = run(&[
-        "--steering",
-        "ebpf",
-        "--ebpf-object",
-        &obj,
-        "--udp-bind",
-        "127.0.0.1:0",
-        "--http-bind",
-        "127.0.0.1:0",
-    ]);
+    let (code, stdout, stderr, _) = run_ebpf_with_object(&obj);
     assert_eq!(code, 1, "{stderr}");
     assert!(!stdout.contains("ready"));
     assert!(
