@@ -221,3 +221,61 @@ fn nothing_is_pinned_before_a_valid_check() {
         "unpinned media is dropped and counted: {s}"
     );
 }
+
+/// A refused pin (the address belongs to another session) must not cost the session one
+/// of the addresses it already holds, even when its address list is full. The conflict
+/// must come from another thread's pin (only the kernel map knows it there), so this runs
+/// in eBPF mode with the two sessions' rooms on different threads.
+#[test]
+fn a_refused_pin_does_not_evict_a_full_sessions_addresses() {
+    if !require_root() {
+        return;
+    }
+    let gw = Gateway::start("ebpf", 2);
+    let (victim, other) = two_rooms_on_different_threads(&gw);
+    // The other session (other thread) pins address X.
+    let x = victim_client();
+    assert_eq!(
+        x.ice_check(gw.udp, &other),
+        StunReply::Success { mapped: x.addr() }
+    );
+    // The victim fills its 8 address slots.
+    let own: Vec<Client> = (0..8).map(|_| Client::bind("127.0.0.4")).collect();
+    for c in &own {
+        assert_eq!(
+            c.ice_check(gw.udp, &victim),
+            StunReply::Success { mapped: c.addr() }
+        );
+    }
+    assert_eq!(
+        participant_view(&gw, &victim)["addresses"]
+            .as_array()
+            .map(Vec::len),
+        Some(8)
+    );
+    // A valid check for the victim from X is refused by the kernel map (BPF_NOEXIST)...
+    let spoof = spoofer_of(x.addr());
+    spoof
+        .send_to(
+            &binding_request(&victim.ufrag, "evil", &victim.pwd, true),
+            gw.udp,
+        )
+        .unwrap();
+    assert!(eventually(Duration::from_secs(3), || sum_threads(
+        &gw.status(),
+        "pin_conflicts"
+    ) == 1));
+    // ...and the victim keeps all eight addresses; their media still arrives.
+    let v = participant_view(&gw, &victim);
+    assert_eq!(v["addresses"].as_array().map(Vec::len), Some(8), "{v}");
+    for c in &own {
+        c.send(gw.udp, &fake_dtls(1));
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || participant_view(&gw, &victim)
+            ["rx_datagrams"]
+            == 8),
+        "{}",
+        participant_view(&gw, &victim)
+    );
+}

@@ -486,10 +486,9 @@ impl LogicThread {
                 let ufrag = server_ufrag.to_owned();
                 session.valid_checks += 1;
                 let newly_valid = session.ice.on_valid_check(from, use_candidate, now);
+                // Evictions are applied only once the new address is pinned: a refused pin
+                // must not cost the session an address it already had.
                 let evicted: Vec<SocketAddr> = session.ice.take_evicted().collect();
-                for addr in evicted {
-                    self.unpin_addr(&ufrag, addr);
-                }
                 if let Some(addr) = newly_valid {
                     match self.pin(&ufrag, addr, reply) {
                         Ok(()) => {}
@@ -515,6 +514,9 @@ impl LogicThread {
                             return;
                         }
                     }
+                }
+                for addr in evicted {
+                    self.unpin_addr(&ufrag, addr);
                 }
                 if let Some(s) = self.sessions.get_mut(&ufrag) {
                     s.reply = Some(reply);
@@ -604,7 +606,11 @@ impl LogicThread {
             }
         }
         self.by_addr.insert(addr, ufrag.to_owned());
-        if let Some(s) = self.sessions.get_mut(ufrag) {
+        if let Some(s) = self
+            .sessions
+            .get_mut(ufrag)
+            .filter(|s| !s.pinned.contains(&addr))
+        {
             s.pinned.push(addr);
         }
         self.stats.pins.inc();
