@@ -5,7 +5,7 @@
 //! 1. the `rust-src` component (for `-Z build-std=core`);
 //! 2. LLVM 22 development files (`llvm-22-dev`, what bpf-linker links against);
 //! 3. `bpf-linker`, built against that LLVM;
-//! 4. runtime test tools: `ip` (iproute2) and `bpftool`, when root.
+//! 4. runtime test tools: `ip` (iproute2), when root.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -151,7 +151,7 @@ fn bpf_linker() -> Result<()> {
 /// Tools the privileged tests use. Not needed to build, so a non-root run only says
 /// how to get them.
 fn test_tools() -> Result<()> {
-    let tools = [("ip", "iproute2"), ("bpftool", "bpftool")];
+    let tools = [("ip", "iproute2")];
     let root = is_root();
     let mut wanted = Vec::new();
     for (bin, package) in tools {
