@@ -78,6 +78,25 @@ pub struct Cli {
     /// Load the eBPF object from this file instead of the one embedded at build time.
     #[arg(long, value_name = "PATH")]
     pub ebpf_object: Option<PathBuf>,
+
+    /// Require `Authorization: Bearer TOKEN` on WHIP, WHEP and the room/participant API.
+    /// Also read from ROOMGATE_AUTH_TOKEN, which keeps it out of `ps`.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "ROOMGATE_AUTH_TOKEN",
+        hide_env_values = true
+    )]
+    pub auth_token: Option<String>,
+
+    /// Most sessions (WHIP, WHEP and REST participants) over all threads; more answer 503.
+    /// [default: 10000]
+    #[arg(long, value_name = "N")]
+    pub max_sessions: Option<String>,
+
+    /// Most sessions in one room; more answer 503. [default: 64]
+    #[arg(long, value_name = "N")]
+    pub max_participants_per_room: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -91,6 +110,9 @@ struct FileConfig {
     log_level: Option<String>,
     metrics_addr: Option<String>,
     ebpf_object: Option<PathBuf>,
+    auth_token: Option<String>,
+    max_sessions: Option<toml::Value>,
+    max_participants_per_room: Option<toml::Value>,
 }
 
 /// The validated configuration.
@@ -104,6 +126,9 @@ pub struct Config {
     pub log_level: String,
     pub metrics_addr: Option<SocketAddr>,
     pub ebpf_object: Option<PathBuf>,
+    pub auth_token: Option<String>,
+    pub max_sessions: usize,
+    pub max_participants_per_room: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +149,8 @@ pub enum ConfigError {
 }
 
 pub const DEFAULT_UDP_BIND: &str = "0.0.0.0:7000";
+pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
+pub const DEFAULT_MAX_PARTICIPANTS_PER_ROOM: usize = 64;
 pub const DEFAULT_HTTP_BIND: &str = "127.0.0.1:8080";
 pub const MAX_THREADS: usize = roomgate_common::MAX_THREADS as usize;
 
@@ -213,7 +240,36 @@ impl Config {
                 reason: "has no effect with --steering connected".into(),
             });
         }
+        let auth_token = cli.auth_token.or(file.auth_token);
+        if let Some(token) = &auth_token {
+            // RFC 6750 b64token: what a browser can put in an Authorization header verbatim.
+            let ok = !token.is_empty()
+                && token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b));
+            if !ok {
+                return Err(ConfigError::Invalid {
+                    option: "--auth-token",
+                    value: "<hidden>".into(),
+                    reason: "must be non-empty and use only A-Z a-z 0-9 - . _ ~ + / =".into(),
+                });
+            }
+        }
+        let max_sessions = parse_limit(
+            "--max-sessions",
+            cli.max_sessions.or(file.max_sessions.map(toml_scalar)),
+            DEFAULT_MAX_SESSIONS,
+        )?;
+        let max_participants_per_room = parse_limit(
+            "--max-participants-per-room",
+            cli.max_participants_per_room
+                .or(file.max_participants_per_room.map(toml_scalar)),
+            DEFAULT_MAX_PARTICIPANTS_PER_ROOM,
+        )?;
         Ok(Config {
+            auth_token,
+            max_sessions,
+            max_participants_per_room,
             udp_bind,
             http_bind,
             threads,
@@ -251,6 +307,29 @@ fn parse_socket_addr(option: &'static str, raw: &str) -> Result<SocketAddr, Conf
         value: raw.to_owned(),
         reason: format!("{e} (expected ADDR:PORT, e.g. 0.0.0.0:7000 or [::]:7000)"),
     })
+}
+
+fn parse_limit(
+    option: &'static str,
+    raw: Option<String>,
+    default: usize,
+) -> Result<usize, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(default);
+    };
+    match raw.trim().parse::<usize>() {
+        Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+        Ok(_) => Err(ConfigError::Invalid {
+            option,
+            value: raw,
+            reason: "must be between 1 and 1000000".into(),
+        }),
+        Err(e) => Err(ConfigError::Invalid {
+            option,
+            value: raw,
+            reason: e.to_string(),
+        }),
+    }
 }
 
 fn parse_threads(raw: &str) -> Result<usize, ConfigError> {
@@ -314,6 +393,13 @@ mod tests {
             (&["--log-level", "info,[="][..], "--log-level"),
             (&["--ebpf-object", "/nonexistent/obj"][..], "--ebpf-object"),
             (&["--metrics-addr", "9100"][..], "--metrics-addr"),
+            (&["--max-sessions", "0"][..], "--max-sessions"),
+            (
+                &["--max-participants-per-room", "x"][..],
+                "--max-participants-per-room",
+            ),
+            (&["--auth-token", "has space"][..], "--auth-token"),
+            (&["--auth-token", ""][..], "--auth-token"),
         ] {
             let err = Config::from_cli(cli(args)).expect_err("must be rejected");
             let msg = err.to_string();

@@ -1,0 +1,185 @@
+//! Writing the answer. Infallible: every value echoed from the offer was validated by
+//! the parser, and roomgate's own values are sanitized so a bad caller string cannot
+//! break the SDP's line structure.
+
+use std::fmt::{self, Write as _};
+use std::net::SocketAddr;
+
+use super::{Direction, Negotiated, NegotiatedMedia, Offer, OfferedMedia};
+
+/// What roomgate sends on one m-line, announced with `a=msid` and `a=ssrc` so the
+/// client can map the RTP stream to a track before the first packet arrives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboundTrack {
+    pub ssrc: u32,
+    pub cname: String,
+    pub stream_id: String,
+    pub track_id: String,
+}
+
+/// roomgate's side of the session.
+#[derive(Clone, Copy)]
+pub struct AnswerParams<'a> {
+    pub ice_ufrag: &'a str,
+    pub ice_pwd: &'a str,
+    /// Digest of roomgate's DTLS certificate, `AB:CD:...` uppercase.
+    pub fingerprint_sha256: &'a str,
+    /// Host candidates, one per address roomgate listens on.
+    pub candidates: &'a [SocketAddr],
+    pub session_id: u64,
+    /// Same length as `negotiated.media`; `Some` for m-lines roomgate sends on.
+    pub outbound: &'a [Option<OutboundTrack>],
+}
+
+// The ICE password authenticates every pinned flow; keep it out of logs.
+impl fmt::Debug for AnswerParams<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AnswerParams")
+            .field("ice_ufrag", &self.ice_ufrag)
+            .field("ice_pwd", &"<redacted>")
+            .field("fingerprint_sha256", &self.fingerprint_sha256)
+            .field("candidates", &self.candidates)
+            .field("session_id", &self.session_id)
+            .field("outbound", &self.outbound)
+            .finish()
+    }
+}
+
+/// Host candidate priority (RFC 8445 §5.1.2.1): type preference 126, local preference
+/// 65535, component 1. Later addresses get one less so the client's ordering is stable.
+const HOST_PRIORITY: u32 = 2_130_706_431;
+
+/// Writes roomgate's answer to `offer` as decided by `negotiated` (which must come from
+/// [`super::negotiate`] on the same offer). CRLF line endings.
+///
+/// No `a=extmap` lines are written: roomgate forwards packets without header extensions
+/// being negotiated, so their IDs never need rewriting between publisher and subscriber.
+pub fn build_answer(offer: &Offer, negotiated: &Negotiated, params: &AnswerParams<'_>) -> String {
+    let mut out = String::with_capacity(1024 + 512 * negotiated.media.len());
+    let mut line = |args: fmt::Arguments<'_>| {
+        // Writing to a String cannot fail.
+        let _ = out.write_fmt(args);
+        out.push_str("\r\n");
+    };
+
+    line(format_args!("v=0"));
+    line(format_args!(
+        "o=roomgate {} 2 IN IP4 127.0.0.1",
+        params.session_id
+    ));
+    line(format_args!("s=-"));
+    line(format_args!("t=0 0"));
+    line(format_args!("a=ice-lite"));
+    let bundle: Vec<&str> = negotiated.accepted().map(|m| m.mid.as_str()).collect();
+    if !bundle.is_empty() {
+        line(format_args!("a=group:BUNDLE {}", bundle.join(" ")));
+    }
+    line(format_args!("a=msid-semantic: WMS *"));
+
+    let ufrag = clean(params.ice_ufrag);
+    let pwd = clean(params.ice_pwd);
+    let fingerprint = clean(params.fingerprint_sha256);
+
+    for (index, (offered, negotiated)) in offer.media.iter().zip(&negotiated.media).enumerate() {
+        let codec = match &negotiated.codec {
+            Some(codec) if negotiated.accepted => codec,
+            _ => {
+                rejected_media(&mut line, offered, negotiated);
+                continue;
+            }
+        };
+        let pt = codec.payload_type;
+        line(format_args!(
+            "m={} 9 {} {pt}",
+            offered.media, offered.protocol
+        ));
+        line(format_args!("c=IN IP4 0.0.0.0"));
+        line(format_args!("a=mid:{}", negotiated.mid));
+        line(format_args!("a=ice-ufrag:{ufrag}"));
+        line(format_args!("a=ice-pwd:{pwd}"));
+        line(format_args!("a=fingerprint:sha-256 {fingerprint}"));
+        line(format_args!("a=setup:passive"));
+        line(format_args!("a=rtcp-mux"));
+        if offered.rtcp_rsize {
+            line(format_args!("a=rtcp-rsize"));
+        }
+        line(format_args!("a={}", negotiated.direction));
+        line(format_args!("a=rtpmap:{pt} {}", codec.rtpmap()));
+        if let Some(fmtp) = &codec.fmtp {
+            line(format_args!("a=fmtp:{pt} {fmtp}"));
+        }
+        for fb in &codec.rtcp_fb {
+            line(format_args!("a=rtcp-fb:{pt} {fb}"));
+        }
+        if let Some(Some(track)) = params.outbound.get(index) {
+            let stream = msid_id(&track.stream_id);
+            let track_id = msid_id(&track.track_id);
+            let cname = clean(&track.cname);
+            let ssrc = track.ssrc;
+            line(format_args!("a=msid:{stream} {track_id}"));
+            line(format_args!("a=ssrc:{ssrc} cname:{cname}"));
+            line(format_args!("a=ssrc:{ssrc} msid:{stream} {track_id}"));
+        }
+        // Some clients key remote candidates by m-line index even under BUNDLE, so every
+        // accepted m-line repeats them. A v4-mapped IPv6 address is written as IPv4
+        // because that is what the client's socket will see on the wire.
+        for (i, addr) in params.candidates.iter().enumerate() {
+            let priority = HOST_PRIORITY.saturating_sub(u32::try_from(i).unwrap_or(u32::MAX));
+            line(format_args!(
+                "a=candidate:{} 1 udp {priority} {} {} typ host",
+                i + 1,
+                addr.ip().to_canonical(),
+                addr.port()
+            ));
+        }
+        line(format_args!("a=end-of-candidates"));
+    }
+    out
+}
+
+fn rejected_media(
+    line: &mut impl FnMut(fmt::Arguments<'_>),
+    offered: &OfferedMedia,
+    negotiated: &NegotiatedMedia,
+) {
+    // The parser guarantees at least one format; the fallback only keeps this total.
+    let format = offered.formats.first().map_or("0", String::as_str);
+    line(format_args!(
+        "m={} 0 {} {format}",
+        offered.media, offered.protocol
+    ));
+    line(format_args!("c=IN IP4 0.0.0.0"));
+    if !negotiated.mid.is_empty() {
+        line(format_args!("a=mid:{}", negotiated.mid));
+    }
+    line(format_args!("a={}", Direction::Inactive));
+}
+
+/// Drops whitespace and control characters from a value roomgate supplies, so it stays
+/// one token on one line.
+fn clean(s: &str) -> String {
+    s.chars()
+        .filter(|c| !c.is_whitespace() && !c.is_control())
+        .collect()
+}
+
+/// RFC 8830 msid-id: 1 to 64 token-chars. Anything else becomes `-` so the client still
+/// sees one stream/track pair.
+fn msid_id(s: &str) -> String {
+    let id: String = s
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`{|}~".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if id.is_empty() {
+        "-".to_owned()
+    } else {
+        id
+    }
+}
