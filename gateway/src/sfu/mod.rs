@@ -1,0 +1,23 @@
+//! Sans-IO SFU core: RTP/RTCP views and the per-room forwarding state.
+//!
+//! Everything here takes plaintext packets (SRTP already removed by the session layer),
+//! member IDs and `now`, and queues plaintext packets to send; the logic thread protects
+//! and sends them. No sockets, no clock, no locks: one room lives on one thread.
+//!
+//! - [`rtp`]: zero-copy RTP header view and in-place rewriting.
+//! - [`rtcp`]: compound RTCP parsing (SR, RR, SDES, BYE, NACK, PLI, FIR) and writers.
+//! - [`RoomCore`]: publishers' tracks, subscribers' slots, forwarding with SSRC/PT/seq/ts
+//!   rewriting, NACK answers from per-track buffers, keyframe requests, RR generation.
+
+mod forward;
+mod receive;
+pub mod rtcp;
+pub mod rtp;
+mod rtx;
+#[cfg(test)]
+mod tests;
+
+pub use forward::{
+    ForwardConfig, ForwardError, ForwardStats, MemberId, Output, PublishedTrack, RoomCore,
+    SubscribedSlot,
+};
