@@ -32,6 +32,8 @@ pub enum StartError {
     Threads(std::io::Error),
     #[error("runtime: {0}")]
     Runtime(std::io::Error),
+    #[error(transparent)]
+    Identity(#[from] crate::media::identity::IdentityError),
 }
 
 pub fn run(config: Config) -> Result<(), StartError> {
@@ -83,6 +85,13 @@ async fn run_async(config: Config) -> Result<(), StartError> {
         .into_iter()
         .collect();
 
+    let identity = Arc::new(crate::media::Identity::generate()?);
+    let candidates = vec![SocketAddr::new(config.public_ip, local_addr.port())];
+    let limits = logic::Limits {
+        max_sessions: config.max_sessions,
+        max_participants_per_room: config.max_participants_per_room,
+        sessions_total: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+    };
     let mut setups = Vec::with_capacity(sockets.len());
     for (index, socket) in sockets.into_iter().enumerate() {
         setups.push(ThreadSetup {
@@ -92,6 +101,9 @@ async fn run_async(config: Config) -> Result<(), StartError> {
             socket,
             local_addr,
             flows: steering.flow_table()?,
+            identity: identity.clone(),
+            candidates: candidates.clone(),
+            limits: limits.clone(),
         });
     }
     let (handles, joins) = logic::spawn_all(setups).map_err(StartError::Threads)?;
@@ -102,6 +114,7 @@ async fn run_async(config: Config) -> Result<(), StartError> {
         public_ip: config.public_ip,
         udp_port: local_addr.port(),
         udp_addr: local_addr.to_string(),
+        auth_token: config.auth_token.clone(),
     });
     let metrics_addr = match metrics_listener {
         Some(listener) => {

@@ -6,7 +6,7 @@
 //! thread.
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::ice::StunOutcome;
+use crate::{ice::StunOutcome, media::UnprotectFailure};
 
 #[derive(Default)]
 pub struct Counter(AtomicU64);
@@ -93,6 +93,68 @@ pub struct ThreadStats {
     /// Per-datagram processing time, bucketed (see [`PROCESSING_BUCKETS_NS`]).
     pub processing: Histogram,
     stun: [Counter; StunOutcome::ALL.len()],
+    pub media: MediaStats,
+}
+
+/// DTLS, SRTP and forwarding counters of one thread (same single-writer rule).
+#[derive(Default)]
+pub struct MediaStats {
+    pub dtls_started: Counter,
+    pub dtls_completed: Counter,
+    pub dtls_failed: Counter,
+    /// Associations the client closed (close_notify / alert) after connecting.
+    pub dtls_closed: Counter,
+    /// Handshake duration from ClientHello to keys, bucketed (see [`HANDSHAKE_BUCKETS_MS`]).
+    pub dtls_handshake: HandshakeHistogram,
+    /// SRTP / SRTCP packets refused, by [`UnprotectFailure`] index.
+    pub srtp_unprotect_failures: [Counter; UnprotectFailure::ALL.len()],
+    pub srtcp_unprotect_failures: [Counter; UnprotectFailure::ALL.len()],
+    /// SRTP/SRTCP before the DTLS handshake finished: no keys yet, dropped.
+    pub srtp_before_keys: Counter,
+    pub srtp_protect_failures: Counter,
+    pub rtp_received: Counter,
+    pub rtp_forwarded: Counter,
+    pub rtp_unknown_ssrc: Counter,
+    pub rtp_malformed: Counter,
+    pub rtcp_received: Counter,
+    pub rtcp_malformed: Counter,
+    pub nacks_received: Counter,
+    pub retransmissions: Counter,
+    pub nack_misses: Counter,
+    pub plis_received: Counter,
+    pub firs_received: Counter,
+    pub plis_sent: Counter,
+    pub plis_rate_limited: Counter,
+    pub receiver_reports_sent: Counter,
+    pub sender_reports_forwarded: Counter,
+    pub codec_mismatch: Counter,
+    /// Sessions released by a timeout: never connected, handshake too slow, or consent lost.
+    pub sessions_timed_out: Counter,
+    /// WHIP/WHEP sessions currently alive on this thread, by role.
+    pub publishers: Counter,
+    pub subscribers: Counter,
+}
+
+/// Upper bounds (ms) of the DTLS handshake duration buckets; the last is +Inf.
+pub const HANDSHAKE_BUCKETS_MS: [u64; 8] = [25, 50, 100, 250, 500, 1_000, 2_500, 10_000];
+
+#[derive(Default)]
+pub struct HandshakeHistogram {
+    pub buckets: [Counter; HANDSHAKE_BUCKETS_MS.len() + 1],
+    pub sum_ms: Counter,
+    pub count: Counter,
+}
+
+impl HandshakeHistogram {
+    pub fn observe(&self, ms: u64) {
+        let i = HANDSHAKE_BUCKETS_MS
+            .iter()
+            .position(|b| ms <= *b)
+            .unwrap_or(HANDSHAKE_BUCKETS_MS.len());
+        self.buckets[i].inc();
+        self.sum_ms.add(ms);
+        self.count.inc();
+    }
 }
 
 /// Upper bounds (ns) of the per-datagram processing-time buckets; the last is +Inf.

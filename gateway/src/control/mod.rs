@@ -3,6 +3,7 @@
 //! It never touches a logic thread's data: commands go through the thread's bounded
 //! queue and answers come back on a oneshot; status reads the threads' counters.
 mod metrics;
+mod signaling;
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
@@ -30,20 +31,38 @@ pub struct ApiState {
     pub public_ip: IpAddr,
     pub udp_port: u16,
     pub udp_addr: String,
+    /// `--auth-token`: required as a bearer token on signaling endpoints when set.
+    pub auth_token: Option<String>,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/api/status", get(status))
-        .route("/metrics", get(metrics_text))
+    // Signaling (WHIP, WHEP, rooms and participants) is what the bearer token guards;
+    // health, status, metrics and the demo page stay open for probes and browsers.
+    let signaling = Router::new()
         .route("/api/rooms/{room}", get(get_room))
         .route("/api/rooms/{room}/participants", post(create_participant))
         .route(
             "/api/rooms/{room}/participants/{participant}",
             delete(delete_participant),
         )
+        .merge(signaling::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            signaling::require_token,
+        ));
+    Router::new()
+        .route("/", get(demo_page))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/api/status", get(status))
+        .route("/metrics", get(metrics_text))
+        .merge(signaling)
+        .layer(axum::middleware::from_fn(signaling::cors))
         .with_state(state)
+}
+
+/// The demo page: plain HTML + JS, compiled in so the binary is all a deployment needs.
+async fn demo_page() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("../../static/index.html"))
 }
 
 /// Only /metrics, for `--metrics-addr`.
@@ -60,7 +79,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
             message: message.into(),
@@ -74,7 +93,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn parse_room(raw: &str) -> Result<RoomId, ApiError> {
+pub(crate) fn parse_room(raw: &str) -> Result<RoomId, ApiError> {
     RoomId::parse(raw).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -84,7 +103,7 @@ fn parse_room(raw: &str) -> Result<RoomId, ApiError> {
 }
 
 /// Send a command to the room's owner and wait for its answer.
-async fn ask<T>(
+pub(crate) async fn ask<T>(
     state: &ApiState,
     room: &RoomId,
     make: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> Command,
@@ -226,6 +245,7 @@ async fn status(State(state): State<Arc<ApiState>>) -> Json<Value> {
                 "connected_sockets": s.connected_sockets.get(),
                 "send_errors": s.send_errors.get(),
                 "stun": stun,
+                "media": media_status(&s.media),
             })
         })
         .collect();
@@ -248,4 +268,45 @@ async fn status(State(state): State<Arc<ApiState>>) -> Json<Value> {
         "threads": threads,
         "ebpf": ebpf,
     }))
+}
+
+/// A thread's DTLS/SRTP/forwarding counters for `/api/status`.
+fn media_status(m: &crate::stats::MediaStats) -> Value {
+    use crate::media::UnprotectFailure;
+    let by_reason = |counters: &[crate::stats::Counter; UnprotectFailure::ALL.len()]| {
+        let map: serde_json::Map<String, Value> = UnprotectFailure::ALL
+            .iter()
+            .map(|f| (f.name().to_owned(), json!(counters[*f as usize].get())))
+            .collect();
+        Value::Object(map)
+    };
+    json!({
+        "dtls_started": m.dtls_started.get(),
+        "dtls_completed": m.dtls_completed.get(),
+        "dtls_failed": m.dtls_failed.get(),
+        "dtls_closed": m.dtls_closed.get(),
+        "srtp_unprotect_failures": by_reason(&m.srtp_unprotect_failures),
+        "srtcp_unprotect_failures": by_reason(&m.srtcp_unprotect_failures),
+        "srtp_before_keys": m.srtp_before_keys.get(),
+        "srtp_protect_failures": m.srtp_protect_failures.get(),
+        "rtp_received": m.rtp_received.get(),
+        "rtp_forwarded": m.rtp_forwarded.get(),
+        "rtp_unknown_ssrc": m.rtp_unknown_ssrc.get(),
+        "rtp_malformed": m.rtp_malformed.get(),
+        "rtcp_received": m.rtcp_received.get(),
+        "rtcp_malformed": m.rtcp_malformed.get(),
+        "nacks_received": m.nacks_received.get(),
+        "retransmissions": m.retransmissions.get(),
+        "nack_misses": m.nack_misses.get(),
+        "plis_received": m.plis_received.get(),
+        "firs_received": m.firs_received.get(),
+        "plis_sent": m.plis_sent.get(),
+        "plis_rate_limited": m.plis_rate_limited.get(),
+        "receiver_reports_sent": m.receiver_reports_sent.get(),
+        "sender_reports_forwarded": m.sender_reports_forwarded.get(),
+        "codec_mismatch": m.codec_mismatch.get(),
+        "sessions_timed_out": m.sessions_timed_out.get(),
+        "publishers": m.publishers.get(),
+        "subscribers": m.subscribers.get(),
+    })
 }

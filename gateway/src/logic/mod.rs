@@ -5,14 +5,14 @@
 //! In eBPF mode a datagram is only ever touched by the thread the kernel chose.
 mod session;
 
-pub use session::{ParticipantCreated, ParticipantView, RoomView};
+pub use session::{CreateRefused, MediaCreated, ParticipantCreated, ParticipantView, RoomView};
 
 use std::{
     collections::HashMap,
     io::{self, IoSliceMut},
     net::{IpAddr, SocketAddr},
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         mpsc::{self, Receiver, SyncSender, TrySendError},
         Arc,
     },
@@ -23,13 +23,16 @@ use std::{
 use mio::{net::UdpSocket, Events, Interest, Poll, Token, Waker};
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState, BATCH_SIZE};
 use roomgate_common::{classify, ufrag::PARTICIPANT_PART_LEN, PacketClass};
-use session::{ReplyPath, Room, Session};
+use session::{DtlsPhase, MediaState, ReplyPath, Room, Session};
 use tracing::{debug, trace, warn};
 
 use crate::{
     ice::{self, Answer, Credentials, IceSession, IceState, StunOutcome},
+    media::{DtlsDriver, DtlsEvent, Identity, SrtpSession},
     net,
     room::{owner_of_server_ufrag, RoomId},
+    sdp::{self, Offer, Role},
+    sfu::{MemberId, Output, PublishedTrack, SubscribedSlot},
     stats::ThreadStats,
     steering::{ebpf::FlowTable, flow_key, ActiveMode},
 };
@@ -47,6 +50,22 @@ const MAX_BATCHES_PER_WAKE: usize = 64;
 /// Consent freshness is checked at this granularity.
 const SWEEP_EVERY: Duration = Duration::from_millis(500);
 const PWD_LEN: usize = 24;
+/// While a DTLS handshake is in flight the thread wakes at least this often to run
+/// webrtc-dtls's retransmission timers.
+const DTLS_TICK: Duration = Duration::from_millis(20);
+/// A WHIP/WHEP session whose client never completes an ICE check in this time is released.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// ClientHello to keys; a client that stalls longer loses its session.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Admission limits, checked on the owning thread before anything is created.
+#[derive(Clone)]
+pub struct Limits {
+    pub max_sessions: usize,
+    pub max_participants_per_room: usize,
+    /// Live sessions over all threads: only touched when a session is created or released.
+    pub sessions_total: Arc<AtomicUsize>,
+}
 
 /// Messages to a logic thread.
 pub enum Command {
@@ -62,6 +81,15 @@ pub enum Command {
     GetRoom {
         room: RoomId,
         reply: tokio::sync::oneshot::Sender<Option<RoomView>>,
+    },
+    /// WHIP (publisher) or WHEP (subscriber): negotiate `offer` and create the session.
+    CreateMediaSession {
+        room: RoomId,
+        role: Role,
+        offer: Box<Offer>,
+        /// WHEP only: watch this participant instead of the room's earliest publisher.
+        publisher: Option<String>,
+        reply: tokio::sync::oneshot::Sender<Result<MediaCreated, CreateRefused>>,
     },
     /// Connected mode only: a first datagram that landed on a thread that does not own
     /// its room.
@@ -122,6 +150,10 @@ pub struct ThreadSetup {
     pub socket: std::net::UdpSocket,
     pub local_addr: SocketAddr,
     pub flows: Option<FlowTable>,
+    pub identity: Arc<Identity>,
+    /// Host candidates written into SDP answers.
+    pub candidates: Vec<SocketAddr>,
+    pub limits: Limits,
 }
 
 pub fn spawn_all(setups: Vec<ThreadSetup>) -> io::Result<(Vec<ThreadHandle>, Vec<JoinHandle<()>>)> {
@@ -204,6 +236,19 @@ struct LogicThread {
     /// Sockets left readable because a wake-up hit MAX_BATCHES_PER_WAKE (edge-triggered
     /// epoll will not report them again until new data arrives).
     pending: Vec<Via>,
+    dtls: DtlsDriver,
+    identity: Arc<Identity>,
+    candidates: Vec<SocketAddr>,
+    limits: Limits,
+    /// Media member id -> server ufrag.
+    members: HashMap<MemberId, String>,
+    next_member: MemberId,
+    /// Sessions between ClientHello and keys; while > 0 the DTLS runtime is ticked.
+    handshaking: usize,
+    /// DTLS records were fed since the runtime last ran.
+    dtls_fed: bool,
+    /// Reused buffer for a room's forwarding output.
+    outputs: Vec<Output>,
 }
 
 impl LogicThread {
@@ -216,6 +261,7 @@ impl LogicThread {
         peers: Arc<[ThreadHandle]>,
     ) -> io::Result<Self> {
         let group_state = UdpSocketState::new(UdpSockRef::from(&setup.socket))?;
+        let dtls = DtlsDriver::new(setup.identity.clone())?;
         net::disable_gro(&setup.socket);
         let mut group = UdpSocket::from_std(setup.socket);
         poll.registry()
@@ -243,6 +289,15 @@ impl LogicThread {
             next_sweep: Instant::now() + SWEEP_EVERY,
             stop,
             pending: Vec::new(),
+            dtls,
+            identity: setup.identity,
+            candidates: setup.candidates,
+            limits: setup.limits,
+            members: HashMap::new(),
+            next_member: 1,
+            handshaking: 0,
+            dtls_fed: false,
+            outputs: Vec::new(),
         })
     }
 
@@ -255,7 +310,12 @@ impl LogicThread {
         );
         while !self.stop.load(Ordering::Acquire) {
             let timeout = if self.pending.is_empty() {
-                self.next_sweep.saturating_duration_since(Instant::now())
+                let until_sweep = self.next_sweep.saturating_duration_since(Instant::now());
+                if self.handshaking > 0 {
+                    until_sweep.min(DTLS_TICK)
+                } else {
+                    until_sweep
+                }
             } else {
                 Duration::ZERO
             };
@@ -278,6 +338,9 @@ impl LogicThread {
                 }
             }
             self.drain_commands();
+            if self.dtls_fed || self.handshaking > 0 {
+                self.pump_dtls();
+            }
             let now = Instant::now();
             if now >= self.next_sweep {
                 self.sweep(now);
@@ -388,7 +451,7 @@ impl LogicThread {
         };
         match classify(first) {
             PacketClass::Stun => self.on_stun(data, from_raw, from, local_ip, via, now),
-            PacketClass::Dtls | PacketClass::Rtp => self.on_session_datagram(data, from),
+            PacketClass::Dtls | PacketClass::Rtp => self.on_session_datagram(data, from, now),
             PacketClass::Unknown => {
                 self.stats.unknown_type.inc();
                 trace!(thread = self.index, %from, ?via, first, decision = "drop_unknown_type");
@@ -396,22 +459,222 @@ impl LogicThread {
         }
     }
 
-    fn on_session_datagram(&mut self, data: &[u8], from: SocketAddr) {
-        match self
+    fn on_session_datagram(&mut self, data: &[u8], from: SocketAddr, now: Instant) {
+        let Some(session) = self
             .by_addr
             .get(&from)
             .and_then(|u| self.sessions.get_mut(u))
-        {
-            Some(session) => {
-                session.rx_datagrams += 1;
-                session.rx_bytes += data.len() as u64;
-                self.stats.session_datagrams.inc();
-                trace!(thread = self.index, %from, participant = %session.participant, decision = "session");
+        else {
+            self.stats.no_session.inc();
+            trace!(thread = self.index, %from, decision = "drop_no_session");
+            return;
+        };
+        session.rx_datagrams += 1;
+        session.rx_bytes += data.len() as u64;
+        self.stats.session_datagrams.inc();
+        trace!(thread = self.index, %from, participant = %session.participant, decision = "session");
+        let Some(media) = session.media.as_mut() else {
+            return;
+        };
+        let member = media.member;
+        let m = &self.stats.media;
+        match data.first().copied().map(classify) {
+            Some(PacketClass::Dtls) => match &media.dtls {
+                DtlsPhase::New => {
+                    let handle = self.dtls.start(
+                        member,
+                        media.remote_fingerprint.clone(),
+                        self.local_addr,
+                        from,
+                    );
+                    handle.feed(data);
+                    media.dtls = DtlsPhase::Handshaking(handle);
+                    media.dtls_started = Some(now);
+                    self.handshaking += 1;
+                    self.dtls_fed = true;
+                    m.dtls_started.inc();
+                }
+                DtlsPhase::Handshaking(handle)
+                | DtlsPhase::Connected {
+                    _handle: handle, ..
+                } => {
+                    handle.feed(data);
+                    self.dtls_fed = true;
+                }
+            },
+            Some(PacketClass::Rtp) => {
+                let DtlsPhase::Connected { srtp, .. } = &mut media.dtls else {
+                    m.srtp_before_keys.inc();
+                    return;
+                };
+                // RFC 5761 4: RTCP packet types 192..=223 share the port with RTP.
+                let is_rtcp = data.get(1).is_some_and(|pt| (192..=223).contains(pt));
+                let plain = if is_rtcp {
+                    srtp.unprotect_rtcp(data)
+                } else {
+                    srtp.unprotect_rtp(data)
+                };
+                let plain = match plain {
+                    Ok(p) => p,
+                    Err(failure) => {
+                        let counters = if is_rtcp {
+                            &m.srtcp_unprotect_failures
+                        } else {
+                            &m.srtp_unprotect_failures
+                        };
+                        counters[failure as usize].inc();
+                        trace!(thread = self.index, %from, ?failure, rtcp = is_rtcp, decision = "drop_unprotect");
+                        return;
+                    }
+                };
+                let Some(room) = self.rooms.get_mut(&media.room) else {
+                    return;
+                };
+                let result = if is_rtcp {
+                    room.core.handle_rtcp(member, &plain, now)
+                } else {
+                    room.core.handle_rtp(member, &plain, now)
+                };
+                if let Err(e) = result {
+                    trace!(thread = self.index, %from, error = %e, "forwarding refused a packet");
+                }
+                drain_core(&mut room.core, &mut self.outputs);
+                self.send_outputs();
             }
-            None => {
-                self.stats.no_session.inc();
-                trace!(thread = self.index, %from, decision = "drop_no_session");
+            _ => {}
+        }
+    }
+
+    /// Protect and send what a room's forwarding core produced.
+    fn send_outputs(&mut self) {
+        let mut outputs = std::mem::take(&mut self.outputs);
+        for output in outputs.drain(..) {
+            let (to, packet, rtcp) = match output {
+                Output::Rtp { to, packet } => (to, packet, false),
+                Output::Rtcp { to, packet } => (to, packet, true),
+            };
+            let Some(session) = self.members.get(&to).and_then(|u| self.sessions.get_mut(u)) else {
+                continue;
+            };
+            let (Some(reply), Some(media)) = (session.reply, session.media.as_mut()) else {
+                continue;
+            };
+            let DtlsPhase::Connected { srtp, .. } = &mut media.dtls else {
+                continue;
+            };
+            let protected = if rtcp {
+                srtp.protect_rtcp(&packet)
+            } else {
+                srtp.protect_rtp(&packet)
+            };
+            match protected {
+                Ok(bytes) => {
+                    let via = self.via_for(reply.to);
+                    self.send(via, reply, &bytes);
+                }
+                Err(e) => {
+                    self.stats.media.srtp_protect_failures.inc();
+                    trace!(thread = self.index, error = %e, "SRTP protect failed");
+                }
             }
+        }
+        self.outputs = outputs;
+    }
+
+    /// The socket a session's packets leave on: its connected socket, else the group.
+    fn via_for(&self, to: SocketAddr) -> Via {
+        self.conn_by_peer
+            .get(&canonical(to))
+            .map_or(Via::Group, |&i| Via::Conn(i))
+    }
+
+    /// Run the DTLS runtime and act on what the handshakes produced.
+    fn pump_dtls(&mut self) {
+        self.dtls_fed = false;
+        self.dtls.drive();
+        let now = Instant::now();
+        while let Some(event) = self.dtls.poll_event() {
+            match event {
+                DtlsEvent::Transmit { id, datagram } => {
+                    let Some(reply) = self
+                        .members
+                        .get(&id)
+                        .and_then(|u| self.sessions.get(u))
+                        .and_then(|s| s.reply)
+                    else {
+                        continue;
+                    };
+                    let via = self.via_for(reply.to);
+                    self.send(via, reply, &datagram);
+                }
+                DtlsEvent::Connected { id, keys } => self.on_dtls_connected(id, keys, now),
+                DtlsEvent::Failed { id, reason } => {
+                    if self.members.contains_key(&id) {
+                        self.stats.media.dtls_failed.inc();
+                        debug!(thread = self.index, member = id, %reason, "DTLS handshake failed; session ends");
+                        self.end_member(id);
+                    }
+                }
+                DtlsEvent::Closed { id } => {
+                    if self.members.contains_key(&id) {
+                        self.stats.media.dtls_closed.inc();
+                        debug!(
+                            thread = self.index,
+                            member = id,
+                            "DTLS closed by the client; session ends"
+                        );
+                        self.end_member(id);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_dtls_connected(&mut self, id: MemberId, keys: crate::media::SrtpKeys, now: Instant) {
+        let Some(ufrag) = self.members.get(&id).cloned() else {
+            return;
+        };
+        let Some(media) = self.sessions.get_mut(&ufrag).and_then(|s| s.media.as_mut()) else {
+            return;
+        };
+        let phase = std::mem::replace(&mut media.dtls, DtlsPhase::New);
+        let DtlsPhase::Handshaking(handle) = phase else {
+            media.dtls = phase;
+            return;
+        };
+        self.handshaking = self.handshaking.saturating_sub(1);
+        match SrtpSession::new(&keys) {
+            Ok(srtp) => {
+                media.dtls = DtlsPhase::Connected {
+                    _handle: handle,
+                    srtp: Box::new(srtp),
+                };
+                let m = &self.stats.media;
+                m.dtls_completed.inc();
+                if let Some(started) = media.dtls_started {
+                    m.dtls_handshake
+                        .observe(now.saturating_duration_since(started).as_millis() as u64);
+                }
+                debug!(thread = self.index, member = id, profile = ?keys.profile, "DTLS-SRTP established");
+                let room_id = media.room.clone();
+                if let Some(room) = self.rooms.get_mut(&room_id) {
+                    room.core.set_ready(id, now);
+                    drain_core(&mut room.core, &mut self.outputs);
+                    self.send_outputs();
+                }
+            }
+            Err(e) => {
+                self.stats.media.dtls_failed.inc();
+                warn!(thread = self.index, member = id, error = %e, "SRTP setup failed; session ends");
+                self.end_member(id);
+            }
+        }
+    }
+
+    /// Release a media session completely: forwarding state, pins, credentials.
+    fn end_member(&mut self, id: MemberId) {
+        if let Some(ufrag) = self.members.get(&id).cloned() {
+            self.remove_session(&ufrag);
         }
     }
 
@@ -434,7 +697,7 @@ impl LogicThread {
         };
         if !view.is_binding_request() {
             if self.by_addr.contains_key(&from) {
-                self.on_session_datagram(data, from);
+                self.on_session_datagram(data, from, now);
             } else {
                 self.stats.stun(StunOutcome::NotARequest).inc();
             }
@@ -773,6 +1036,16 @@ impl LogicThread {
                 Command::GetRoom { room, reply } => {
                     let _ = reply.send(self.room_view(&room));
                 }
+                Command::CreateMediaSession {
+                    room,
+                    role,
+                    offer,
+                    publisher,
+                    reply,
+                } => {
+                    let result = self.create_media_session(room, role, &offer, publisher);
+                    let _ = reply.send(result);
+                }
                 Command::Handoff {
                     datagram,
                     from,
@@ -789,6 +1062,46 @@ impl LogicThread {
     }
 
     fn create_participant(&mut self, room: RoomId) -> Result<ParticipantCreated, String> {
+        self.admit(&room).map_err(|r| r.message)?;
+        let created = self.insert_session(&room, None);
+        if created.is_err() {
+            self.limits.sessions_total.fetch_sub(1, Ordering::AcqRel);
+        }
+        created
+    }
+
+    /// Reserve a place for one more session in `room`, or say why not (503).
+    fn admit(&mut self, room: &RoomId) -> Result<(), CreateRefused> {
+        let in_room = self.rooms.get(room).map_or(0, |r| r.sessions.len());
+        if in_room >= self.limits.max_participants_per_room {
+            return Err(CreateRefused {
+                status: 503,
+                message: format!(
+                    "room {room} is full ({} participants, --max-participants-per-room)",
+                    self.limits.max_participants_per_room
+                ),
+            });
+        }
+        let total = self.limits.sessions_total.fetch_add(1, Ordering::AcqRel);
+        if total >= self.limits.max_sessions {
+            self.limits.sessions_total.fetch_sub(1, Ordering::AcqRel);
+            return Err(CreateRefused {
+                status: 503,
+                message: format!(
+                    "gateway is full ({} sessions, --max-sessions)",
+                    self.limits.max_sessions
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Allocate credentials and insert a session (already admitted).
+    fn insert_session(
+        &mut self,
+        room: &RoomId,
+        media: Option<MediaState>,
+    ) -> Result<ParticipantCreated, String> {
         let room_part = room.ufrag_part();
         // Retry on the (astronomically unlikely) collision of an 8-char participant part.
         for _ in 0..8 {
@@ -803,6 +1116,13 @@ impl LogicThread {
                 ufrag: ufrag.clone(),
                 pwd: pwd.clone(),
             };
+            if let Some(m) = &media {
+                self.members.insert(m.member, ufrag.clone());
+                match m.role {
+                    Role::Publisher => self.stats.media.publishers.add(1),
+                    Role::Subscriber => self.stats.media.subscribers.add(1),
+                }
+            }
             self.sessions.insert(
                 ufrag.clone(),
                 Session {
@@ -814,6 +1134,7 @@ impl LogicThread {
                     rx_datagrams: 0,
                     rx_bytes: 0,
                     tx_datagrams: 0,
+                    media,
                 },
             );
             self.rooms
@@ -833,22 +1154,170 @@ impl LogicThread {
         Err("could not allocate a unique participant id".into())
     }
 
+    /// WHIP/WHEP: negotiate first, so an offer we cannot serve leaves nothing behind.
+    fn create_media_session(
+        &mut self,
+        room: RoomId,
+        role: Role,
+        offer: &Offer,
+        publisher: Option<String>,
+    ) -> Result<MediaCreated, CreateRefused> {
+        let refused = |status: u16, message: String| CreateRefused { status, message };
+        let prefer = self
+            .rooms
+            .get(&room)
+            .map(|r| r.core.published_codecs())
+            .unwrap_or_default();
+        let negotiated = sdp::negotiate(offer, role, &prefer)
+            .map_err(|e| refused(e.http_status(), e.to_string()))?;
+        let watch = match publisher {
+            None => None,
+            Some(p) => {
+                let ufrag = format!("{}{p}", room.ufrag_part());
+                let member = self
+                    .sessions
+                    .get(&ufrag)
+                    .and_then(|s| s.media.as_ref())
+                    .filter(|m| m.role == Role::Publisher)
+                    .map(|m| m.member)
+                    .ok_or_else(|| refused(404, format!("no publisher {p:?} in room {room}")))?;
+                Some(member)
+            }
+        };
+        self.admit(&room)?;
+        let member = self.next_member;
+        self.next_member = self.next_member.wrapping_add(1).max(1);
+        let media = MediaState {
+            member,
+            room: room.clone(),
+            role,
+            remote_fingerprint: offer.fingerprint.value.clone(),
+            dtls: DtlsPhase::New,
+            created: Instant::now(),
+            dtls_started: None,
+        };
+        let created = match self.insert_session(&room, Some(media)) {
+            Ok(c) => c,
+            Err(e) => {
+                self.limits.sessions_total.fetch_sub(1, Ordering::AcqRel);
+                return Err(refused(503, e));
+            }
+        };
+        let mut outbound = Vec::with_capacity(negotiated.media.len());
+        let mut tracks = Vec::new();
+        let mut slots = Vec::new();
+        for m in &negotiated.media {
+            let mut out = None;
+            if let (true, Some(kind), Some(codec)) = (m.accepted, m.kind, &m.codec) {
+                match (role, m.direction) {
+                    (Role::Publisher, sdp::Direction::RecvOnly) => tracks.push(PublishedTrack {
+                        kind,
+                        ssrc: m.ssrcs.first().copied(),
+                        codec: codec.clone(),
+                    }),
+                    (Role::Subscriber, sdp::Direction::SendOnly) => {
+                        let ssrc = random_ssrc();
+                        slots.push(SubscribedSlot {
+                            kind,
+                            out_ssrc: ssrc,
+                            codec: codec.clone(),
+                        });
+                        out = Some(sdp::OutboundTrack {
+                            ssrc,
+                            cname: format!("roomgate-{}", created.participant),
+                            stream_id: format!("roomgate-{}", created.participant),
+                            track_id: format!("{}-{}", created.participant, m.mid),
+                        });
+                    }
+                    _ => {}
+                }
+            }
+            outbound.push(out);
+        }
+        let answer = sdp::build_answer(
+            offer,
+            &negotiated,
+            &sdp::AnswerParams {
+                ice_ufrag: &created.ufrag,
+                ice_pwd: &created.pwd,
+                fingerprint_sha256: &self.identity.fingerprint,
+                candidates: &self.candidates,
+                session_id: u64::from(member) << 32 | u64::from(random_ssrc()),
+                outbound: &outbound,
+            },
+        );
+        let now = Instant::now();
+        if let Some(r) = self.rooms.get_mut(&room) {
+            match role {
+                Role::Publisher => r.core.add_publisher(member, tracks, now),
+                Role::Subscriber => r.core.add_subscriber(member, slots, watch, now),
+            }
+        }
+        debug!(thread = self.index, room = %room, participant = %created.participant, ?role, "media session created");
+        Ok(MediaCreated {
+            participant: created.participant,
+            answer,
+            thread: self.index,
+        })
+    }
+
     fn delete_participant(&mut self, room: &RoomId, participant: &str) -> bool {
         let ufrag = format!("{}{participant}", room.ufrag_part());
-        let Some(r) = self.rooms.get_mut(room) else {
-            return false;
-        };
-        if !r.sessions.remove(&ufrag) {
+        if !self
+            .rooms
+            .get(room)
+            .is_some_and(|r| r.sessions.contains(&ufrag))
+        {
             return false;
         }
-        if r.sessions.is_empty() {
-            self.rooms.remove(room);
-        }
-        self.unpin_session(&ufrag);
-        self.sessions.remove(&ufrag);
-        self.update_gauges();
+        self.remove_session(&ufrag);
         debug!(thread = self.index, room = %room, participant, "participant deleted");
         true
+    }
+
+    /// Release a session: its forwarding state, its DTLS task, its pins, its room slot.
+    fn remove_session(&mut self, ufrag: &str) {
+        self.unpin_session(ufrag);
+        let Some(session) = self.sessions.remove(ufrag) else {
+            return;
+        };
+        self.limits.sessions_total.fetch_sub(1, Ordering::AcqRel);
+        let room_id = match &session.media {
+            Some(media) => {
+                self.members.remove(&media.member);
+                if matches!(media.dtls, DtlsPhase::Handshaking(_)) {
+                    self.handshaking = self.handshaking.saturating_sub(1);
+                }
+                let gauge = match media.role {
+                    Role::Publisher => &self.stats.media.publishers,
+                    Role::Subscriber => &self.stats.media.subscribers,
+                };
+                gauge.set(gauge.get().saturating_sub(1));
+                let room_id = media.room.clone();
+                if let Some(room) = self.rooms.get_mut(&room_id) {
+                    room.core.remove_member(media.member, Instant::now());
+                    drain_core(&mut room.core, &mut self.outputs);
+                }
+                Some(room_id)
+            }
+            None => self
+                .rooms
+                .iter()
+                .find(|(_, r)| r.sessions.contains(ufrag))
+                .map(|(id, _)| id.clone()),
+        };
+        // Dropping the session drops its DtlsHandle, which aborts the handshake task.
+        drop(session);
+        if let Some(room_id) = room_id {
+            if let Some(r) = self.rooms.get_mut(&room_id) {
+                r.sessions.remove(ufrag);
+                if r.sessions.is_empty() {
+                    self.rooms.remove(&room_id);
+                }
+            }
+        }
+        self.send_outputs();
+        self.update_gauges();
     }
 
     fn room_view(&self, room: &RoomId) -> Option<RoomView> {
@@ -883,7 +1352,50 @@ impl LogicThread {
         for ufrag in expired {
             debug!(thread = self.index, ufrag = %ufrag, "consent expired");
             self.stats.consent_expired.inc();
-            self.unpin_session(&ufrag);
+            if self.sessions.get(&ufrag).is_some_and(|s| s.media.is_some()) {
+                // A WHIP/WHEP session has no backend to delete it: consent loss ends it.
+                self.stats.media.sessions_timed_out.inc();
+                self.remove_session(&ufrag);
+            } else {
+                self.unpin_session(&ufrag);
+            }
+        }
+        let stale: Vec<String> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| {
+                let Some(m) = &s.media else { return false };
+                let never_connected = s.ice.state() == IceState::New
+                    && now.saturating_duration_since(m.created) > CONNECT_TIMEOUT;
+                let handshake_stalled = matches!(m.dtls, DtlsPhase::Handshaking(_))
+                    && m.dtls_started
+                        .is_some_and(|t| now.saturating_duration_since(t) > HANDSHAKE_TIMEOUT);
+                never_connected || handshake_stalled
+            })
+            .map(|(u, _)| u.clone())
+            .collect();
+        for ufrag in stale {
+            if let Some(DtlsPhase::Handshaking(_)) = self
+                .sessions
+                .get(&ufrag)
+                .and_then(|s| s.media.as_ref())
+                .map(|m| &m.dtls)
+            {
+                self.stats.media.dtls_failed.inc();
+            }
+            debug!(thread = self.index, ufrag = %ufrag, "media session timed out");
+            self.stats.media.sessions_timed_out.inc();
+            self.remove_session(&ufrag);
+        }
+        let room_ids: Vec<RoomId> = self.rooms.keys().cloned().collect();
+        for room_id in room_ids {
+            if let Some(room) = self.rooms.get_mut(&room_id) {
+                room.core.handle_timeout(now);
+                drain_core(&mut room.core, &mut self.outputs);
+                let delta = room.core.take_stats();
+                add_forward_stats(&self.stats, &delta);
+            }
+            self.send_outputs();
         }
     }
 
@@ -895,7 +1407,7 @@ impl LogicThread {
     fn release_all(&mut self) {
         let ufrags: Vec<String> = self.sessions.keys().cloned().collect();
         for u in ufrags {
-            self.unpin_session(&u);
+            self.remove_session(&u);
         }
     }
 }
@@ -912,6 +1424,39 @@ fn state_index(state: IceState) -> usize {
 
 /// Label values of `ThreadStats::sessions_by_state`.
 pub const STATE_NAMES: [&str; 4] = ["new", "connected", "nominated", "expired"];
+
+fn drain_core(core: &mut crate::sfu::RoomCore, out: &mut Vec<Output>) {
+    while let Some(o) = core.poll_output() {
+        out.push(o);
+    }
+}
+
+fn add_forward_stats(stats: &ThreadStats, d: &crate::sfu::ForwardStats) {
+    let m = &stats.media;
+    m.rtp_received.add(d.rtp_in);
+    m.rtp_forwarded.add(d.rtp_forwarded);
+    m.rtp_unknown_ssrc.add(d.rtp_unknown_ssrc);
+    m.rtp_malformed.add(d.rtp_malformed);
+    m.rtcp_received.add(d.rtcp_in);
+    m.rtcp_malformed.add(d.rtcp_malformed);
+    m.nacks_received.add(d.nacks_received);
+    m.retransmissions.add(d.retransmissions);
+    m.nack_misses.add(d.nack_misses);
+    m.plis_received.add(d.plis_received);
+    m.firs_received.add(d.firs_received);
+    m.plis_sent.add(d.plis_sent);
+    m.plis_rate_limited.add(d.plis_rate_limited);
+    m.receiver_reports_sent.add(d.rr_sent);
+    m.sender_reports_forwarded.add(d.sr_forwarded);
+    m.codec_mismatch.add(d.codec_mismatch);
+}
+
+fn random_ssrc() -> u32 {
+    let mut b = [0u8; 4];
+    // A failed OS RNG only costs SSRC uniqueness, which the answer scopes per session.
+    let _ = getrandom::fill(&mut b);
+    u32::from_be_bytes(b).max(1)
+}
 
 fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())

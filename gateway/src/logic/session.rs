@@ -2,11 +2,18 @@
 use std::{
     collections::BTreeSet,
     net::{IpAddr, SocketAddr},
+    time::Instant,
 };
 
 use serde::Serialize;
 
-use crate::ice::IceSession;
+use crate::{
+    ice::IceSession,
+    media::{DtlsHandle, SrtpSession},
+    room::RoomId,
+    sdp::Role,
+    sfu::{ForwardConfig, MemberId, RoomCore},
+};
 
 /// One participant: its ICE state and the client addresses pinned for it.
 pub struct Session {
@@ -23,6 +30,41 @@ pub struct Session {
     pub rx_datagrams: u64,
     pub rx_bytes: u64,
     pub tx_datagrams: u64,
+    /// WHIP/WHEP sessions carry media; REST participants (ICE only) do not.
+    pub media: Option<MediaState>,
+}
+
+/// A WHIP/WHEP session's place in its room and its DTLS-SRTP association.
+pub struct MediaState {
+    pub member: MemberId,
+    pub room: RoomId,
+    pub role: Role,
+    /// SHA-256 fingerprint from the client's SDP; the DTLS client must present it.
+    pub remote_fingerprint: String,
+    pub dtls: DtlsPhase,
+    pub created: Instant,
+    pub dtls_started: Option<Instant>,
+}
+
+pub enum DtlsPhase {
+    /// Waiting for the client's ClientHello (roomgate is always the DTLS server).
+    New,
+    Handshaking(DtlsHandle),
+    Connected {
+        /// Kept so a close_notify from the client is still read.
+        _handle: DtlsHandle,
+        srtp: Box<SrtpSession>,
+    },
+}
+
+impl DtlsPhase {
+    pub fn name(&self) -> &'static str {
+        match self {
+            DtlsPhase::New => "new",
+            DtlsPhase::Handshaking(_) => "connecting",
+            DtlsPhase::Connected { .. } => "connected",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -43,14 +85,30 @@ impl Session {
             rx_datagrams: self.rx_datagrams,
             rx_bytes: self.rx_bytes,
             tx_datagrams: self.tx_datagrams,
+            role: Some(match &self.media {
+                None => "ice",
+                Some(m) if m.role == Role::Publisher => "publisher",
+                Some(_) => "subscriber",
+            }),
+            dtls_state: self.media.as_ref().map(|m| m.dtls.name()),
         }
     }
 }
 
-#[derive(Default)]
 pub struct Room {
     /// Server ufrags of the room's sessions.
     pub sessions: BTreeSet<String>,
+    /// Forwarding state of the room's WHIP/WHEP sessions.
+    pub core: RoomCore,
+}
+
+impl Default for Room {
+    fn default() -> Self {
+        Room {
+            sessions: BTreeSet::new(),
+            core: RoomCore::new(ForwardConfig::default()),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -64,6 +122,9 @@ pub struct ParticipantView {
     pub rx_datagrams: u64,
     pub rx_bytes: u64,
     pub tx_datagrams: u64,
+    pub role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dtls_state: Option<&'static str>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -79,4 +140,19 @@ pub struct ParticipantCreated {
     pub ufrag: String,
     pub pwd: String,
     pub thread: usize,
+}
+
+/// A WHIP/WHEP session the thread created, with its SDP answer.
+#[derive(Clone, Debug)]
+pub struct MediaCreated {
+    pub participant: String,
+    pub answer: String,
+    pub thread: usize,
+}
+
+/// Why a WHIP/WHEP session was not created; nothing of it was kept.
+#[derive(Clone, Debug)]
+pub struct CreateRefused {
+    pub status: u16,
+    pub message: String,
 }

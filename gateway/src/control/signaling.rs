@@ -1,0 +1,263 @@
+//! WHIP (RFC 9725) and WHEP: SDP offer in, SDP answer out, one HTTP resource per session.
+//!
+//! The offer is parsed here, so malformed SDP is refused before any thread is asked;
+//! negotiation happens on the room's thread, which knows the codecs the room already
+//! forwards. Either way a refused offer leaves nothing behind.
+use std::sync::Arc;
+
+use axum::{
+    body::Bytes,
+    extract::{Path, Query, Request, State},
+    http::{header, HeaderMap, HeaderValue, Method, StatusCode},
+    middleware::Next,
+    response::{IntoResponse, Response},
+    routing::post,
+    Router,
+};
+use serde::Deserialize;
+
+use super::{ask, parse_room, ApiError, ApiState};
+use crate::{
+    logic::Command,
+    sdp::{self, Role},
+};
+
+/// Largest offer accepted; real offers are a few KiB.
+const MAX_OFFER_BYTES: usize = 64 * 1024;
+
+pub fn routes() -> Router<Arc<ApiState>> {
+    Router::new()
+        .route("/whip/{room}", post(whip))
+        .route("/whep/{room}", post(whep))
+        .route(
+            "/whip/{room}/{participant}",
+            axum::routing::delete(delete_session).patch(no_patch),
+        )
+        .route(
+            "/whep/{room}/{participant}",
+            axum::routing::delete(delete_session).patch(no_patch),
+        )
+}
+
+#[derive(Debug, Deserialize)]
+pub struct WhepQuery {
+    publisher: Option<String>,
+}
+
+async fn whip(
+    State(state): State<Arc<ApiState>>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    create(&state, &room, Role::Publisher, None, &headers, &body).await
+}
+
+async fn whep(
+    State(state): State<Arc<ApiState>>,
+    Path(room): Path<String>,
+    Query(query): Query<WhepQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    create(
+        &state,
+        &room,
+        Role::Subscriber,
+        query.publisher,
+        &headers,
+        &body,
+    )
+    .await
+}
+
+async fn create(
+    state: &ApiState,
+    room: &str,
+    role: Role,
+    publisher: Option<String>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let room = parse_room(room)?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type
+        .split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/sdp"))
+    {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Type must be application/sdp, not {content_type:?}"),
+        ));
+    }
+    if body.len() > MAX_OFFER_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("SDP offer larger than {MAX_OFFER_BYTES} bytes"),
+        ));
+    }
+    let text = std::str::from_utf8(body)
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "SDP offer is not UTF-8"))?;
+    let offer = sdp::parse_offer(text).map_err(|e| {
+        ApiError::new(
+            StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST),
+            format!("SDP offer: {e}"),
+        )
+    })?;
+    let (_, created) = ask(state, &room, |reply| Command::CreateMediaSession {
+        room: room.clone(),
+        role,
+        offer: Box::new(offer),
+        publisher,
+        reply,
+    })
+    .await?;
+    let created = created.map_err(|r| {
+        ApiError::new(
+            StatusCode::from_u16(r.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            r.message,
+        )
+    })?;
+    let kind = match role {
+        Role::Publisher => "whip",
+        Role::Subscriber => "whep",
+    };
+    let location = format!("/{kind}/{room}/{}", created.participant);
+    Ok((
+        StatusCode::CREATED,
+        [
+            (header::CONTENT_TYPE, "application/sdp".to_owned()),
+            (header::LOCATION, location),
+        ],
+        created.answer,
+    )
+        .into_response())
+}
+
+async fn delete_session(
+    State(state): State<Arc<ApiState>>,
+    Path((room, participant)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let room = parse_room(&room)?;
+    let (_, found) = ask(&state, &room, |reply| Command::DeleteParticipant {
+        room: room.clone(),
+        participant: participant.clone(),
+        reply,
+    })
+    .await?;
+    if found {
+        Ok(StatusCode::OK)
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no session {participant:?} in room {room}"),
+        ))
+    }
+}
+
+/// RFC 9725 4.3: an endpoint without trickle ICE / ICE restart answers PATCH with 405.
+async fn no_patch() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(header::ALLOW, "DELETE, OPTIONS")],
+        axum::Json(serde_json::json!({
+            "error": "trickle ICE and ICE restarts are not supported: roomgate is ICE-lite and learns the client's address from its checks"
+        })),
+    )
+        .into_response()
+}
+
+/// Bearer-token check for signaling routes (`--auth-token`).
+pub async fn require_token(
+    State(state): State<Arc<ApiState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(expected) = &state.auth_token else {
+        return next.run(request).await;
+    };
+    if request.method() == Method::OPTIONS {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    if presented.is_some_and(|p| constant_time_eq(p.as_bytes(), expected.as_bytes())) {
+        return next.run(request).await;
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        axum::Json(serde_json::json!({ "error": "missing or wrong bearer token" })),
+    )
+        .into_response()
+}
+
+/// Compare without an early exit, so response timing does not reveal a token prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// CORS for every route: WHIP/WHEP players are often served from another origin.
+/// Preflights are answered here, before routing (and before the token check: browsers
+/// never send credentials on a preflight).
+pub async fn cors(request: Request, next: Next) -> Response {
+    let preflight = request.method() == Method::OPTIONS;
+    let mut response = if preflight {
+        let mut r = StatusCode::NO_CONTENT.into_response();
+        r.headers_mut().insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, DELETE, PATCH, OPTIONS"),
+        );
+        r.headers_mut().insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("Authorization, Content-Type, If-Match"),
+        );
+        r.headers_mut().insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+        // RFC 9725 4.1: advertise the accepted offer type.
+        r.headers_mut()
+            .insert("accept-post", HeaderValue::from_static("application/sdp"));
+        r
+    } else {
+        next.run(request).await
+    };
+    let h = response.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("Location, Link, ETag"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert!(!constant_time_eq(b"", b"a"));
+    }
+}

@@ -1,0 +1,12 @@
+//! The session layer between the wire and the SFU core: DTLS handshakes and SRTP.
+//!
+//! - [`identity`]: the gateway's DTLS certificate and its SDP fingerprint.
+//! - [`dtls`]: webrtc-dtls server handshakes run on the owning logic thread.
+//! - [`srtp`]: SRTP/SRTCP contexts from the exported keying material.
+pub mod dtls;
+pub mod identity;
+pub mod srtp;
+
+pub use dtls::{DtlsDriver, DtlsEvent, DtlsHandle, SrtpKeys};
+pub use identity::Identity;
+pub use srtp::{SrtpSession, UnprotectFailure};
