@@ -2,11 +2,13 @@
 //! `cargo xtask test`): the exposition is valid (`promtool check metrics`), labels are
 //! bounded, the eBPF counters on /metrics match /api/status, the rules file passes
 //! `promtool check rules`, and every PromQL expression of the dashboard and of the
-//! alert rules is evaluated by Prometheus against a gateway under traffic.
+//! alert rules is evaluated by Prometheus against a gateway under traffic. The media
+//! plane's families (DTLS, SRTP, forwarding) are exposed per thread from the start, at 0
+//! until media flows, so every panel and alert has series to evaluate.
 mod support;
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     io::Write,
     net::TcpListener,
     path::{Path, PathBuf},
@@ -14,8 +16,202 @@ use std::{
     time::Duration,
 };
 
+use gateway::{media::UnprotectFailure, stats::HANDSHAKE_BUCKETS_MS};
 use serde_json::Value;
 use support::*;
+
+/// Media-plane counters and gauges with a `thread` label only.
+const MEDIA_PER_THREAD: [&str; 22] = [
+    "roomgate_dtls_closed_total",
+    "roomgate_srtp_before_keys_total",
+    "roomgate_srtp_protect_failures_total",
+    "roomgate_rtp_packets_received_total",
+    "roomgate_rtp_packets_forwarded_total",
+    "roomgate_rtp_unknown_ssrc_total",
+    "roomgate_rtp_malformed_total",
+    "roomgate_rtcp_packets_received_total",
+    "roomgate_rtcp_malformed_total",
+    "roomgate_nacks_received_total",
+    "roomgate_retransmissions_total",
+    "roomgate_nack_misses_total",
+    "roomgate_plis_received_total",
+    "roomgate_firs_received_total",
+    "roomgate_plis_sent_total",
+    "roomgate_plis_rate_limited_total",
+    "roomgate_receiver_reports_sent_total",
+    "roomgate_sender_reports_forwarded_total",
+    "roomgate_codec_mismatch_total",
+    "roomgate_media_sessions_timed_out_total",
+    "roomgate_publishers",
+    "roomgate_subscribers",
+];
+const DTLS_HANDSHAKES: &str = "roomgate_dtls_handshakes_total";
+const UNPROTECT_FAILURES: &str = "roomgate_srtp_unprotect_failures_total";
+const HANDSHAKE_DURATION: &str = "roomgate_dtls_handshake_duration_seconds";
+
+/// Every media family: the dashboard must show each, filtered by the thread variable.
+fn media_families() -> Vec<&'static str> {
+    let mut all = MEDIA_PER_THREAD.to_vec();
+    all.extend([DTLS_HANDSHAKES, UNPROTECT_FAILURES, HANDSHAKE_DURATION]);
+    all
+}
+
+type Labels<'a> = BTreeMap<&'a str, &'a str>;
+
+/// The samples of one series name in a text exposition: labels and value.
+fn samples<'a>(text: &'a str, name: &str) -> Vec<(Labels<'a>, f64)> {
+    let mut out = Vec::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (series, value) = line.rsplit_once(' ').expect("sample has a value");
+        let (metric, labels) = match series.split_once('{') {
+            Some((m, rest)) => (m, rest.strip_suffix('}').expect("closed label set")),
+            None => (series, ""),
+        };
+        if metric != name {
+            continue;
+        }
+        let labels = labels
+            .split(',')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let (k, v) = p.split_once('=').expect("label pair");
+                (k, v.trim_matches('"'))
+            })
+            .collect();
+        out.push((labels, value.parse().expect("numeric sample")));
+    }
+    out
+}
+
+/// The label values (in `keys` order) of `name`'s samples; asserts the family's TYPE
+/// and that its samples carry exactly the labels `keys`.
+fn label_sets(text: &str, name: &str, kind: &str, keys: &[&str]) -> BTreeSet<Vec<String>> {
+    assert!(
+        text.lines().any(|l| l == format!("# TYPE {name} {kind}")),
+        "{name} is exposed as a {kind}"
+    );
+    let mut want: Vec<&str> = keys.to_vec();
+    want.sort_unstable();
+    samples(text, name)
+        .into_iter()
+        .map(|(labels, _)| {
+            let got: Vec<&str> = labels.keys().copied().collect();
+            assert_eq!(got, want, "label names of {name}");
+            keys.iter().map(|k| labels[k].to_owned()).collect()
+        })
+        .collect()
+}
+
+/// Every combination of one value per label, in order.
+fn product(values: &[&[&str]]) -> BTreeSet<Vec<String>> {
+    values.iter().fold(BTreeSet::from([Vec::new()]), |acc, vs| {
+        acc.iter()
+            .flat_map(|prefix: &Vec<String>| {
+                vs.iter().map(move |v| {
+                    let mut p = prefix.clone();
+                    p.push((*v).to_owned());
+                    p
+                })
+            })
+            .collect()
+    })
+}
+
+/// The media families: present for every thread, with only bounded labels whose
+/// values come from fixed sets, and the handshake histogram with its fixed buckets.
+fn assert_media_families(text: &str, threads: usize) {
+    let thread_ids: Vec<String> = (0..threads).map(|t| t.to_string()).collect();
+    let t: Vec<&str> = thread_ids.iter().map(String::as_str).collect();
+    for name in MEDIA_PER_THREAD {
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
+        let got = label_sets(text, name, kind, &["thread"]);
+        assert_eq!(got, product(&[&t]), "{name}: one series per thread");
+    }
+    let got = label_sets(text, DTLS_HANDSHAKES, "counter", &["thread", "outcome"]);
+    let outcomes = ["started", "completed", "failed"];
+    assert_eq!(got, product(&[&t, &outcomes]), "{DTLS_HANDSHAKES}");
+    let got = label_sets(
+        text,
+        UNPROTECT_FAILURES,
+        "counter",
+        &["thread", "kind", "reason"],
+    );
+    let reasons: Vec<&str> = UnprotectFailure::ALL.iter().map(|f| f.name()).collect();
+    assert_eq!(
+        got,
+        product(&[&t, &["srtp", "srtcp"], &reasons]),
+        "{UNPROTECT_FAILURES}"
+    );
+
+    // The histogram: HANDSHAKE_BUCKETS_MS in seconds plus +Inf, cumulative, per thread,
+    // and _count equal to the +Inf bucket.
+    assert!(text
+        .lines()
+        .any(|l| l == format!("# TYPE {HANDSHAKE_DURATION} histogram")));
+    let buckets = samples(text, &format!("{HANDSHAKE_DURATION}_bucket"));
+    let counts = samples(text, &format!("{HANDSHAKE_DURATION}_count"));
+    let sums = samples(text, &format!("{HANDSHAKE_DURATION}_sum"));
+    for th in &thread_ids {
+        let mine: Vec<&(Labels, f64)> = buckets
+            .iter()
+            .filter(|(l, _)| l.get("thread") == Some(&th.as_str()))
+            .collect();
+        assert!(mine
+            .iter()
+            .all(|(l, _)| l.len() == 2 && l.contains_key("le")));
+        let les: Vec<f64> = mine
+            .iter()
+            .map(|(l, _)| l["le"].parse::<f64>().expect("le is a number"))
+            .collect();
+        let mut want: Vec<f64> = HANDSHAKE_BUCKETS_MS
+            .iter()
+            .map(|ms| *ms as f64 / 1e3)
+            .collect();
+        want.push(f64::INFINITY);
+        assert_eq!(les, want, "{HANDSHAKE_DURATION} buckets of thread {th}");
+        let values: Vec<f64> = mine.iter().map(|(_, v)| *v).collect();
+        assert!(
+            values.windows(2).all(|w| w[0] <= w[1]),
+            "cumulative: {values:?}"
+        );
+        let count = counts
+            .iter()
+            .find(|(l, _)| l.get("thread") == Some(&th.as_str()))
+            .map(|(_, v)| *v);
+        assert_eq!(count, values.last().copied(), "_count is the +Inf bucket");
+        assert!(sums
+            .iter()
+            .any(|(l, v)| l.get("thread") == Some(&th.as_str()) && l.len() == 1 && *v >= 0.0));
+    }
+}
+
+/// The metric selectors (`roomgate_name` or `roomgate_name{matchers}`) in a PromQL
+/// expression.
+fn selectors(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("roomgate_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let mut sel = &tail[..end];
+        if tail[end..].starts_with('{') {
+            let close = tail[end..].find('}').expect("closed matcher") + end;
+            sel = &tail[..=close];
+        }
+        out.push(sel.to_owned());
+        rest = &tail[sel.len()..];
+    }
+    out
+}
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -203,6 +399,8 @@ fn exposition_is_valid_bounded_and_matches_status() {
         "le",
         "version",
         "ebpf_embedded",
+        "kind",
+        "reason",
     ]
     .into();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
@@ -223,6 +421,7 @@ fn exposition_is_valid_bounded_and_matches_status() {
             );
         }
     }
+    assert_media_families(&text, 2);
     // The eBPF counters on /metrics are the ones the steering tests assert.
     let status = gw.status();
     for (branch, v) in status["ebpf"].as_object().expect("ebpf counters") {
@@ -303,6 +502,18 @@ fn prometheus_evaluates_every_dashboard_and_alert_expression() {
     for line in text.lines().filter_map(|l| l.trim().strip_prefix("expr: ")) {
         let v = query(&prom, line);
         assert_eq!(v["status"], "success", "{line}: {v}");
+        // An alert that does not fire returns nothing, so prove instead that every
+        // series it reads exists: a misspelt name or label value would never fire.
+        for sel in selectors(line) {
+            let v = query(&prom, &format!("group({sel})"));
+            let found = v["data"]["result"]
+                .as_array()
+                .is_some_and(|r| !r.is_empty());
+            assert!(
+                found,
+                "alert expression reads existing series: {sel} in {line}\n{v}"
+            );
+        }
     }
 }
 
@@ -348,6 +559,18 @@ fn dashboard_has_the_variables_and_rows_operators_need() {
             "panel {} is described",
             p["title"]
         );
+    }
+    // The media families are all on the dashboard, and the thread variable filters them.
+    let exprs = dashboard_exprs();
+    for family in media_families() {
+        let uses: Vec<&String> = exprs.iter().filter(|e| e.contains(family)).collect();
+        assert!(!uses.is_empty(), "{family} is on the dashboard");
+        for e in uses {
+            assert!(
+                e.contains("thread=~\"$thread\""),
+                "{e} follows the thread variable"
+            );
+        }
     }
     // Provisioning files point Grafana at the dashboard folder and at Prometheus.
     for f in [

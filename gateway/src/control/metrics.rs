@@ -2,7 +2,8 @@
 //!
 //! Built at scrape time from the logic threads' own counters (relaxed atomic loads) and
 //! the eBPF map, so a scrape never takes a lock a logic thread could be waiting on.
-//! Labels are bounded: thread index, mode, branch, outcome — never room or participant.
+//! Labels are bounded: thread index, mode, branch, outcome, state, kind, reason — never
+//! room, participant, SSRC or address.
 use std::fmt::Write as _;
 
 use prometheus::{
@@ -10,7 +11,12 @@ use prometheus::{
 };
 
 use super::ApiState;
-use crate::{ice::StunOutcome, logic::STATE_NAMES, stats::PROCESSING_BUCKETS_NS};
+use crate::{
+    ice::StunOutcome,
+    logic::STATE_NAMES,
+    media::UnprotectFailure,
+    stats::{Counter, MediaStats, HANDSHAKE_BUCKETS_MS, PROCESSING_BUCKETS_NS},
+};
 
 /// A per-thread series: name, help, and how to read it from a thread's counters.
 type ThreadSeries = (
@@ -18,6 +24,127 @@ type ThreadSeries = (
     &'static str,
     fn(&crate::stats::ThreadStats) -> u64,
 );
+
+/// The same for the media plane's counters ([`MediaStats`]).
+type MediaSeries = (&'static str, &'static str, fn(&MediaStats) -> u64);
+
+/// Media-plane counters exposed one series per thread (`{thread}` only).
+const MEDIA_COUNTERS: [MediaSeries; 20] = [
+    (
+        "roomgate_dtls_closed_total",
+        "DTLS associations the client closed (close_notify or alert) after connecting.",
+        |m| m.dtls_closed.get(),
+    ),
+    (
+        "roomgate_srtp_before_keys_total",
+        "SRTP/SRTCP packets dropped because the DTLS handshake had not produced keys yet.",
+        |m| m.srtp_before_keys.get(),
+    ),
+    (
+        "roomgate_srtp_protect_failures_total",
+        "Outgoing RTP/RTCP packets that could not be protected (not sent).",
+        |m| m.srtp_protect_failures.get(),
+    ),
+    (
+        "roomgate_rtp_packets_received_total",
+        "RTP packets received from publishers (after SRTP).",
+        |m| m.rtp_received.get(),
+    ),
+    (
+        "roomgate_rtp_packets_forwarded_total",
+        "RTP packets forwarded to subscribers (one per copy sent).",
+        |m| m.rtp_forwarded.get(),
+    ),
+    (
+        "roomgate_rtp_unknown_ssrc_total",
+        "RTP packets with an SSRC no publisher announced. Dropped.",
+        |m| m.rtp_unknown_ssrc.get(),
+    ),
+    (
+        "roomgate_rtp_malformed_total",
+        "Decrypted RTP packets that did not parse. Dropped.",
+        |m| m.rtp_malformed.get(),
+    ),
+    (
+        "roomgate_rtcp_packets_received_total",
+        "RTCP packets received (after SRTCP).",
+        |m| m.rtcp_received.get(),
+    ),
+    (
+        "roomgate_rtcp_malformed_total",
+        "Decrypted RTCP packets that did not parse. Dropped.",
+        |m| m.rtcp_malformed.get(),
+    ),
+    (
+        "roomgate_nacks_received_total",
+        "NACK feedback packets received from subscribers (each may list many sequence numbers).",
+        |m| m.nacks_received.get(),
+    ),
+    (
+        "roomgate_retransmissions_total",
+        "Packets resent to subscribers in answer to NACKs.",
+        |m| m.retransmissions.get(),
+    ),
+    (
+        "roomgate_nack_misses_total",
+        "NACKed sequence numbers not resent: not (or no longer) in the retransmission buffer.",
+        |m| m.nack_misses.get(),
+    ),
+    (
+        "roomgate_plis_received_total",
+        "Picture Loss Indications received from subscribers.",
+        |m| m.plis_received.get(),
+    ),
+    (
+        "roomgate_firs_received_total",
+        "Full Intra Requests received from subscribers.",
+        |m| m.firs_received.get(),
+    ),
+    (
+        "roomgate_plis_sent_total",
+        "Keyframe requests sent to publishers (PLI, or FIR to a FIR-only publisher).",
+        |m| m.plis_sent.get(),
+    ),
+    (
+        "roomgate_plis_rate_limited_total",
+        "Keyframe requests not sent to a publisher because of the PLI rate limit.",
+        |m| m.plis_rate_limited.get(),
+    ),
+    (
+        "roomgate_receiver_reports_sent_total",
+        "RTCP receiver reports sent to publishers.",
+        |m| m.receiver_reports_sent.get(),
+    ),
+    (
+        "roomgate_sender_reports_forwarded_total",
+        "RTCP sender reports forwarded to subscribers.",
+        |m| m.sender_reports_forwarded.get(),
+    ),
+    (
+        "roomgate_codec_mismatch_total",
+        "Subscriber tracks left unbound because no publisher track of that kind had a matching codec.",
+        |m| m.codec_mismatch.get(),
+    ),
+    (
+        "roomgate_media_sessions_timed_out_total",
+        "Media sessions released by a timeout: never connected, handshake too slow, or consent lost.",
+        |m| m.sessions_timed_out.get(),
+    ),
+];
+
+/// Media-plane gauges, one series per thread.
+const MEDIA_GAUGES: [MediaSeries; 2] = [
+    (
+        "roomgate_publishers",
+        "WHIP (publishing) sessions alive on the logic thread.",
+        |m| m.publishers.get(),
+    ),
+    (
+        "roomgate_subscribers",
+        "WHEP (subscribing) sessions alive on the logic thread.",
+        |m| m.subscribers.get(),
+    ),
+];
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec, prometheus::Error> {
     IntCounterVec::new(Opts::new(name, help), labels)
@@ -205,6 +332,9 @@ pub fn render(state: &ApiState) -> Result<String, prometheus::Error> {
     }
     collectors.push(Box::new(stun));
 
+    let media: Vec<&MediaStats> = state.threads.iter().map(|h| &h.stats.media).collect();
+    media_collectors(&media, &mut collectors)?;
+
     if let Some(counters) = state.steering.ebpf_counters() {
         let ebpf = counter(
             "roomgate_ebpf_decisions_total",
@@ -224,38 +354,265 @@ pub fn render(state: &ApiState) -> Result<String, prometheus::Error> {
     TextEncoder::new().encode(&registry.gather(), &mut out)?;
     let mut text = String::from_utf8_lossy(&out).into_owned();
     processing_histogram(state, &mut text);
+    handshake_histogram(&media, &mut text);
     Ok(text)
 }
 
-/// The per-datagram processing-time histogram, written directly in the text format: the
-/// threads keep fixed buckets, which the prometheus crate's Histogram cannot be set from.
+/// The media plane's labelled counters and gauges, one series per thread (the index in
+/// `threads` is the `thread` label).
+fn media_collectors(
+    threads: &[&MediaStats],
+    collectors: &mut Vec<Box<dyn Collector>>,
+) -> Result<(), prometheus::Error> {
+    let handshakes = counter(
+        "roomgate_dtls_handshakes_total",
+        "DTLS handshakes by outcome: started (ClientHello), completed (SRTP keys), failed.",
+        &["thread", "outcome"],
+    )?;
+    let unprotect = counter(
+        "roomgate_srtp_unprotect_failures_total",
+        "Packets from clients refused by SRTP (kind=srtp) or SRTCP (kind=srtcp), by reason.",
+        &["thread", "kind", "reason"],
+    )?;
+    for (i, m) in threads.iter().enumerate() {
+        let t = i.to_string();
+        for (outcome, c) in [
+            ("started", &m.dtls_started),
+            ("completed", &m.dtls_completed),
+            ("failed", &m.dtls_failed),
+        ] {
+            handshakes
+                .with_label_values(&[t.as_str(), outcome])
+                .inc_by(c.get());
+        }
+        for (kind, by_reason) in [
+            ("srtp", &m.srtp_unprotect_failures),
+            ("srtcp", &m.srtcp_unprotect_failures),
+        ] {
+            for f in UnprotectFailure::ALL {
+                unprotect
+                    .with_label_values(&[t.as_str(), kind, f.name()])
+                    .inc_by(by_reason[f as usize].get());
+            }
+        }
+    }
+    collectors.push(Box::new(handshakes));
+    collectors.push(Box::new(unprotect));
+    for (name, help, get) in MEDIA_COUNTERS {
+        let c = counter(name, help, &["thread"])?;
+        for (i, m) in threads.iter().enumerate() {
+            c.with_label_values(&[&i.to_string()]).inc_by(get(m));
+        }
+        collectors.push(Box::new(c));
+    }
+    for (name, help, get) in MEDIA_GAUGES {
+        let g = gauge(name, help, &["thread"])?;
+        for (i, m) in threads.iter().enumerate() {
+            g.with_label_values(&[&i.to_string()]).set(get(m) as i64);
+        }
+        collectors.push(Box::new(g));
+    }
+    Ok(())
+}
+
+/// The per-datagram processing-time histogram.
 fn processing_histogram(state: &ApiState, out: &mut String) {
-    const NAME: &str = "roomgate_datagram_processing_seconds";
-    let _ = writeln!(
+    let bounds = PROCESSING_BUCKETS_NS.map(|ns| ns as f64 / 1e9);
+    fixed_histogram(
         out,
-        "# HELP {NAME} Time a logic thread spends on one datagram (averaged per recvmmsg batch)."
+        "roomgate_datagram_processing_seconds",
+        "Time a logic thread spends on one datagram (averaged per recvmmsg batch).",
+        &bounds,
+        state.threads.iter().map(|h| {
+            let hist = &h.stats.processing;
+            (&hist.buckets[..], hist.sum_ns.get() as f64 / 1e9)
+        }),
     );
-    let _ = writeln!(out, "# TYPE {NAME} histogram");
-    for (i, h) in state.threads.iter().enumerate() {
-        let hist = &h.stats.processing;
+}
+
+/// The DTLS handshake duration histogram (ClientHello to SRTP keys).
+fn handshake_histogram(threads: &[&MediaStats], out: &mut String) {
+    let bounds = HANDSHAKE_BUCKETS_MS.map(|ms| ms as f64 / 1e3);
+    fixed_histogram(
+        out,
+        "roomgate_dtls_handshake_duration_seconds",
+        "Time from the client's first ClientHello to derived SRTP keys.",
+        &bounds,
+        threads.iter().map(|m| {
+            let hist = &m.dtls_handshake;
+            (&hist.buckets[..], hist.sum_ms.get() as f64 / 1e3)
+        }),
+    );
+}
+
+/// A histogram written directly in the text format: the threads keep fixed,
+/// non-cumulative buckets (the last one +Inf), which the prometheus crate's Histogram
+/// cannot be set from. `bounds` are the finite upper bounds in the metric's unit; each
+/// item of `threads` is one thread's buckets (`bounds.len() + 1` of them) and sum.
+fn fixed_histogram<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    bounds: &[f64],
+    threads: impl Iterator<Item = (&'a [Counter], f64)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    for (i, (buckets, sum)) in threads.enumerate() {
+        debug_assert_eq!(buckets.len(), bounds.len() + 1);
         let mut cumulative = 0;
-        for (bound, bucket) in PROCESSING_BUCKETS_NS.iter().zip(&hist.buckets) {
+        for (le, bucket) in bounds.iter().zip(buckets) {
             cumulative += bucket.get();
-            let le = *bound as f64 / 1e9;
             let _ = writeln!(
                 out,
-                "{NAME}_bucket{{thread=\"{i}\",le=\"{le}\"}} {cumulative}"
+                "{name}_bucket{{thread=\"{i}\",le=\"{le}\"}} {cumulative}"
             );
         }
         // Buckets are read one by one while the thread may be writing: derive +Inf and
         // _count from the same reads so the exposition stays self-consistent.
-        let total = cumulative + hist.buckets[PROCESSING_BUCKETS_NS.len()].get();
-        let _ = writeln!(out, "{NAME}_bucket{{thread=\"{i}\",le=\"+Inf\"}} {total}");
-        let _ = writeln!(
-            out,
-            "{NAME}_sum{{thread=\"{i}\"}} {}",
-            hist.sum_ns.get() as f64 / 1e9
+        let total = cumulative + buckets.get(bounds.len()).map_or(0, Counter::get);
+        let _ = writeln!(out, "{name}_bucket{{thread=\"{i}\",le=\"+Inf\"}} {total}");
+        let _ = writeln!(out, "{name}_sum{{thread=\"{i}\"}} {sum}");
+        let _ = writeln!(out, "{name}_count{{thread=\"{i}\"}} {total}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::ThreadStats;
+
+    /// The media part of the exposition for `threads`, as `/metrics` writes it.
+    fn media_text(threads: &[ThreadStats]) -> String {
+        let media: Vec<&MediaStats> = threads.iter().map(|s| &s.media).collect();
+        let mut collectors = Vec::new();
+        media_collectors(&media, &mut collectors).expect("collectors");
+        let registry = Registry::new();
+        for c in collectors {
+            registry.register(c).expect("unique names");
+        }
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&registry.gather(), &mut out)
+            .expect("encode");
+        let mut text = String::from_utf8(out).expect("utf-8");
+        handshake_histogram(&media, &mut text);
+        text
+    }
+
+    /// The value of the sample of `name` with exactly the labels `labels` (any order).
+    fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let mut want: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        want.sort();
+        text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+            let (series, v) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{')?;
+            let mut got: Vec<String> = rest
+                .strip_suffix('}')?
+                .split(',')
+                .map(str::to_owned)
+                .collect();
+            got.sort();
+            (n == name && got == want).then(|| v.parse().ok())?
+        })
+    }
+
+    #[test]
+    fn media_counters_are_exposed_per_thread_with_bounded_labels() {
+        let threads = [ThreadStats::default(), ThreadStats::default()];
+        let m = &threads[1].media;
+        m.dtls_started.add(5);
+        m.dtls_completed.add(4);
+        m.dtls_failed.inc();
+        m.srtp_unprotect_failures[UnprotectFailure::Auth as usize].add(7);
+        m.srtcp_unprotect_failures[UnprotectFailure::Replay as usize].add(3);
+        m.rtp_forwarded.add(1000);
+        m.nack_misses.add(2);
+        m.subscribers.set(6);
+        let text = media_text(&threads);
+
+        let hs = "roomgate_dtls_handshakes_total";
+        assert_eq!(
+            value(&text, hs, &[("thread", "1"), ("outcome", "started")]),
+            Some(5.0)
         );
-        let _ = writeln!(out, "{NAME}_count{{thread=\"{i}\"}} {total}");
+        assert_eq!(
+            value(&text, hs, &[("thread", "1"), ("outcome", "completed")]),
+            Some(4.0)
+        );
+        assert_eq!(
+            value(&text, hs, &[("thread", "1"), ("outcome", "failed")]),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&text, hs, &[("thread", "0"), ("outcome", "failed")]),
+            Some(0.0)
+        );
+        let uf = "roomgate_srtp_unprotect_failures_total";
+        let l = |kind, reason| [("thread", "1"), ("kind", kind), ("reason", reason)];
+        assert_eq!(value(&text, uf, &l("srtp", "auth")), Some(7.0));
+        assert_eq!(value(&text, uf, &l("srtcp", "replay")), Some(3.0));
+        assert_eq!(value(&text, uf, &l("srtcp", "auth")), Some(0.0));
+        let series = |name| value(&text, name, &[("thread", "1")]);
+        assert_eq!(series("roomgate_rtp_packets_forwarded_total"), Some(1000.0));
+        assert_eq!(series("roomgate_nack_misses_total"), Some(2.0));
+        assert_eq!(series("roomgate_subscribers"), Some(6.0));
+        assert!(text.contains("# TYPE roomgate_subscribers gauge"));
+
+        // Every table entry is a distinct counter with a thread series per thread; the
+        // only label names are thread, outcome, kind, reason and le.
+        for (name, _, _) in MEDIA_COUNTERS.iter().chain(&MEDIA_GAUGES) {
+            assert!(name.starts_with("roomgate_"));
+            for t in ["0", "1"] {
+                assert!(value(&text, name, &[("thread", t)]).is_some(), "{name} {t}");
+            }
+        }
+        for (name, _, _) in MEDIA_COUNTERS {
+            assert!(name.ends_with("_total"), "{name}");
+            assert!(text.contains(&format!("# TYPE {name} counter")), "{name}");
+        }
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let labels = line.split_once('{').and_then(|(_, r)| r.split_once('}'));
+            for pair in labels.map(|(l, _)| l).unwrap_or_default().split(',') {
+                let key = pair.split('=').next().unwrap_or_default();
+                assert!(
+                    ["thread", "outcome", "kind", "reason", "le"].contains(&key),
+                    "{line}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn handshake_histogram_is_cumulative_in_seconds() {
+        let threads = [ThreadStats::default(), ThreadStats::default()];
+        let h = &threads[0].media.dtls_handshake;
+        h.observe(25); // le="0.025" is inclusive
+        h.observe(30);
+        h.observe(20_000); // beyond the last bound: +Inf only
+        let text = media_text(&threads);
+        let name = "roomgate_dtls_handshake_duration_seconds";
+        assert!(text.contains(&format!("# TYPE {name} histogram")));
+        let bucket = |t, le| {
+            value(
+                &text,
+                &format!("{name}_bucket"),
+                &[("thread", t), ("le", le)],
+            )
+        };
+        assert_eq!(bucket("0", "0.025"), Some(1.0));
+        assert_eq!(bucket("0", "0.05"), Some(2.0));
+        assert_eq!(bucket("0", "10"), Some(2.0));
+        assert_eq!(bucket("0", "+Inf"), Some(3.0));
+        assert_eq!(bucket("1", "+Inf"), Some(0.0));
+        let count = value(&text, &format!("{name}_count"), &[("thread", "0")]);
+        assert_eq!(count, Some(3.0));
+        let sum = value(&text, &format!("{name}_sum"), &[("thread", "0")]).expect("sum");
+        assert!((sum - 20.055).abs() < 1e-9, "{sum}");
+        let les = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}_bucket{{thread=\"1\"")))
+            .count();
+        assert_eq!(les, HANDSHAKE_BUCKETS_MS.len() + 1);
     }
 }
