@@ -21,7 +21,7 @@ use serde_json::Value;
 use support::*;
 
 /// Media-plane counters and gauges with a `thread` label only.
-const MEDIA_PER_THREAD: [&str; 22] = [
+const MEDIA_PER_THREAD: [&str; 25] = [
     "roomgate_dtls_closed_total",
     "roomgate_srtp_before_keys_total",
     "roomgate_srtp_protect_failures_total",
@@ -29,6 +29,9 @@ const MEDIA_PER_THREAD: [&str; 22] = [
     "roomgate_rtp_packets_forwarded_total",
     "roomgate_rtp_unknown_ssrc_total",
     "roomgate_rtp_malformed_total",
+    "roomgate_rtp_payload_type_mismatch_total",
+    "roomgate_rtp_dropped_before_bind_total",
+    "roomgate_rtcp_unknown_ssrc_total",
     "roomgate_rtcp_packets_received_total",
     "roomgate_rtcp_malformed_total",
     "roomgate_nacks_received_total",

@@ -116,6 +116,13 @@ pub struct MediaStats {
     pub rtp_forwarded: Counter,
     pub rtp_unknown_ssrc: Counter,
     pub rtp_malformed: Counter,
+    /// RTP whose payload type is not the negotiated one of its track. Dropped.
+    pub rtp_payload_type_mismatch: Counter,
+    /// Reordered RTP from before a subscriber slot's (re)binding; sending it would repeat
+    /// a sequence number the subscriber already got. Dropped for that slot.
+    pub rtp_dropped_before_bind: Counter,
+    /// RTCP feedback naming an SSRC the sender has no track or slot for. Ignored.
+    pub rtcp_unknown_ssrc: Counter,
     pub rtcp_received: Counter,
     pub rtcp_malformed: Counter,
     pub nacks_received: Counter,

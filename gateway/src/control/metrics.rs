@@ -29,7 +29,7 @@ type ThreadSeries = (
 type MediaSeries = (&'static str, &'static str, fn(&MediaStats) -> u64);
 
 /// Media-plane counters exposed one series per thread (`{thread}` only).
-const MEDIA_COUNTERS: [MediaSeries; 20] = [
+const MEDIA_COUNTERS: [MediaSeries; 23] = [
     (
         "roomgate_dtls_closed_total",
         "DTLS associations the client closed (close_notify or alert) after connecting.",
@@ -64,6 +64,21 @@ const MEDIA_COUNTERS: [MediaSeries; 20] = [
         "roomgate_rtp_malformed_total",
         "Decrypted RTP packets that did not parse. Dropped.",
         |m| m.rtp_malformed.get(),
+    ),
+    (
+        "roomgate_rtp_payload_type_mismatch_total",
+        "RTP packets whose payload type is not their track's negotiated one; dropped.",
+        |m| m.rtp_payload_type_mismatch.get(),
+    ),
+    (
+        "roomgate_rtp_dropped_before_bind_total",
+        "Reordered RTP from before a subscriber slot's binding; dropped for that slot.",
+        |m| m.rtp_dropped_before_bind.get(),
+    ),
+    (
+        "roomgate_rtcp_unknown_ssrc_total",
+        "RTCP feedback naming an SSRC without a track or slot; ignored.",
+        |m| m.rtcp_unknown_ssrc.get(),
     ),
     (
         "roomgate_rtcp_packets_received_total",

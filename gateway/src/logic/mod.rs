@@ -1437,6 +1437,9 @@ fn add_forward_stats(stats: &ThreadStats, d: &crate::sfu::ForwardStats) {
     m.rtp_forwarded.add(d.rtp_forwarded);
     m.rtp_unknown_ssrc.add(d.rtp_unknown_ssrc);
     m.rtp_malformed.add(d.rtp_malformed);
+    m.rtp_payload_type_mismatch.add(d.rtp_payload_type_mismatch);
+    m.rtp_dropped_before_bind.add(d.rtp_dropped_before_bind);
+    m.rtcp_unknown_ssrc.add(d.rtcp_unknown_ssrc);
     m.rtcp_received.add(d.rtcp_in);
     m.rtcp_malformed.add(d.rtcp_malformed);
     m.nacks_received.add(d.nacks_received);
