@@ -15,7 +15,9 @@ fn main() -> ExitCode {
         }
     };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log_level))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(quiet_dependencies(
+            &config.log_level,
+        )))
         .with_writer(std::io::stderr)
         // Colour only for people at a terminal, not for journald or log files.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -45,4 +47,15 @@ fn with_causes(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// webrtc-dtls warns about every TLS extension it does not implement (OpenSSL-based
+/// clients send several per handshake) and logs handshake internals at debug; roomgate
+/// reports handshake outcomes itself. Unless the filter names the crate, keep it to errors.
+fn quiet_dependencies(filter: &str) -> String {
+    if filter.contains("webrtc_dtls") {
+        filter.to_owned()
+    } else {
+        format!("{filter},webrtc_dtls=error")
+    }
 }

@@ -216,6 +216,35 @@ fn apt_candidate(package: &str) -> Result<bool> {
 /// Install the Debian packages among `packages` that are not installed yet (checked with
 /// `dpkg-query`); runs `apt-get update` at most once per process, and not at all when
 /// everything is present. Needs root; otherwise fails naming the command to run.
+/// Install a PyPI package for the machine's python3 unless `module` already imports.
+pub fn pip_install(module: &str, requirement: &str) -> Result<()> {
+    let present = Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if present {
+        return Ok(());
+    }
+    eprintln!("xtask: pip install {requirement}");
+    let status = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            requirement,
+        ])
+        .status()
+        .context("running python3 -m pip")?;
+    if !status.success() {
+        bail!("pip install {requirement} failed ({status})");
+    }
+    Ok(())
+}
+
 pub fn apt_install(packages: &[&str]) -> Result<()> {
     let missing: Vec<&str> = packages
         .iter()
