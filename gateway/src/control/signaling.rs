@@ -31,11 +31,11 @@ pub fn routes() -> Router<Arc<ApiState>> {
         .route("/whep/{room}", post(whep))
         .route(
             "/whip/{room}/{participant}",
-            axum::routing::delete(delete_session).patch(no_patch),
+            axum::routing::delete(delete_whip).patch(no_patch),
         )
         .route(
             "/whep/{room}/{participant}",
-            axum::routing::delete(delete_session).patch(no_patch),
+            axum::routing::delete(delete_whep).patch(no_patch),
         )
 }
 
@@ -138,14 +138,32 @@ async fn create(
         .into_response())
 }
 
-async fn delete_session(
+async fn delete_whip(
     State(state): State<Arc<ApiState>>,
     Path((room, participant)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let room = parse_room(&room)?;
-    let (_, found) = ask(&state, &room, |reply| Command::DeleteParticipant {
+    delete_session(&state, &room, participant, Role::Publisher).await
+}
+
+async fn delete_whep(
+    State(state): State<Arc<ApiState>>,
+    Path((room, participant)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    delete_session(&state, &room, participant, Role::Subscriber).await
+}
+
+/// RFC 9725 4.3: DELETE on the session URL ends the session and answers 200 OK.
+async fn delete_session(
+    state: &ApiState,
+    room: &str,
+    participant: String,
+    role: Role,
+) -> Result<StatusCode, ApiError> {
+    let room = parse_room(room)?;
+    let (_, found) = ask(state, &room, |reply| Command::DeleteParticipant {
         room: room.clone(),
         participant: participant.clone(),
+        role: Some(role),
         reply,
     })
     .await?;

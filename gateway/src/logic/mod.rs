@@ -76,6 +76,9 @@ pub enum Command {
     DeleteParticipant {
         room: RoomId,
         participant: String,
+        /// WHIP/WHEP resources: only a session of this role matches (a WHIP URL must not
+        /// delete a WHEP session); `None` for the REST API, which deletes any.
+        role: Option<Role>,
         reply: tokio::sync::oneshot::Sender<bool>,
     },
     GetRoom {
@@ -1029,9 +1032,10 @@ impl LogicThread {
                 Command::DeleteParticipant {
                     room,
                     participant,
+                    role,
                     reply,
                 } => {
-                    let _ = reply.send(self.delete_participant(&room, &participant));
+                    let _ = reply.send(self.delete_participant(&room, &participant, role));
                 }
                 Command::GetRoom { room, reply } => {
                     let _ = reply.send(self.room_view(&room));
@@ -1261,7 +1265,7 @@ impl LogicThread {
         })
     }
 
-    fn delete_participant(&mut self, room: &RoomId, participant: &str) -> bool {
+    fn delete_participant(&mut self, room: &RoomId, participant: &str, role: Option<Role>) -> bool {
         let ufrag = format!("{}{participant}", room.ufrag_part());
         if !self
             .rooms
@@ -1269,6 +1273,16 @@ impl LogicThread {
             .is_some_and(|r| r.sessions.contains(&ufrag))
         {
             return false;
+        }
+        if let Some(role) = role {
+            let matches = self
+                .sessions
+                .get(&ufrag)
+                .and_then(|s| s.media.as_ref())
+                .is_some_and(|m| m.role == role);
+            if !matches {
+                return false;
+            }
         }
         self.remove_session(&ufrag);
         debug!(thread = self.index, room = %room, participant, "participant deleted");
