@@ -123,8 +123,11 @@ fn monitor(args: &[String]) -> Result<()> {
 fn test(args: &[String]) -> Result<()> {
     let object = build_all(false)?;
     let root = build::workspace_root();
-    // ip for the namespace tests, prometheus/promtool for the monitoring tests.
-    setup::apt_install(&["iproute2", "prometheus"])?;
+    // ip for the namespace tests, prometheus/promtool for the monitoring tests,
+    // chromium for the real-browser tests.
+    setup::apt_install(&["iproute2", "prometheus", "chromium"])?;
+    // aiortc: an independent WebRTC stack (Python) for the WHIP/WHEP interop tests.
+    setup::pip_install("aiortc", "aiortc==1.16.0")?;
     let filter: Vec<&String> = args.iter().skip_while(|a| *a == "--").collect();
     let rejected = build::build_ebpf_rejected_by_verifier()?;
     let mut cmd = Command::new("cargo");
