@@ -21,8 +21,9 @@ use serde_json::Value;
 use support::*;
 
 /// Media-plane counters and gauges with a `thread` label only.
-const MEDIA_PER_THREAD: [&str; 25] = [
+const MEDIA_PER_THREAD: [&str; 26] = [
     "roomgate_dtls_closed_total",
+    "roomgate_dtls_records_dropped_total",
     "roomgate_srtp_before_keys_total",
     "roomgate_srtp_protect_failures_total",
     "roomgate_rtp_packets_received_total",

@@ -104,6 +104,9 @@ pub struct MediaStats {
     pub dtls_failed: Counter,
     /// Associations the client closed (close_notify / alert) after connecting.
     pub dtls_closed: Counter,
+    /// DTLS datagrams after the handshake that no legitimate peer sends (plaintext
+    /// application data or alerts, malformed CCS, unknown types). Dropped.
+    pub dtls_records_dropped: Counter,
     /// Handshake duration from ClientHello to keys, bucketed (see [`HANDSHAKE_BUCKETS_MS`]).
     pub dtls_handshake: HandshakeHistogram,
     /// SRTP / SRTCP packets refused, by [`UnprotectFailure`] index.

@@ -29,11 +29,16 @@ type ThreadSeries = (
 type MediaSeries = (&'static str, &'static str, fn(&MediaStats) -> u64);
 
 /// Media-plane counters exposed one series per thread (`{thread}` only).
-const MEDIA_COUNTERS: [MediaSeries; 23] = [
+const MEDIA_COUNTERS: [MediaSeries; 24] = [
     (
         "roomgate_dtls_closed_total",
         "DTLS associations the client closed (close_notify or alert) after connecting.",
         |m| m.dtls_closed.get(),
+    ),
+    (
+        "roomgate_dtls_records_dropped_total",
+        "DTLS datagrams after the handshake that no legitimate peer sends; dropped.",
+        |m| m.dtls_records_dropped.get(),
     ),
     (
         "roomgate_srtp_before_keys_total",

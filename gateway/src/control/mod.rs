@@ -286,6 +286,7 @@ fn media_status(m: &crate::stats::MediaStats) -> Value {
         "dtls_completed": m.dtls_completed.get(),
         "dtls_failed": m.dtls_failed.get(),
         "dtls_closed": m.dtls_closed.get(),
+        "dtls_records_dropped": m.dtls_records_dropped.get(),
         "srtp_unprotect_failures": by_reason(&m.srtp_unprotect_failures),
         "srtcp_unprotect_failures": by_reason(&m.srtcp_unprotect_failures),
         "srtp_before_keys": m.srtp_before_keys.get(),

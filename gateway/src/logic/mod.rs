@@ -497,12 +497,20 @@ impl LogicThread {
                     self.dtls_fed = true;
                     m.dtls_started.inc();
                 }
-                DtlsPhase::Handshaking(handle)
-                | DtlsPhase::Connected {
-                    _handle: handle, ..
-                } => {
+                DtlsPhase::Handshaking(handle) => {
                     handle.feed(data);
                     self.dtls_fed = true;
+                }
+                DtlsPhase::Connected {
+                    _handle: handle, ..
+                } => {
+                    if crate::media::acceptable_after_handshake(data) {
+                        handle.feed(data);
+                        self.dtls_fed = true;
+                    } else {
+                        m.dtls_records_dropped.inc();
+                        trace!(thread = self.index, %from, decision = "drop_bad_dtls_record");
+                    }
                 }
             },
             Some(PacketClass::Rtp) => {

@@ -7,6 +7,6 @@ pub mod dtls;
 pub mod identity;
 pub mod srtp;
 
-pub use dtls::{DtlsDriver, DtlsEvent, DtlsHandle, SrtpKeys};
+pub use dtls::{acceptable_after_handshake, DtlsDriver, DtlsEvent, DtlsHandle, SrtpKeys};
 pub use identity::Identity;
 pub use srtp::{SrtpSession, UnprotectFailure};
