@@ -1,5 +1,6 @@
-//! `cargo xtask bench steering`: run the steering benchmark (release build, eBPF object
+//! `cargo xtask bench steering|metrics|media`: run a benchmark (release build, eBPF object
 //! embedded) and record its table in BENCHMARKS.md together with the command.
+//! `cargo xtask bench media --rooms 8 --subs 50 --secs 20` passes its flags to the bench.
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -8,22 +9,41 @@ use crate::build;
 
 pub fn bench(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
-        Some("steering") | None => {
-            run_bench("steering", "Steering", "target/bench-steering.md", true)
-        }
+        Some("steering") | None => run_bench(
+            "steering",
+            "Steering",
+            "target/bench-steering.md",
+            true,
+            &[],
+        ),
         Some("metrics") => run_bench(
             "metrics",
             "Metrics scrape cost",
             "target/bench-metrics.md",
             false,
+            &[],
         ),
-        Some(other) => bail!("unknown benchmark {other:?}; available: steering, metrics"),
+        Some("media") => run_bench(
+            "media",
+            "Media forwarding",
+            "target/bench-media.md",
+            false,
+            &args[1..],
+        ),
+        Some(other) => bail!("unknown benchmark {other:?}; available: steering, metrics, media"),
     }
 }
 
 /// Run `benches/<bench>.rs` in release with the eBPF object embedded, then replace the
 /// section starting with `## <heading>` in BENCHMARKS.md by the bench's report.
-fn run_bench(bench: &str, heading: &str, report_path: &str, needs_floor: bool) -> Result<()> {
+/// `bench_args` are passed to the bench binary after `--`.
+fn run_bench(
+    bench: &str,
+    heading: &str,
+    report_path: &str,
+    needs_floor: bool,
+    bench_args: &[String],
+) -> Result<()> {
     crate::setup::setup()?;
     let object = build::build_ebpf()?;
     let floor = if needs_floor {
@@ -36,6 +56,9 @@ fn run_bench(bench: &str, heading: &str, report_path: &str, needs_floor: bool) -
     cmd.current_dir(&root)
         .env("ROOMGATE_EBPF_OBJECT", &object)
         .args(["bench", "-p", "gateway", "--bench", bench]);
+    if !bench_args.is_empty() {
+        cmd.arg("--").args(bench_args);
+    }
     if let Some(floor) = &floor {
         cmd.env("ROOMGATE_EBPF_FLOOR_OBJECT", floor);
     }
@@ -57,7 +80,7 @@ fn run_bench(bench: &str, heading: &str, report_path: &str, needs_floor: bool) -
                 .map_or(existing.len(), |e| s + 1 + e + 1);
             format!("{}{}{}", &existing[..s], section(&report), &existing[end..])
         }
-        None => format!("{}\n{}", existing.trim_end(), section(&report)),
+        None => format!("{}\n\n{}", existing.trim_end(), section(&report)),
     };
     std::fs::write(&path, updated).context("writing BENCHMARKS.md")?;
     println!("xtask: updated {}", path.display());
