@@ -81,6 +81,8 @@ pub struct ThreadStats {
     pub unpin_failures: Counter,
     /// Sessions whose consent expired (30 s without a valid check).
     pub consent_expired: Counter,
+    /// Datagrams whose handling panicked (a bug): caught, counted, dropped.
+    pub datagram_panics: Counter,
     /// Send errors other than "would block".
     pub send_errors: Counter,
     pub rooms: Counter,
@@ -104,8 +106,9 @@ pub struct MediaStats {
     pub dtls_failed: Counter,
     /// Associations the client closed (close_notify / alert) after connecting.
     pub dtls_closed: Counter,
-    /// DTLS datagrams after the handshake that no legitimate peer sends (plaintext
-    /// application data or alerts, malformed CCS, unknown types). Dropped.
+    /// DTLS datagrams dropped before webrtc-dtls: over a handshake's record budget or its
+    /// queue, or, after the handshake, records no legitimate peer sends (plaintext
+    /// application data or alerts, malformed CCS, unknown types).
     pub dtls_records_dropped: Counter,
     /// Handshake duration from ClientHello to keys, bucketed (see [`HANDSHAKE_BUCKETS_MS`]).
     pub dtls_handshake: HandshakeHistogram,

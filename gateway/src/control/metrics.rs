@@ -37,7 +37,7 @@ const MEDIA_COUNTERS: [MediaSeries; 24] = [
     ),
     (
         "roomgate_dtls_records_dropped_total",
-        "DTLS datagrams after the handshake that no legitimate peer sends; dropped.",
+        "DTLS datagrams dropped before the DTLS layer: over the handshake budget or queue, or implausible after the handshake.",
         |m| m.dtls_records_dropped.get(),
     ),
     (
@@ -215,7 +215,12 @@ pub fn render(state: &ApiState) -> Result<String, prometheus::Error> {
         .set(i64::from(state.steering.fallback_reason.is_some()));
     collectors.push(Box::new(fallback));
 
-    let per_thread: [ThreadSeries; 10] = [
+    let per_thread: [ThreadSeries; 11] = [
+        (
+            "roomgate_datagram_panics_total",
+            "Datagrams whose handling panicked (a bug): caught, counted and dropped.",
+            |s| s.datagram_panics.get(),
+        ),
         (
             "roomgate_rx_datagrams_total",
             "Datagrams received by the logic thread.",

@@ -245,6 +245,7 @@ async fn status(State(state): State<Arc<ApiState>>) -> Json<Value> {
                 "consent_expired": s.consent_expired.get(),
                 "connected_sockets": s.connected_sockets.get(),
                 "send_errors": s.send_errors.get(),
+                "datagram_panics": s.datagram_panics.get(),
                 "stun": stun,
                 "media": media_status(&s.media),
             })

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use axum::{
     body::Bytes,
+    extract::rejection::BytesRejection,
     extract::{Path, Query, Request, State},
     http::{header, HeaderMap, HeaderValue, Method, StatusCode},
     middleware::Next,
@@ -29,6 +30,8 @@ pub fn routes() -> Router<Arc<ApiState>> {
     Router::new()
         .route("/whip/{room}", post(whip))
         .route("/whep/{room}", post(whep))
+        // Refuse big bodies before buffering them (axum's default would take 2 MiB).
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_OFFER_BYTES))
         .route(
             "/whip/{room}/{participant}",
             axum::routing::delete(delete_whip).patch(no_patch),
@@ -48,8 +51,9 @@ async fn whip(
     State(state): State<Arc<ApiState>>,
     Path(room): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| ApiError::new(e.status(), format!("request body: {e}")))?;
     create(&state, &room, Role::Publisher, None, &headers, &body).await
 }
 
@@ -58,8 +62,9 @@ async fn whep(
     Path(room): Path<String>,
     Query(query): Query<WhepQuery>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| ApiError::new(e.status(), format!("request body: {e}")))?;
     create(
         &state,
         &room,

@@ -57,6 +57,8 @@ const DTLS_TICK: Duration = Duration::from_millis(20);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// ClientHello to keys; a client that stalls longer loses its session.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+/// DTLS records accepted from one client while its handshake runs.
+const HANDSHAKE_RECORD_BUDGET: u32 = 256;
 
 /// Admission limits, checked on the owning thread before anything is created.
 #[derive(Clone)]
@@ -416,7 +418,15 @@ impl LogicThread {
                     let datagram = &buf[start + off..start + end];
                     self.stats.rx_datagrams.inc();
                     self.stats.rx_bytes.add(datagram.len() as u64);
-                    self.on_datagram(datagram, m.addr, m.dst_ip, via, now);
+                    // A bug reachable from one datagram (here or in a protocol library)
+                    // must cost that datagram, not the thread and every room on it.
+                    let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        self.on_datagram(datagram, m.addr, m.dst_ip, via, now)
+                    }));
+                    if handled.is_err() {
+                        self.stats.datagram_panics.inc();
+                        warn!(thread = self.index, from = %m.addr, "a datagram caused a panic; dropped it");
+                    }
                     datagrams += 1;
                     if m.len == 0 {
                         break;
@@ -498,14 +508,19 @@ impl LogicThread {
                     m.dtls_started.inc();
                 }
                 DtlsPhase::Handshaking(handle) => {
-                    handle.feed(data);
-                    self.dtls_fed = true;
+                    // A handshake needs a few dozen records; webrtc-dtls buffers early
+                    // epoch-1 records without limit, so a flooding client is cut off here.
+                    media.dtls_records += 1;
+                    if media.dtls_records <= HANDSHAKE_RECORD_BUDGET && handle.feed(data) {
+                        self.dtls_fed = true;
+                    } else {
+                        m.dtls_records_dropped.inc();
+                    }
                 }
                 DtlsPhase::Connected {
                     _handle: handle, ..
                 } => {
-                    if crate::media::acceptable_after_handshake(data) {
-                        handle.feed(data);
+                    if crate::media::acceptable_after_handshake(data) && handle.feed(data) {
                         self.dtls_fed = true;
                     } else {
                         m.dtls_records_dropped.inc();
@@ -792,8 +807,13 @@ impl LogicThread {
                 for addr in evicted {
                     self.unpin_addr(&ufrag, addr);
                 }
+                // Media and DTLS follow the nominated pair only: a check proves knowledge of
+                // the password, not ownership of its source address, so an unnominated
+                // (possibly spoofed) check must not redirect a session's media.
                 if let Some(s) = self.sessions.get_mut(&ufrag) {
-                    s.reply = Some(reply);
+                    if use_candidate || s.reply.is_none() {
+                        s.reply = Some(reply);
+                    }
                 }
                 self.stats.stun(StunOutcome::Success).inc();
                 trace!(thread = self.index, %from, ufrag = %ufrag, decision = "binding_success");
@@ -1035,7 +1055,11 @@ impl LogicThread {
         for cmd in commands.into_iter().chain(handoffs) {
             match cmd {
                 Command::CreateParticipant { room, reply } => {
-                    let _ = reply.send(self.create_participant(room));
+                    // The caller may have given up (timeout, client gone): then nobody
+                    // knows the credentials, so the session would only hold a slot.
+                    if let Err(Ok(created)) = reply.send(self.create_participant(room)) {
+                        self.remove_session(&created.ufrag);
+                    }
                 }
                 Command::DeleteParticipant {
                     room,
@@ -1055,8 +1079,11 @@ impl LogicThread {
                     publisher,
                     reply,
                 } => {
+                    let ufrag_part = room.ufrag_part();
                     let result = self.create_media_session(room, role, &offer, publisher);
-                    let _ = reply.send(result);
+                    if let Err(Ok(created)) = reply.send(result) {
+                        self.remove_session(&format!("{ufrag_part}{}", created.participant));
+                    }
                 }
                 Command::Handoff {
                     datagram,
@@ -1186,9 +1213,15 @@ impl LogicThread {
             None => None,
             Some(p) => {
                 let ufrag = format!("{}{p}", room.ufrag_part());
+                // Same thread, other room: "a" + "bXXXXXXX" names room "ab"'s session too.
+                let in_room = self
+                    .rooms
+                    .get(&room)
+                    .is_some_and(|r| r.sessions.contains(&ufrag));
                 let member = self
                     .sessions
                     .get(&ufrag)
+                    .filter(|_| in_room)
                     .and_then(|s| s.media.as_ref())
                     .filter(|m| m.role == Role::Publisher)
                     .map(|m| m.member)
@@ -1207,6 +1240,7 @@ impl LogicThread {
             dtls: DtlsPhase::New,
             created: Instant::now(),
             dtls_started: None,
+            dtls_records: 0,
         };
         let created = match self.insert_session(&room, Some(media)) {
             Ok(c) => c,
@@ -1330,10 +1364,14 @@ impl LogicThread {
         };
         // Dropping the session drops its DtlsHandle, which aborts the handshake task.
         drop(session);
+        // The handle's abort takes effect when the runtime next runs.
+        self.dtls_fed = true;
         if let Some(room_id) = room_id {
             if let Some(r) = self.rooms.get_mut(&room_id) {
                 r.sessions.remove(ufrag);
                 if r.sessions.is_empty() {
+                    // Fold in what the room counted since the last sweep before it goes.
+                    add_forward_stats(&self.stats, &r.core.take_stats());
                     self.rooms.remove(&room_id);
                 }
             }
@@ -1387,7 +1425,10 @@ impl LogicThread {
             .iter()
             .filter(|(_, s)| {
                 let Some(m) = &s.media else { return false };
-                let never_connected = s.ice.state() == IceState::New
+                // No ICE check, or checks but never a DTLS handshake: either way the
+                // session only holds a slot.
+                let never_connected = (s.ice.state() == IceState::New
+                    || matches!(m.dtls, DtlsPhase::New))
                     && now.saturating_duration_since(m.created) > CONNECT_TIMEOUT;
                 let handshake_stalled = matches!(m.dtls, DtlsPhase::Handshaking(_))
                     && m.dtls_started

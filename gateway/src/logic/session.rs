@@ -44,6 +44,8 @@ pub struct MediaState {
     pub dtls: DtlsPhase,
     pub created: Instant,
     pub dtls_started: Option<Instant>,
+    /// DTLS records accepted during the handshake (bounded by a budget).
+    pub dtls_records: u32,
 }
 
 pub enum DtlsPhase {

@@ -33,6 +33,9 @@ const DRIVE_ROUNDS: usize = 24;
 /// First retransmission of a flight (RFC 6347 suggests 1 s; WebRTC stacks use less).
 const FLIGHT_INTERVAL: Duration = Duration::from_millis(500);
 const EXPORTER_LABEL: &str = "EXTRACTOR-dtls_srtp";
+/// DTLS records queued for one association before the thread drops more: a handshake
+/// flight is a few records, and the queue is drained on every drive.
+const INBOUND_QUEUE: usize = 64;
 /// Largest DTLS record we accept from a client.
 const MAX_RECORD: usize = 2048;
 
@@ -74,14 +77,16 @@ pub struct DtlsDriver {
 
 /// The logic thread's handle on one session's handshake. Dropping it ends the task.
 pub struct DtlsHandle {
-    inbound: tmpsc::UnboundedSender<Vec<u8>>,
+    inbound: tmpsc::Sender<Vec<u8>>,
     task: JoinHandle<()>,
 }
 
 impl DtlsHandle {
     /// Queue one DTLS record from the client; false once the association has ended.
+    /// `false` when the record was not queued: the queue is full (a client flooding
+    /// faster than the handshake consumes) or the association has ended.
     pub fn feed(&self, datagram: &[u8]) -> bool {
-        self.inbound.send(datagram.to_vec()).is_ok()
+        self.inbound.try_send(datagram.to_vec()).is_ok()
     }
 }
 
@@ -114,7 +119,7 @@ impl DtlsDriver {
         local: SocketAddr,
         remote: SocketAddr,
     ) -> DtlsHandle {
-        let (inbound, inbound_rx) = tmpsc::unbounded_channel();
+        let (inbound, inbound_rx) = tmpsc::channel(INBOUND_QUEUE);
         let conn = Arc::new(ChannelConn {
             id,
             inbound: tokio::sync::Mutex::new(inbound_rx),
@@ -249,7 +254,7 @@ async fn handshake(
 /// The datagram side of webrtc-dtls, backed by the logic thread's queues.
 struct ChannelConn {
     id: u32,
-    inbound: tokio::sync::Mutex<tmpsc::UnboundedReceiver<Vec<u8>>>,
+    inbound: tokio::sync::Mutex<tmpsc::Receiver<Vec<u8>>>,
     events: Sender<DtlsEvent>,
     local: SocketAddr,
     remote: SocketAddr,
@@ -324,13 +329,13 @@ mod tests {
         /// Client -> server records (the client's ChannelConn emits Transmit events).
         out: Receiver<DtlsEvent>,
         /// Server -> client records.
-        inbound: tmpsc::UnboundedSender<Vec<u8>>,
+        inbound: tmpsc::Sender<Vec<u8>>,
         done: std::thread::JoinHandle<Result<Vec<u8>, String>>,
     }
 
     fn client(cert: Certificate) -> Client {
         let (events_tx, out) = mpsc::channel();
-        let (inbound, inbound_rx) = tmpsc::unbounded_channel();
+        let (inbound, inbound_rx) = tmpsc::channel(1024);
         let conn = Arc::new(ChannelConn {
             id: 0,
             inbound: tokio::sync::Mutex::new(inbound_rx),
@@ -381,7 +386,7 @@ mod tests {
             while let Some(ev) = driver.poll_event() {
                 match ev {
                     DtlsEvent::Transmit { datagram, .. } => {
-                        let _ = c.inbound.send(datagram);
+                        let _ = c.inbound.try_send(datagram);
                     }
                     other => return other,
                 }

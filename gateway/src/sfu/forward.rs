@@ -295,7 +295,17 @@ struct Subscriber {
     /// `Some`: only this publisher may feed the slots.
     publisher: Option<MemberId>,
     ready: bool,
+    /// Retransmission budget: a 2 KB NACK can name thousands of packets, and the
+    /// subscriber's address is only as trustworthy as ICE-lite makes it, so answers are
+    /// capped per window instead of amplifying one small packet into megabytes.
+    rtx_window: Option<Instant>,
+    rtx_in_window: u32,
 }
+
+/// Retransmissions one subscriber may get per [`RTX_WINDOW`] (≈1,280 packets/s, far above
+/// what repairing a single video stream needs).
+const RTX_PER_WINDOW: u32 = 128;
+const RTX_WINDOW: Duration = Duration::from_millis(100);
 
 fn fir_only(codec: &Codec) -> bool {
     let has = |fb: &str| {
@@ -476,6 +486,8 @@ impl RoomCore {
                 slots,
                 publisher,
                 ready: false,
+                rtx_window: None,
+                rtx_in_window: 0,
             },
         );
         self.subscriber_order.push(id);
@@ -774,7 +786,7 @@ impl RoomCore {
                 }
                 RtcpPacket::Nack(nack) if is_subscriber => {
                     self.stats.nacks_received += 1;
-                    self.on_nack(from, &nack);
+                    self.on_nack(from, &nack, now);
                 }
                 // RR, SDES, BYE, REMB, TWCC, APP, and feedback from the wrong role:
                 // consumed. Subscribers' reports describe our streams, not the
@@ -811,10 +823,18 @@ impl RoomCore {
 
     /// Answer a subscriber's NACK from the bound track's buffer, in the subscriber's
     /// sequence space.
-    fn on_nack(&mut self, from: MemberId, nack: &Nack<'_>) {
-        let Some(sub) = self.subscribers.get(&from) else {
+    fn on_nack(&mut self, from: MemberId, nack: &Nack<'_>, now: Instant) {
+        let Some(sub) = self.subscribers.get_mut(&from) else {
             return;
         };
+        if sub
+            .rtx_window
+            .is_none_or(|start| now.saturating_duration_since(start) >= RTX_WINDOW)
+        {
+            sub.rtx_window = Some(now);
+            sub.rtx_in_window = 0;
+        }
+        let sub = &mut *sub;
         let Some(slot) = sub.slots.iter().find(|s| s.out_ssrc == nack.media_ssrc()) else {
             self.stats.rtcp_unknown_ssrc += 1;
             return;
@@ -844,6 +864,11 @@ impl RoomCore {
                 self.stats.nack_misses += 1;
                 continue;
             };
+            if sub.rtx_in_window >= RTX_PER_WINDOW {
+                self.stats.nack_misses += 1;
+                continue;
+            }
+            sub.rtx_in_window += 1;
             let Ok(h) = RtpHeader::parse(stored.data) else {
                 self.stats.nack_misses += 1;
                 continue;

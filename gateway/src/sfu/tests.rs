@@ -1106,3 +1106,34 @@ fn random_and_truncated_input_never_panics() {
         .expect("valid");
     assert_eq!(rtp_to(&drain(&mut core), 12).len(), 1);
 }
+
+#[test]
+fn nack_answers_are_capped_per_window() {
+    let t0 = Instant::now();
+    let mut core = RoomCore::new(cfg());
+    core.add_publisher(A, vec![video(Some(A_VIDEO))], t0);
+    core.set_ready(A, t0);
+    core.add_subscriber(S, vec![video_slot(OUT, 96)], None, t0);
+    core.set_ready(S, t0);
+    for seq in 0..300u16 {
+        core.handle_rtp(A, &rtp(A_VIDEO, 96, seq, u32::from(seq) * 3000), t0)
+            .expect("valid");
+    }
+    drain(&mut core);
+    core.take_stats();
+    // One NACK naming all 300 packets, twice: the cap holds across NACKs in a window.
+    let all: Vec<u16> = (0..300).collect();
+    for _ in 0..2 {
+        core.handle_rtcp(S, &nack(OUT, &all), t0 + MS)
+            .expect("valid");
+    }
+    let resent = rtp_to(&drain(&mut core), S).len();
+    assert_eq!(resent, 128, "retransmissions per 100 ms window");
+    let stats = core.take_stats();
+    assert_eq!(stats.retransmissions, 128);
+    assert_eq!(stats.nack_misses, 600 - 128);
+    // The next window gets a fresh budget.
+    core.handle_rtcp(S, &nack(OUT, &[5, 6]), t0 + MS * 150)
+        .expect("valid");
+    assert_eq!(rtp_to(&drain(&mut core), S).len(), 2);
+}
