@@ -79,6 +79,9 @@ pub fn build_answer(offer: &Offer, negotiated: &Negotiated, params: &AnswerParam
     let ufrag = clean(params.ice_ufrag);
     let pwd = clean(params.ice_pwd);
     let fingerprint = clean(params.fingerprint_sha256);
+    // Also at session level: rejected m-lines carry no fingerprint, and some stacks
+    // (GStreamer's webrtcbin) refuse an answer in which any m-line lacks one.
+    line(format_args!("a=fingerprint:sha-256 {fingerprint}"));
 
     for (index, (offered, negotiated)) in offer.media.iter().zip(&negotiated.media).enumerate() {
         let codec = match &negotiated.codec {

@@ -65,7 +65,7 @@ pub fn negotiate(offer: &Offer, role: Role, prefer: &[Codec]) -> Result<Negotiat
 
     let mut media = Vec::with_capacity(offer.media.len());
     for m in &offer.media {
-        let negotiated = negotiate_media(m, role, prefer);
+        let negotiated = negotiate_media(m, role, prefer, &offer.bundle);
         // Checked only on m-lines roomgate would take: an unusable data channel or a
         // stopped transceiver must not fail the whole offer.
         if negotiated.accepted {
@@ -91,7 +91,12 @@ pub fn negotiate(offer: &Offer, role: Role, prefer: &[Codec]) -> Result<Negotiat
     Ok(Negotiated { media })
 }
 
-fn negotiate_media(m: &OfferedMedia, role: Role, prefer: &[Codec]) -> NegotiatedMedia {
+fn negotiate_media(
+    m: &OfferedMedia,
+    role: Role,
+    prefer: &[Codec],
+    bundle: &[String],
+) -> NegotiatedMedia {
     let rejected = NegotiatedMedia {
         mid: m.mid.clone(),
         kind: m.kind,
@@ -103,7 +108,10 @@ fn negotiate_media(m: &OfferedMedia, role: Role, prefer: &[Codec]) -> Negotiated
     let Some(kind) = m.kind else {
         return rejected;
     };
-    if m.port == 0 {
+    // With max-bundle, offerers (GStreamer's webrtcbin, RFC 8829 5.2.1) give every m-line
+    // after the first port 0 plus `a=bundle-only`: that one rides the BUNDLE transport.
+    let bundle_only = m.bundle_only && !m.mid.is_empty() && bundle.contains(&m.mid);
+    if m.port == 0 && !bundle_only {
         return rejected;
     }
     let Some(codec) = choose_codec(m, kind, prefer) else {

@@ -85,6 +85,8 @@ pub struct OfferedMedia {
     pub direction: Direction,
     pub rtcp_mux: bool,
     pub rtcp_rsize: bool,
+    /// `a=bundle-only` (RFC 8843 6): port 0 that means "only inside BUNDLE", not "rejected".
+    pub bundle_only: bool,
     /// Formats that have an `a=rtpmap`, in m-line order. Static payload types without
     /// an rtpmap (`0` PCMU, `8` PCMA) are left out: roomgate never picks them.
     pub codecs: Vec<Codec>,
@@ -496,6 +498,7 @@ struct MediaBuilder {
     direction: Option<Direction>,
     rtcp_mux: bool,
     rtcp_rsize: bool,
+    bundle_only: bool,
     rtpmaps: Vec<RtpMap>,
     fmtps: Vec<(u8, String)>,
     /// `None` payload type stands for `*`.
@@ -557,6 +560,7 @@ impl MediaBuilder {
             direction: None,
             rtcp_mux: false,
             rtcp_rsize: false,
+            bundle_only: false,
             rtpmaps: Vec::new(),
             fmtps: Vec::new(),
             rtcp_fb: Vec::new(),
@@ -586,6 +590,7 @@ impl MediaBuilder {
             }
             "rtcp-mux" => self.rtcp_mux = true,
             "rtcp-rsize" => self.rtcp_rsize = true,
+            "bundle-only" => self.bundle_only = true,
             // A track may belong to several streams; one is enough to name it.
             "msid" if self.msid.is_none() => {
                 self.msid = Some(normalize_words(v, line, "a=msid")?);
@@ -795,6 +800,7 @@ impl MediaBuilder {
                 .unwrap_or(Direction::SendRecv),
             rtcp_mux: self.rtcp_mux,
             rtcp_rsize: self.rtcp_rsize,
+            bundle_only: self.bundle_only,
             codecs,
             ssrcs,
             msid: self.msid.or(self.ssrc_msid),

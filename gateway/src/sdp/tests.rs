@@ -1363,3 +1363,39 @@ fn random_bytes_and_random_lines_never_panic() {
         exercise(&text);
     }
 }
+
+#[test]
+fn bundle_only_m_lines_ride_the_bundle_transport() {
+    // The max-bundle form: the second m-line has port 0 and a=bundle-only.
+    let port_zero = |bundle_only: bool| {
+        edit(CHROME_WHIP, move |l| match l.strip_prefix("m=video 9 ") {
+            Some(rest) if bundle_only => Some(format!("m=video 0 {rest}\r\na=bundle-only")),
+            Some(rest) => Some(format!("m=video 0 {rest}")),
+            None => Some(l.to_owned()),
+        })
+    };
+    let (o, n) = negotiated(&port_zero(true), Role::Publisher, &[]);
+    assert!(
+        o.media[1].bundle_only && o.media[1].port == 0,
+        "{:?}",
+        o.media[1]
+    );
+    assert!(n.media[1].accepted, "bundle-only video is accepted");
+    let answer = answer_for(&o, &n, &[None, None]);
+    assert!(answer.contains("a=group:BUNDLE 0 1"), "{answer}");
+    // A port-0 m-line without bundle-only is still a rejection.
+    let (_, n) = negotiated(&port_zero(false), Role::Publisher, &[]);
+    assert!(!n.media[1].accepted);
+}
+
+#[test]
+fn answer_has_a_session_level_fingerprint() {
+    let offer = crlf(include_str!("testdata/chrome_datachannel.sdp"));
+    let (o, n) = negotiated(&offer, Role::Publisher, &[]);
+    let answer = answer_for(&o, &n, &vec![None; n.media.len()]);
+    let first_m = answer.find("\r\nm=").expect("an m-line");
+    assert!(
+        answer[..first_m].contains("a=fingerprint:sha-256 "),
+        "{answer}"
+    );
+}
