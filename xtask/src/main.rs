@@ -128,6 +128,16 @@ fn test(args: &[String]) -> Result<()> {
     setup::apt_install(&["iproute2", "prometheus", "chromium"])?;
     // aiortc: an independent WebRTC stack (Python) for the WHIP/WHEP interop tests.
     setup::pip_install("aiortc", "aiortc==1.16.0")?;
+    // GStreamer's webrtcbin (libnice, OpenSSL DTLS, libsrtp) for the second interop stack,
+    // driven from Debian's Python (python3-gi).
+    setup::apt_install(&[
+        "gstreamer1.0-plugins-good",
+        "gstreamer1.0-plugins-bad",
+        "gstreamer1.0-nice",
+        "python3-gi",
+        "gir1.2-gst-plugins-bad-1.0",
+        "gir1.2-nice-0.1",
+    ])?;
     let filter: Vec<&String> = args.iter().skip_while(|a| *a == "--").collect();
     let rejected = build::build_ebpf_rejected_by_verifier()?;
     let mut cmd = Command::new("cargo");
