@@ -789,6 +789,22 @@ fn bad_media_is_dropped_and_counted_without_disturbing_others() {
     assert_media_delta(&gw, &before, "srtp_unprotect_failures.replay", 1);
     assert_media_delta(&gw, &before, "srtp_unprotect_failures.auth", 0);
 
+    // Runts shorter than header + auth tag: malformed, never handed to the SRTP library (a
+    // 4-byte SRTCP used to panic inside it and take the thread and its rooms down).
+    let before = gw.status();
+    publisher.send_raw(&[0x80, 0xc8, 0x00, 0x01]);
+    publisher.send_raw(&[0x80, 0xc8, 0x00, 0x06, 0, 0, 0, 1, 0x80, 0, 0, 1]);
+    publisher.send_raw(&[0x80, 0x60, 0x00, 0x01, 0, 0, 0, 1, 0, 0, 0, 1]);
+    assert_media_delta(&gw, &before, "srtcp_unprotect_failures.malformed", 2);
+    assert_media_delta(&gw, &before, "srtp_unprotect_failures.malformed", 1);
+    assert_eq!(
+        support::sum_threads(&gw.status(), "datagram_panics"),
+        0,
+        "no datagram may panic a thread"
+    );
+    let sent = send_media(&publisher, &mut video, &mut audio, 4);
+    assert_received("subscriber after runt SRTP/SRTCP", &sub, &sent);
+
     // A DTLS client whose certificate is not the one in its SDP: that handshake fails and
     // only that session ends.
     let before = gw.status();
