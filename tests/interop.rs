@@ -10,15 +10,17 @@
 //! time, every wait is bounded, client processes are killed on drop, and failures print
 //! the clients' output and the gateway's log. `ROOMGATE_INTEROP_DEBUG=1` passes
 //! `--debug` to the clients (aioice/aiortc logs and both SDPs on their stderr).
+#[path = "support/client_process.rs"]
+mod client_process;
 mod support;
 
 use std::{
-    io::{BufRead, BufReader, Read},
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex, MutexGuard},
+    process::Command,
+    sync::{Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
+use client_process::ClientProcess as Client;
 use serde_json::Value;
 use support::{sum_threads, Gateway};
 
@@ -64,149 +66,24 @@ fn aiortc_available() -> bool {
     );
 }
 
-/// One `aiortc_client.py` process: its JSON stdout lines and its stderr, collected by
-/// reader threads. Killed on drop.
-struct Client {
-    name: String,
-    child: Child,
-    events: Arc<Mutex<Vec<Value>>>,
-    stderr: Arc<Mutex<String>>,
-    exit: Option<i32>,
+/// Run `aiortc_client.py <mode> --url <url> <extra…>`.
+fn client(name: &str, mode: &str, url: &str, extra: &[&str]) -> Client {
+    let args = [&[mode, "--url", url], extra].concat();
+    Client::spawn(name.to_owned(), "python3", SCRIPT, &args)
 }
 
-impl Client {
-    fn spawn(name: &str, mode: &str, url: &str, extra: &[&str]) -> Client {
-        let mut cmd = Command::new("python3");
-        cmd.arg(SCRIPT)
-            .args([mode, "--url", url])
-            .args(extra)
-            .env("PYTHONUNBUFFERED", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if std::env::var("ROOMGATE_INTEROP_DEBUG").as_deref() == Ok("1") {
-            cmd.arg("--debug");
-        }
-        let mut child = cmd.spawn().expect("spawn python3 aiortc_client.py");
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let stdout = child.stdout.take().expect("stdout piped");
-        let sink = events.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let v = serde_json::from_str(&line).unwrap_or(Value::String(line));
-                sink.lock().expect("events").push(v);
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().expect("stderr piped");
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .expect("stderr")
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Client {
-            name: name.to_owned(),
-            child,
-            events,
-            stderr,
-            exit: None,
-        }
-    }
-
-    fn publish(name: &str, gw: &Gateway, room: &str, token: Option<&str>) -> Client {
-        let limit = PUBLISH_LIMIT_SECONDS.to_string();
-        let mut extra = vec!["--seconds", &limit];
-        extra.extend(token.map(|t| ["--token", t]).into_iter().flatten());
-        Client::spawn(name, "publish", &gw.url(&format!("/whip/{room}")), &extra)
-    }
-
-    fn subscribe(name: &str, gw: &Gateway, path: &str, token: Option<&str>) -> Client {
-        let watch = WATCH_SECONDS.to_string();
-        let mut extra = vec!["--seconds", &watch];
-        extra.extend(token.map(|t| ["--token", t]).into_iter().flatten());
-        Client::spawn(name, "subscribe", &gw.url(path), &extra)
-    }
-
-    fn events(&self) -> Vec<Value> {
-        self.events.lock().expect("events").clone()
-    }
-
-    fn event(&self, kind: &str) -> Option<Value> {
-        self.events().into_iter().find(|e| e["event"] == kind)
-    }
-
-    fn stats(&self) -> Vec<Value> {
-        self.events()
-            .into_iter()
-            .filter(|e| e["event"] == "stats")
-            .collect()
-    }
-
-    /// The exit code once the process has ended (`-1` for a signal).
-    fn exited(&mut self) -> Option<i32> {
-        if self.exit.is_none() {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                self.exit = Some(status.code().unwrap_or(-1));
-            }
-        }
-        self.exit
-    }
-
-    /// Wait for the process to end on its own.
-    fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(code) = self.exited() {
-                // Let the reader threads drain the pipes.
-                std::thread::sleep(Duration::from_millis(100));
-                return Some(code);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-
-    /// SIGTERM (the client DELETEs its resource and exits 0), then wait.
-    fn terminate(&mut self, timeout: Duration) -> Option<i32> {
-        if self.exited().is_none() {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe {
-                libc::kill(self.child.id() as i32, libc::SIGTERM);
-            }
-        }
-        self.wait_exit(timeout)
-    }
-
-    fn describe(&mut self) -> String {
-        let exit = match self.exited() {
-            Some(code) => format!("exited with {code}"),
-            None => "running".to_owned(),
-        };
-        let events: Vec<String> = self.events().iter().map(Value::to_string).collect();
-        let stderr = self.stderr.lock().expect("stderr").clone();
-        let lines: Vec<&str> = stderr.lines().collect();
-        let tail = lines[lines.len().saturating_sub(60)..].join("\n");
-        format!(
-            "==== client {} ({exit}), stdout:\n{}\n==== client {} stderr (last 60 lines):\n{tail}",
-            self.name,
-            events.join("\n"),
-            self.name
-        )
-    }
+fn publish(name: &str, gw: &Gateway, room: &str, token: Option<&str>) -> Client {
+    let limit = PUBLISH_LIMIT_SECONDS.to_string();
+    let mut extra = vec!["--seconds", &limit];
+    extra.extend(token.map(|t| ["--token", t]).into_iter().flatten());
+    client(name, "publish", &gw.url(&format!("/whip/{room}")), &extra)
 }
 
-impl Drop for Client {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn subscribe(name: &str, gw: &Gateway, path: &str, token: Option<&str>) -> Client {
+    let watch = WATCH_SECONDS.to_string();
+    let mut extra = vec!["--seconds", &watch];
+    extra.extend(token.map(|t| ["--token", t]).into_iter().flatten());
+    client(name, "subscribe", &gw.url(path), &extra)
 }
 
 /// A gateway and the aiortc clients of one test; failures print everything.
@@ -346,7 +223,7 @@ impl Scene {
 /// An aiortc publisher and an aiortc subscriber in one room through the gateway.
 fn publisher_to_subscriber(steering: &str) {
     let mut s = Scene::new(steering, &[]);
-    let publisher = s.add(Client::publish("publisher", &s.gw, "interop", None));
+    let publisher = s.add(publish("publisher", &s.gw, "interop", None));
     let location = s.wait_connected(publisher);
     let prefix = s.gw.url("/whip/interop/");
     s.check(location.starts_with(&prefix), || {
@@ -355,13 +232,8 @@ fn publisher_to_subscriber(steering: &str) {
     let participant = location[prefix.len()..].to_owned();
 
     // One subscriber binds to the room's publisher implicitly, one names it.
-    let implicit = s.add(Client::subscribe(
-        "subscriber",
-        &s.gw,
-        "/whep/interop",
-        None,
-    ));
-    let named = s.add(Client::subscribe(
+    let implicit = s.add(subscribe("subscriber", &s.gw, "/whep/interop", None));
+    let named = s.add(subscribe(
         "subscriber-named",
         &s.gw,
         &format!("/whep/interop?publisher={participant}"),
@@ -420,19 +292,14 @@ fn aiortc_with_bearer_token() {
         return;
     }
     let mut s = Scene::new("connected", &[("--auth-token", "s3cret")]);
-    let refused_pub = s.add(Client::publish("publisher-no-token", &s.gw, "auth", None));
-    let wrong_pub = s.add(Client::publish(
+    let refused_pub = s.add(publish("publisher-no-token", &s.gw, "auth", None));
+    let wrong_pub = s.add(publish(
         "publisher-wrong-token",
         &s.gw,
         "auth",
         Some("nope"),
     ));
-    let refused_sub = s.add(Client::subscribe(
-        "subscriber-no-token",
-        &s.gw,
-        "/whep/auth",
-        None,
-    ));
+    let refused_sub = s.add(subscribe("subscriber-no-token", &s.gw, "/whep/auth", None));
     for i in [refused_pub, wrong_pub, refused_sub] {
         s.expect_exit(i, CONNECT, 2);
         let name = s.clients[i].name.clone();
@@ -446,14 +313,9 @@ fn aiortc_with_bearer_token() {
         format!("refused requests created {sessions} sessions")
     });
 
-    let publisher = s.add(Client::publish("publisher", &s.gw, "auth", Some("s3cret")));
+    let publisher = s.add(publish("publisher", &s.gw, "auth", Some("s3cret")));
     s.wait_connected(publisher);
-    let subscriber = s.add(Client::subscribe(
-        "subscriber",
-        &s.gw,
-        "/whep/auth",
-        Some("s3cret"),
-    ));
+    let subscriber = s.add(subscribe("subscriber", &s.gw, "/whep/auth", Some("s3cret")));
     s.wait_connected(subscriber);
     s.assert_watched(subscriber);
     s.stop_and_check_empty(publisher);

@@ -24,15 +24,17 @@
 //! it cannot reach the gateway's 127.0.0.1 from another address; the client gathers on
 //! 127.0.0.1 when the URL's host is a loopback address (a test-environment detail: real
 //! deployments advertise a routable address).
+#[path = "support/client_process.rs"]
+mod client_process;
 mod support;
 
 use std::{
-    io::{BufRead, BufReader, Read},
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex, MutexGuard},
+    process::Command,
+    sync::{Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
+use client_process::ClientProcess as Client;
 use serde_json::Value;
 use support::{sum_threads, Gateway};
 
@@ -160,155 +162,28 @@ fn available(stacks: &[Stack]) -> bool {
     stacks.iter().all(|s| s.available())
 }
 
-/// One client process: its JSON stdout lines and its stderr, collected by reader threads.
-/// Killed on drop.
-struct Client {
-    name: String,
-    child: Child,
-    events: Arc<Mutex<Vec<Value>>>,
-    stderr: Arc<Mutex<String>>,
-    exit: Option<i32>,
+/// Run `stack`'s client: `<script> <mode> --url <url> <stack flags…> <extra…>`.
+fn client(stack: Stack, name: &str, mode: &str, url: &str, extra: &[&str]) -> Client {
+    let args = [&[mode, "--url", url], stack.flags(), extra].concat();
+    let name = format!("{name} ({stack:?})");
+    Client::spawn(name, stack.python(), stack.script(), &args)
 }
 
-impl Client {
-    fn spawn(stack: Stack, name: &str, mode: &str, url: &str, extra: &[&str]) -> Client {
-        let mut cmd = Command::new(stack.python());
-        cmd.arg(stack.script())
-            .args([mode, "--url", url])
-            .args(stack.flags())
-            .args(extra)
-            .env("PYTHONUNBUFFERED", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if std::env::var("ROOMGATE_INTEROP_DEBUG").as_deref() == Ok("1") {
-            cmd.arg("--debug");
-        }
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {} {}: {e}", stack.python(), stack.script()));
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let stdout = child.stdout.take().expect("stdout piped");
-        let sink = events.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let v = serde_json::from_str(&line).unwrap_or(Value::String(line));
-                sink.lock().expect("events").push(v);
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().expect("stderr piped");
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .expect("stderr")
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Client {
-            name: format!("{name} ({stack:?})"),
-            child,
-            events,
-            stderr,
-            exit: None,
-        }
-    }
-
-    fn publish(stack: Stack, name: &str, gw: &Gateway, room: &str) -> Client {
-        let limit = PUBLISH_LIMIT_SECONDS.to_string();
-        let url = gw.url(&format!("/whip/{room}"));
-        Client::spawn(stack, name, "publish", &url, &["--seconds", &limit])
-    }
-
-    fn subscribe(stack: Stack, name: &str, gw: &Gateway, path: &str) -> Client {
-        let watch = WATCH_SECONDS.to_string();
-        Client::spawn(
-            stack,
-            name,
-            "subscribe",
-            &gw.url(path),
-            &["--seconds", &watch],
-        )
-    }
-
-    fn events(&self) -> Vec<Value> {
-        self.events.lock().expect("events").clone()
-    }
-
-    fn event(&self, kind: &str) -> Option<Value> {
-        self.events().into_iter().find(|e| e["event"] == kind)
-    }
-
-    fn stats(&self) -> Vec<Value> {
-        self.events()
-            .into_iter()
-            .filter(|e| e["event"] == "stats")
-            .collect()
-    }
-
-    /// The exit code once the process has ended (`-1` for a signal).
-    fn exited(&mut self) -> Option<i32> {
-        if self.exit.is_none() {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                self.exit = Some(status.code().unwrap_or(-1));
-            }
-        }
-        self.exit
-    }
-
-    /// Wait for the process to end on its own.
-    fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(code) = self.exited() {
-                // Let the reader threads drain the pipes.
-                std::thread::sleep(Duration::from_millis(100));
-                return Some(code);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-
-    /// SIGTERM (the client DELETEs its resource and exits 0), then wait.
-    fn terminate(&mut self, timeout: Duration) -> Option<i32> {
-        if self.exited().is_none() {
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe {
-                libc::kill(self.child.id() as i32, libc::SIGTERM);
-            }
-        }
-        self.wait_exit(timeout)
-    }
-
-    fn describe(&mut self) -> String {
-        let exit = match self.exited() {
-            Some(code) => format!("exited with {code}"),
-            None => "running".to_owned(),
-        };
-        let events: Vec<String> = self.events().iter().map(Value::to_string).collect();
-        let stderr = self.stderr.lock().expect("stderr").clone();
-        let lines: Vec<&str> = stderr.lines().collect();
-        let tail = lines[lines.len().saturating_sub(60)..].join("\n");
-        format!(
-            "==== client {} ({exit}), stdout:\n{}\n==== client {} stderr (last 60 lines):\n{tail}",
-            self.name,
-            events.join("\n"),
-            self.name
-        )
-    }
+fn publish(stack: Stack, name: &str, gw: &Gateway, room: &str) -> Client {
+    let limit = PUBLISH_LIMIT_SECONDS.to_string();
+    let url = gw.url(&format!("/whip/{room}"));
+    client(stack, name, "publish", &url, &["--seconds", &limit])
 }
 
-impl Drop for Client {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn subscribe(stack: Stack, name: &str, gw: &Gateway, path: &str) -> Client {
+    let watch = WATCH_SECONDS.to_string();
+    client(
+        stack,
+        name,
+        "subscribe",
+        &gw.url(path),
+        &["--seconds", &watch],
+    )
 }
 
 /// A gateway and the clients of one test; failures print everything.
@@ -474,15 +349,10 @@ impl Scene {
 /// one binds to the room's publisher implicitly, one names it.
 fn gst_publisher_to_gst_subscribers(steering: &str) {
     let mut s = Scene::new(steering);
-    let publisher = s.add(Client::publish(Stack::Gst, "publisher", &s.gw, "gst"));
+    let publisher = s.add(publish(Stack::Gst, "publisher", &s.gw, "gst"));
     let participant = s.wait_published(publisher, "gst");
-    let implicit = s.add(Client::subscribe(
-        Stack::Gst,
-        "subscriber",
-        &s.gw,
-        "/whep/gst",
-    ));
-    let named = s.add(Client::subscribe(
+    let implicit = s.add(subscribe(Stack::Gst, "subscriber", &s.gw, "/whep/gst"));
+    let named = s.add(subscribe(
         Stack::Gst,
         "subscriber-named",
         &s.gw,
@@ -517,47 +387,32 @@ fn gstreamer_publisher_to_gstreamer_subscriber_connected() {
     gst_publisher_to_gst_subscribers("connected");
 }
 
-/// Stacks mixed: webrtcbin's VP8/Opus decoded by aiortc.
-#[test]
-fn gstreamer_publisher_to_aiortc_subscriber() {
+/// A `pub_stack` publisher and a `sub_stack` subscriber, one GStreamer and one aiortc, in
+/// one room.
+fn mixed(pub_stack: Stack, sub_stack: Stack) {
     let _serial = serial();
     if !available(&[Stack::Gst, Stack::Aiortc]) {
         return;
     }
     let mut s = Scene::new("connected");
-    let publisher = s.add(Client::publish(Stack::Gst, "publisher", &s.gw, "mixed"));
+    let publisher = s.add(publish(pub_stack, "publisher", &s.gw, "mixed"));
     s.wait_published(publisher, "mixed");
-    let subscriber = s.add(Client::subscribe(
-        Stack::Aiortc,
-        "subscriber",
-        &s.gw,
-        "/whep/mixed",
-    ));
+    let subscriber = s.add(subscribe(sub_stack, "subscriber", &s.gw, "/whep/mixed"));
     s.wait_connected(subscriber);
     s.assert_watched(subscriber);
     s.check_counters("connected");
     s.stop_and_check_empty(&[publisher]);
 }
 
+/// Stacks mixed: webrtcbin's VP8/Opus decoded by aiortc.
+#[test]
+fn gstreamer_publisher_to_aiortc_subscriber() {
+    mixed(Stack::Gst, Stack::Aiortc);
+}
+
 /// Stacks mixed the other way: aiortc's VP8/Opus (its own payload types and SSRCs,
 /// rewritten by the gateway to what the subscriber negotiated) decoded by webrtcbin.
 #[test]
 fn aiortc_publisher_to_gstreamer_subscriber() {
-    let _serial = serial();
-    if !available(&[Stack::Gst, Stack::Aiortc]) {
-        return;
-    }
-    let mut s = Scene::new("connected");
-    let publisher = s.add(Client::publish(Stack::Aiortc, "publisher", &s.gw, "mixed"));
-    s.wait_published(publisher, "mixed");
-    let subscriber = s.add(Client::subscribe(
-        Stack::Gst,
-        "subscriber",
-        &s.gw,
-        "/whep/mixed",
-    ));
-    s.wait_connected(subscriber);
-    s.assert_watched(subscriber);
-    s.check_counters("connected");
-    s.stop_and_check_empty(&[publisher]);
+    mixed(Stack::Aiortc, Stack::Gst);
 }
