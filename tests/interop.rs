@@ -229,7 +229,8 @@ fn publisher_to_subscriber(steering: &str) {
     s.check(location.starts_with(&prefix), || {
         format!("WHIP Location {location:?} is not under {prefix}")
     });
-    let participant = location[prefix.len()..].to_owned();
+    // `/whip/{room}/{key}/{participant}`: the participant id is the last segment.
+    let participant = location.rsplit('/').next().unwrap_or_default().to_owned();
 
     // One subscriber binds to the room's publisher implicitly, one names it.
     let implicit = s.add(subscribe("subscriber", &s.gw, "/whep/interop", None));

@@ -260,7 +260,8 @@ impl Scene {
         self.check(location.starts_with(&prefix), || {
             format!("WHIP Location {location:?} is not under {prefix}")
         });
-        location[prefix.len()..].to_owned()
+        // `/whip/{room}/{key}/{participant}`: the participant id is the last segment.
+        location.rsplit('/').next().unwrap_or_default().to_owned()
     }
 
     /// Subscriber `i` has run to completion: its video kept flowing and it got audio.

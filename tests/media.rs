@@ -554,6 +554,22 @@ fn leaving_delete_and_close_notify() {
     assert_nothing("closed subscriber", closer, Duration::from_millis(300));
     assert_media_delta(&gw, &before, "rtp_forwarded", 2 * total(&sent) as u64);
 
+    // The participant id is public (room listings show it): without the session's
+    // resource key, or through the other role's URL, nothing is deleted.
+    let forged = [
+        format!("/whep/{room}/{}/{}", "A".repeat(22), deleted.participant),
+        format!("/whep/{room}/{}", deleted.participant),
+        deleted.location.replacen("/whep/", "/whip/", 1),
+    ];
+    for path in &forged {
+        let r = http_request("DELETE", &format!("{base}{path}"), None, None, None);
+        assert_eq!(r.status, 404, "DELETE {path}: {}", r.body);
+    }
+    assert!(
+        listed(&gw, room, &deleted.participant).is_some(),
+        "forged DELETEs left the session alone"
+    );
+
     // DELETE of a subscriber.
     assert_eq!(deleted.delete(), 200, "DELETE subscriber resource");
     assert!(listed(&gw, room, &deleted.participant).is_none());

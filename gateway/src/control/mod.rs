@@ -183,7 +183,7 @@ async fn delete_participant(
     let (_, found) = ask(&state, &room, |reply| Command::DeleteParticipant {
         room: room.clone(),
         participant: participant.clone(),
-        role: None,
+        resource: None,
         reply,
     })
     .await?;

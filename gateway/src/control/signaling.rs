@@ -32,12 +32,14 @@ pub fn routes() -> Router<Arc<ApiState>> {
         .route("/whep/{room}", post(whep))
         // Refuse big bodies before buffering them (axum's default would take 2 MiB).
         .layer(axum::extract::DefaultBodyLimit::max(MAX_OFFER_BYTES))
+        // Session resources: `{key}` is a per-session secret, `{participant}` the public id
+        // (last, so clients can read it off the Location).
         .route(
-            "/whip/{room}/{participant}",
+            "/whip/{room}/{key}/{participant}",
             axum::routing::delete(delete_whip).patch(no_patch),
         )
         .route(
-            "/whep/{room}/{participant}",
+            "/whep/{room}/{key}/{participant}",
             axum::routing::delete(delete_whep).patch(no_patch),
         )
 }
@@ -131,7 +133,10 @@ async fn create(
         Role::Publisher => "whip",
         Role::Subscriber => "whep",
     };
-    let location = format!("/{kind}/{room}/{}", created.participant);
+    let location = format!(
+        "/{kind}/{room}/{}/{}",
+        created.resource_key, created.participant
+    );
     Ok((
         StatusCode::CREATED,
         [
@@ -145,16 +150,16 @@ async fn create(
 
 async fn delete_whip(
     State(state): State<Arc<ApiState>>,
-    Path((room, participant)): Path<(String, String)>,
+    Path((room, key, participant)): Path<(String, String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    delete_session(&state, &room, participant, Role::Publisher).await
+    delete_session(&state, &room, participant, (Role::Publisher, key)).await
 }
 
 async fn delete_whep(
     State(state): State<Arc<ApiState>>,
-    Path((room, participant)): Path<(String, String)>,
+    Path((room, key, participant)): Path<(String, String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    delete_session(&state, &room, participant, Role::Subscriber).await
+    delete_session(&state, &room, participant, (Role::Subscriber, key)).await
 }
 
 /// RFC 9725 4.3: DELETE on the session URL ends the session and answers 200 OK.
@@ -162,13 +167,13 @@ async fn delete_session(
     state: &ApiState,
     room: &str,
     participant: String,
-    role: Role,
+    resource: (Role, String),
 ) -> Result<StatusCode, ApiError> {
     let room = parse_room(room)?;
     let (_, found) = ask(state, &room, |reply| Command::DeleteParticipant {
         room: room.clone(),
         participant: participant.clone(),
-        role: Some(role),
+        resource: Some(resource),
         reply,
     })
     .await?;
@@ -215,7 +220,7 @@ pub async fn require_token(
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::trim);
-    if presented.is_some_and(|p| constant_time_eq(p.as_bytes(), expected.as_bytes())) {
+    if presented.is_some_and(|p| crate::ice::constant_time_eq(p.as_bytes(), expected.as_bytes())) {
         return next.run(request).await;
     }
     (
@@ -224,14 +229,6 @@ pub async fn require_token(
         axum::Json(serde_json::json!({ "error": "missing or wrong bearer token" })),
     )
         .into_response()
-}
-
-/// Compare without an early exit, so response timing does not reveal a token prefix.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// CORS for every route: WHIP/WHEP players are often served from another origin.
@@ -274,7 +271,7 @@ pub async fn cors(request: Request, next: Next) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use crate::ice::constant_time_eq;
 
     #[test]
     fn token_comparison() {

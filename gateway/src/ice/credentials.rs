@@ -50,6 +50,12 @@ pub fn random_ice_chars(n: usize) -> Result<String, RandomError> {
     Ok(out)
 }
 
+/// Compare secrets without an early exit, so response timing does not reveal how much of
+/// a guess matched.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

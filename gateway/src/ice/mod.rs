@@ -18,7 +18,7 @@ pub mod stun;
 mod test_crypto;
 
 pub use consent::{IceSession, IceState, CONSENT_TIMEOUT, MAX_ADDRESSES};
-pub use credentials::{random_ice_chars, Credentials, RandomError};
+pub use credentials::{constant_time_eq, random_ice_chars, Credentials, RandomError};
 pub use stun::{
     answer, bad_request, parse, Answer, StunError, StunOutcome, StunView, MAX_ATTRIBUTES,
     MAX_MESSAGE_LEN,

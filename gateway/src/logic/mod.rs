@@ -57,6 +57,8 @@ const DTLS_TICK: Duration = Duration::from_millis(20);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// ClientHello to keys; a client that stalls longer loses its session.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Random characters in a WHIP/WHEP resource URL (~131 bits).
+const RESOURCE_KEY_LEN: usize = 22;
 /// DTLS records accepted from one client while its handshake runs.
 const HANDSHAKE_RECORD_BUDGET: u32 = 256;
 
@@ -78,9 +80,10 @@ pub enum Command {
     DeleteParticipant {
         room: RoomId,
         participant: String,
-        /// WHIP/WHEP resources: only a session of this role matches (a WHIP URL must not
-        /// delete a WHEP session); `None` for the REST API, which deletes any.
-        role: Option<Role>,
+        /// WHIP/WHEP resources: only a session of this role and with this resource key
+        /// matches (a WHIP URL must not delete a WHEP session, and a participant id alone
+        /// must not delete anything); `None` for the REST API, which deletes any.
+        resource: Option<(Role, String)>,
         reply: tokio::sync::oneshot::Sender<bool>,
     },
     GetRoom {
@@ -1064,10 +1067,10 @@ impl LogicThread {
                 Command::DeleteParticipant {
                     room,
                     participant,
-                    role,
+                    resource,
                     reply,
                 } => {
-                    let _ = reply.send(self.delete_participant(&room, &participant, role));
+                    let _ = reply.send(self.delete_participant(&room, &participant, resource));
                 }
                 Command::GetRoom { room, reply } => {
                     let _ = reply.send(self.room_view(&room));
@@ -1229,6 +1232,8 @@ impl LogicThread {
                 Some(member)
             }
         };
+        let resource_key =
+            ice::random_ice_chars(RESOURCE_KEY_LEN).map_err(|e| refused(503, e.to_string()))?;
         self.admit(&room)?;
         let member = self.next_member;
         self.next_member = self.next_member.wrapping_add(1).max(1);
@@ -1237,6 +1242,7 @@ impl LogicThread {
             room: room.clone(),
             role,
             remote_fingerprint: offer.fingerprint.value.clone(),
+            resource_key: resource_key.clone(),
             dtls: DtlsPhase::New,
             created: Instant::now(),
             dtls_started: None,
@@ -1302,12 +1308,18 @@ impl LogicThread {
         debug!(thread = self.index, room = %room, participant = %created.participant, ?role, "media session created");
         Ok(MediaCreated {
             participant: created.participant,
+            resource_key,
             answer,
             thread: self.index,
         })
     }
 
-    fn delete_participant(&mut self, room: &RoomId, participant: &str, role: Option<Role>) -> bool {
+    fn delete_participant(
+        &mut self,
+        room: &RoomId,
+        participant: &str,
+        resource: Option<(Role, String)>,
+    ) -> bool {
         let ufrag = format!("{}{participant}", room.ufrag_part());
         if !self
             .rooms
@@ -1316,12 +1328,15 @@ impl LogicThread {
         {
             return false;
         }
-        if let Some(role) = role {
+        if let Some((role, key)) = resource {
             let matches = self
                 .sessions
                 .get(&ufrag)
                 .and_then(|s| s.media.as_ref())
-                .is_some_and(|m| m.role == role);
+                .is_some_and(|m| {
+                    m.role == role
+                        && ice::constant_time_eq(m.resource_key.as_bytes(), key.as_bytes())
+                });
             if !matches {
                 return false;
             }

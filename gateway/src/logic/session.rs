@@ -41,6 +41,9 @@ pub struct MediaState {
     pub role: Role,
     /// SHA-256 fingerprint from the client's SDP; the DTLS client must present it.
     pub remote_fingerprint: String,
+    /// Secret part of the session's WHIP/WHEP resource URL: the participant id is public
+    /// (room listings show it), so knowing it must not be enough to DELETE the session.
+    pub resource_key: String,
     pub dtls: DtlsPhase,
     pub created: Instant,
     pub dtls_started: Option<Instant>,
@@ -148,6 +151,7 @@ pub struct ParticipantCreated {
 #[derive(Clone, Debug)]
 pub struct MediaCreated {
     pub participant: String,
+    pub resource_key: String,
     pub answer: String,
     pub thread: usize,
 }
