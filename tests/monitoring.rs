@@ -5,6 +5,8 @@
 //! alert rules is evaluated by Prometheus against a gateway under traffic. The media
 //! plane's families (DTLS, SRTP, forwarding) are exposed per thread from the start, at 0
 //! until media flows, so every panel and alert has series to evaluate.
+//! The dashboard JSON is also type-checked by tsc against Grafana's published schema
+//! (`@grafana/schema`, pinned in grafana/schema-check/).
 mod support;
 
 use std::{
@@ -584,4 +586,80 @@ fn dashboard_has_the_variables_and_rows_operators_need() {
         let y = std::fs::read_to_string(repo().join(f)).expect(f);
         assert!(y.contains("apiVersion: 1"), "{f}");
     }
+}
+
+/// Runs `program args` and returns its combined output, or panics saying what to install.
+fn node_tool(program: &str, args: &[&str], dir: &Path) -> (bool, String) {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{program} not runnable ({e}): the Grafana schema check needs Node.js and npm \
+                 on PATH (Debian: `apt-get install nodejs npm`)"
+            )
+        });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The dashboard against Grafana's published schema (`@grafana/schema`, see
+/// grafana/schema-check/schema.ts): the JSON becomes an object literal typed
+/// `CheckedDashboard`, so tsc rejects unknown keys, wrong types and values outside the
+/// schema's enums, including panel options, field config and Prometheus targets.
+#[test]
+fn dashboard_matches_grafana_schema() {
+    let check = repo().join("grafana/schema-check");
+    let (ok, version) = node_tool("node", &["--version"], &check);
+    assert!(ok, "node --version failed: {version}");
+
+    // npm ci only when node_modules does not match the committed lock file.
+    let lock = std::fs::read(check.join("package-lock.json")).expect("package-lock.json");
+    let stamp = check.join("node_modules/.roomgate-lock");
+    let tsc = check.join("node_modules/.bin/tsc");
+    if !tsc.is_file() || std::fs::read(&stamp).ok().as_ref() != Some(&lock) {
+        let prefix = check.to_str().expect("UTF-8 path");
+        let (ok, out) = node_tool(
+            "npm",
+            &["ci", "--prefix", prefix, "--no-audit", "--no-fund"],
+            &check,
+        );
+        assert!(ok, "npm ci --prefix {prefix} failed:\n{out}");
+        std::fs::write(&stamp, &lock).expect("write node_modules stamp");
+    }
+
+    // The JSON verbatim from the first line on, so tsc's line numbers are the
+    // dashboard's; the import (hoisted) comes last.
+    let text = std::fs::read_to_string(repo().join("grafana/dashboards/roomgate.json"))
+        .expect("dashboard");
+    serde_json::from_str::<Value>(&text).expect("dashboard is JSON");
+    let schema = check.join("schema");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("grafana-schema-check");
+    std::fs::create_dir_all(&dir).expect("generated dir");
+    let source = format!(
+        "const dashboard: CheckedDashboard = {};\nvoid dashboard;\nimport type {{ CheckedDashboard }} from {};\n",
+        text.trim_end(),
+        Value::from(schema.to_str().expect("UTF-8 path"))
+    );
+    std::fs::write(dir.join("roomgate.json.gen.ts"), source).expect("write .ts");
+    let config = serde_json::json!({
+        "extends": check.join("tsconfig.json").to_str().expect("UTF-8 path"),
+        "files": ["roomgate.json.gen.ts"],
+    });
+    std::fs::write(dir.join("tsconfig.json"), config.to_string()).expect("write tsconfig");
+
+    let tsc = tsc.to_str().expect("UTF-8 path");
+    let (ok, out) = node_tool(tsc, &["-p", ".", "--pretty", "false"], &dir);
+    assert!(
+        ok,
+        "grafana/dashboards/roomgate.json does not match Grafana's dashboard schema \
+         (node {}; line numbers are the dashboard's; generated file in {}):\n{out}",
+        version.trim(),
+        dir.display()
+    );
 }

@@ -128,6 +128,10 @@ fn test(args: &[String]) -> Result<()> {
     setup::apt_install(&["iproute2", "prometheus", "chromium"])?;
     // aiortc: an independent WebRTC stack (Python) for the WHIP/WHEP interop tests.
     setup::pip_install("aiortc", "aiortc==1.16.0")?;
+    // Node.js runs the TypeScript check of the dashboard against Grafana's published schema.
+    if setup::on_path("node").is_none() || setup::on_path("npm").is_none() {
+        setup::apt_install(&["nodejs", "npm"])?;
+    }
     // GStreamer's webrtcbin (libnice, OpenSSL DTLS, libsrtp) for the second interop stack,
     // driven from Debian's Python (python3-gi).
     setup::apt_install(&[

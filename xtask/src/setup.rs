@@ -56,7 +56,7 @@ fn stdout_of(cmd: &mut Command) -> Result<String> {
 }
 
 /// `name` on PATH, if any.
-fn on_path(name: &str) -> Option<PathBuf> {
+pub fn on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|d| d.join(name))
