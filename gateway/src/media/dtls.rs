@@ -375,6 +375,18 @@ mod tests {
 
     /// Play the logic thread until the server reports an outcome for session 1.
     fn run(driver: &DtlsDriver, handle: &DtlsHandle, c: &Client) -> DtlsEvent {
+        run_lossy(driver, handle, c, 0).0
+    }
+
+    /// `run`, losing the server's first `lose` datagrams; also returns how many the server
+    /// sent in all (so retransmissions are visible).
+    fn run_lossy(
+        driver: &DtlsDriver,
+        handle: &DtlsHandle,
+        c: &Client,
+        lose: usize,
+    ) -> (DtlsEvent, usize) {
+        let mut sent = 0;
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             while let Ok(ev) = c.out.try_recv() {
@@ -386,14 +398,42 @@ mod tests {
             while let Some(ev) = driver.poll_event() {
                 match ev {
                     DtlsEvent::Transmit { datagram, .. } => {
-                        let _ = c.inbound.try_send(datagram);
+                        sent += 1;
+                        if sent > lose {
+                            let _ = c.inbound.try_send(datagram);
+                        }
                     }
-                    other => return other,
+                    other => return (other, sent),
                 }
             }
             std::thread::sleep(Duration::from_millis(2));
         }
         panic!("no DTLS outcome within 10 s");
+    }
+
+    #[test]
+    fn a_lost_server_flight_is_retransmitted() {
+        let driver = DtlsDriver::new(Arc::new(Identity::generate().unwrap())).unwrap();
+        let cert = Certificate::generate_self_signed(vec!["client".into()]).unwrap();
+        let handle = driver.start(
+            1,
+            fingerprint_of(&cert),
+            SERVER.parse().unwrap(),
+            CLIENT.parse().unwrap(),
+        );
+        let c = client(cert);
+        // The first datagram is the server's HelloVerifyRequest or ServerHello flight:
+        // without retransmission (timer or on the client's repeat) nothing would follow.
+        let (event, sent) = run_lossy(&driver, &handle, &c, 1);
+        assert!(
+            matches!(event, DtlsEvent::Connected { id: 1, .. }),
+            "{event:?}"
+        );
+        assert!(
+            sent > 1,
+            "the lost flight was sent again ({sent} datagrams)"
+        );
+        assert!(c.done.join().unwrap().is_ok(), "client completed too");
     }
 
     fn fingerprint_of(cert: &Certificate) -> String {
