@@ -17,10 +17,9 @@ mod support;
 use std::{
     process::Command,
     sync::{Mutex, MutexGuard},
-    time::{Duration, Instant},
 };
 
-use client_process::ClientProcess as Client;
+use client_process::{ClientProcess as Client, Scene, CONNECT, WATCH_SECONDS};
 use serde_json::Value;
 use support::{sum_threads, Gateway};
 
@@ -29,11 +28,6 @@ const SCRIPT: &str = concat!(
     "/../tests/interop/aiortc_client.py"
 );
 const PIP: &str = "pip install aiortc==1.16.0";
-const THREADS: usize = 2;
-/// Bound for the client's start-up (Python imports), ICE, DTLS and the HTTP exchange.
-const CONNECT: Duration = Duration::from_secs(30);
-/// How long the subscriber watches; at 15 fps that is ~120 frames once video flows.
-const WATCH_SECONDS: u64 = 8;
 /// Publishers stop on their own after this, should a test never get to stop them.
 const PUBLISH_LIMIT_SECONDS: u64 = 60;
 
@@ -86,140 +80,6 @@ fn subscribe(name: &str, gw: &Gateway, path: &str, token: Option<&str>) -> Clien
     client(name, "subscribe", &gw.url(path), &extra)
 }
 
-/// A gateway and the aiortc clients of one test; failures print everything.
-struct Scene {
-    gw: Gateway,
-    clients: Vec<Client>,
-}
-
-impl Scene {
-    fn new(steering: &str, extra: &[(&str, &str)]) -> Scene {
-        let mut b = Gateway::builder(steering, THREADS).set("--public-ip", "127.0.0.1");
-        for (flag, value) in extra {
-            b = b.set(flag, *value);
-        }
-        let gw = b.start();
-        assert_eq!(gw.mode, steering, "gateway runs in the requested mode");
-        Scene {
-            gw,
-            clients: Vec::new(),
-        }
-    }
-
-    /// Add a client; returns its index.
-    fn add(&mut self, client: Client) -> usize {
-        self.clients.push(client);
-        self.clients.len() - 1
-    }
-
-    fn fail(&mut self, msg: &str) -> ! {
-        eprintln!("==== FAILED: {msg}");
-        for c in &mut self.clients {
-            eprintln!("{}", c.describe());
-        }
-        let log = self.gw.stderr();
-        let lines: Vec<&str> = log.lines().collect();
-        let start = lines.len().saturating_sub(150);
-        eprintln!(
-            "==== gateway stderr (last {} of {} lines):\n{}",
-            lines.len() - start,
-            lines.len(),
-            lines[start..].join("\n")
-        );
-        panic!("{msg}");
-    }
-
-    fn check(&mut self, cond: bool, msg: impl FnOnce() -> String) {
-        if !cond {
-            let msg = msg();
-            self.fail(&msg);
-        }
-    }
-
-    /// Client `i` reports `connected` (ICE and DTLS up); fails at once if it exits first.
-    fn wait_connected(&mut self, i: usize) -> String {
-        let deadline = Instant::now() + CONNECT;
-        loop {
-            if let Some(e) = self.clients[i].event("connected") {
-                return e["location"].as_str().unwrap_or_default().to_owned();
-            }
-            if self.clients[i].exited().is_some() {
-                let name = self.clients[i].name.clone();
-                self.fail(&format!("{name} exited before it connected"));
-            }
-            if Instant::now() > deadline {
-                let name = self.clients[i].name.clone();
-                self.fail(&format!("{name} did not connect within {CONNECT:?}"));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Client `i` ends on its own within `timeout` with `code`.
-    fn expect_exit(&mut self, i: usize, timeout: Duration, code: i32) {
-        let got = self.clients[i].wait_exit(timeout);
-        let name = self.clients[i].name.clone();
-        self.check(got == Some(code), || {
-            format!("{name}: expected exit code {code} within {timeout:?}, got {got:?}")
-        });
-    }
-
-    /// Subscriber `i` has run to completion: its video kept flowing and it got audio.
-    fn assert_watched(&mut self, i: usize) {
-        let timeout = Duration::from_secs(WATCH_SECONDS) + CONNECT;
-        self.expect_exit(i, timeout, 0);
-        let name = self.clients[i].name.clone();
-        let stats = self.clients[i].stats();
-        let count = |s: &Value, k: &str| s[k].as_u64().unwrap_or(0);
-        let video: Vec<u64> = stats.iter().map(|s| count(s, "video_frames")).collect();
-        let last = stats.last().cloned().unwrap_or(Value::Null);
-        self.check(count(&last, "video_frames") >= 30, || {
-            format!("{name} decoded too few video frames: {video:?}")
-        });
-        // Still flowing at the end, not a burst that stalled: each of the last three
-        // one-second reports has more frames than the one before.
-        let tail = &video[video.len().saturating_sub(4)..];
-        self.check(
-            tail.len() == 4 && tail.windows(2).all(|w| w[1] > w[0]),
-            || format!("{name}'s video stalled; frames per report: {video:?}"),
-        );
-        self.check(count(&last, "audio_frames") > 0, || {
-            format!("{name} received no audio: {last}")
-        });
-        self.check(last["width"] == 320 && last["height"] == 240, || {
-            format!("{name} decoded the wrong picture size: {last}")
-        });
-    }
-
-    /// Sum of `threads[].media.<key>` in `/api/status`.
-    fn media(&mut self, key: &str) -> u64 {
-        let status = self.gw.status();
-        status["threads"]
-            .as_array()
-            .expect("threads in /api/status")
-            .iter()
-            .map(|t| t["media"][key].as_u64().unwrap_or(0))
-            .sum()
-    }
-
-    /// The publisher stops on SIGTERM, DELETEs its resource, and nothing is left behind.
-    fn stop_and_check_empty(&mut self, publisher: usize) {
-        let got = self.clients[publisher].terminate(Duration::from_secs(10));
-        let name = self.clients[publisher].name.clone();
-        self.check(got == Some(0), || {
-            format!("{name} did not exit cleanly on SIGTERM: {got:?}")
-        });
-        let mut sessions = u64::MAX;
-        let gone = support::eventually(Duration::from_secs(5), || {
-            sessions = sum_threads(&self.gw.status(), "sessions");
-            sessions == 0
-        });
-        self.check(gone, || {
-            format!("{sessions} sessions left after every client DELETEd its resource")
-        });
-    }
-}
-
 /// An aiortc publisher and an aiortc subscriber in one room through the gateway.
 fn publisher_to_subscriber(steering: &str) {
     let mut s = Scene::new(steering, &[]);
@@ -260,7 +120,7 @@ fn publisher_to_subscriber(steering: &str) {
             });
         }
     }
-    s.stop_and_check_empty(publisher);
+    s.stop_and_check_empty(&[publisher]);
 }
 
 #[test]
@@ -319,5 +179,5 @@ fn aiortc_with_bearer_token() {
     let subscriber = s.add(subscribe("subscriber", &s.gw, "/whep/auth", Some("s3cret")));
     s.wait_connected(subscriber);
     s.assert_watched(subscriber);
-    s.stop_and_check_empty(publisher);
+    s.stop_and_check_empty(&[publisher]);
 }

@@ -31,11 +31,9 @@ mod support;
 use std::{
     process::Command,
     sync::{Mutex, MutexGuard},
-    time::{Duration, Instant},
 };
 
-use client_process::ClientProcess as Client;
-use serde_json::Value;
+use client_process::{ClientProcess as Client, Scene, WATCH_SECONDS};
 use support::{sum_threads, Gateway};
 
 const GST_SCRIPT: &str = concat!(
@@ -71,11 +69,6 @@ print(Gst.version_string())
 /// writes them (max-bundle with `a=bundle-only` m-lines); `--no-bundle-only` exists only
 /// to reproduce the pre-fix behaviour by hand.
 const GST_FLAGS: &[&str] = &[];
-const THREADS: usize = 2;
-/// Bound for the client's start-up (Python imports), ICE, DTLS and the HTTP exchange.
-const CONNECT: Duration = Duration::from_secs(30);
-/// How long the subscriber watches; at 15 fps that is ~120 frames once video flows.
-const WATCH_SECONDS: u64 = 8;
 /// Publishers stop on their own after this, should a test never get to stop them.
 const PUBLISH_LIMIT_SECONDS: u64 = 60;
 
@@ -186,73 +179,8 @@ fn subscribe(stack: Stack, name: &str, gw: &Gateway, path: &str) -> Client {
     )
 }
 
-/// A gateway and the clients of one test; failures print everything.
-struct Scene {
-    gw: Gateway,
-    clients: Vec<Client>,
-}
-
+/// What only these tests check, on the shared [`Scene`].
 impl Scene {
-    fn new(steering: &str) -> Scene {
-        let gw = Gateway::builder(steering, THREADS)
-            .set("--public-ip", "127.0.0.1")
-            .start();
-        assert_eq!(gw.mode, steering, "gateway runs in the requested mode");
-        Scene {
-            gw,
-            clients: Vec::new(),
-        }
-    }
-
-    /// Add a client; returns its index.
-    fn add(&mut self, client: Client) -> usize {
-        self.clients.push(client);
-        self.clients.len() - 1
-    }
-
-    fn fail(&mut self, msg: &str) -> ! {
-        eprintln!("==== FAILED: {msg}");
-        for c in &mut self.clients {
-            eprintln!("{}", c.describe());
-        }
-        let log = self.gw.stderr();
-        let lines: Vec<&str> = log.lines().collect();
-        let start = lines.len().saturating_sub(150);
-        eprintln!(
-            "==== gateway stderr (last {} of {} lines):\n{}",
-            lines.len() - start,
-            lines.len(),
-            lines[start..].join("\n")
-        );
-        panic!("{msg}");
-    }
-
-    fn check(&mut self, cond: bool, msg: impl FnOnce() -> String) {
-        if !cond {
-            let msg = msg();
-            self.fail(&msg);
-        }
-    }
-
-    /// Client `i` reports `connected` (ICE and DTLS up); fails at once if it exits first.
-    fn wait_connected(&mut self, i: usize) -> String {
-        let deadline = Instant::now() + CONNECT;
-        loop {
-            if let Some(e) = self.clients[i].event("connected") {
-                return e["location"].as_str().unwrap_or_default().to_owned();
-            }
-            if self.clients[i].exited().is_some() {
-                let name = self.clients[i].name.clone();
-                self.fail(&format!("{name} exited before it connected"));
-            }
-            if Instant::now() > deadline {
-                let name = self.clients[i].name.clone();
-                self.fail(&format!("{name} did not connect within {CONNECT:?}"));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
     /// Publisher `i` has connected with a WHIP Location in `room`; returns its participant.
     fn wait_published(&mut self, i: usize, room: &str) -> String {
         let location = self.wait_connected(i);
@@ -262,47 +190,6 @@ impl Scene {
         });
         // `/whip/{room}/{key}/{participant}`: the participant id is the last segment.
         location.rsplit('/').next().unwrap_or_default().to_owned()
-    }
-
-    /// Subscriber `i` has run to completion: its video kept flowing and it got audio.
-    fn assert_watched(&mut self, i: usize) {
-        let timeout = Duration::from_secs(WATCH_SECONDS) + CONNECT;
-        let got = self.clients[i].wait_exit(timeout);
-        let name = self.clients[i].name.clone();
-        self.check(got == Some(0), || {
-            format!("{name}: expected exit code 0 within {timeout:?}, got {got:?}")
-        });
-        let stats = self.clients[i].stats();
-        let count = |s: &Value, k: &str| s[k].as_u64().unwrap_or(0);
-        let video: Vec<u64> = stats.iter().map(|s| count(s, "video_frames")).collect();
-        let last = stats.last().cloned().unwrap_or(Value::Null);
-        self.check(count(&last, "video_frames") >= 30, || {
-            format!("{name} decoded too few video frames: {video:?}")
-        });
-        // Still flowing at the end, not a burst that stalled: each of the last three
-        // one-second reports has more frames than the one before.
-        let tail = &video[video.len().saturating_sub(4)..];
-        self.check(
-            tail.len() == 4 && tail.windows(2).all(|w| w[1] > w[0]),
-            || format!("{name}'s video stalled; frames per report: {video:?}"),
-        );
-        self.check(count(&last, "audio_frames") > 0, || {
-            format!("{name} received no audio: {last}")
-        });
-        self.check(last["width"] == 320 && last["height"] == 240, || {
-            format!("{name} decoded the wrong picture size: {last}")
-        });
-    }
-
-    /// Sum of `threads[].media.<key>` in `/api/status`.
-    fn media(&mut self, key: &str) -> u64 {
-        let status = self.gw.status();
-        status["threads"]
-            .as_array()
-            .expect("threads in /api/status")
-            .iter()
-            .map(|t| t["media"][key].as_u64().unwrap_or(0))
-            .sum()
     }
 
     /// Media was forwarded and every client completed its DTLS handshake; in eBPF mode the
@@ -325,31 +212,12 @@ impl Scene {
             }
         }
     }
-
-    /// The publishers stop on SIGTERM, DELETE their resources, and nothing is left behind.
-    fn stop_and_check_empty(&mut self, publishers: &[usize]) {
-        for &p in publishers {
-            let got = self.clients[p].terminate(Duration::from_secs(10));
-            let name = self.clients[p].name.clone();
-            self.check(got == Some(0), || {
-                format!("{name} did not exit cleanly on SIGTERM: {got:?}")
-            });
-        }
-        let mut sessions = u64::MAX;
-        let gone = support::eventually(Duration::from_secs(5), || {
-            sessions = sum_threads(&self.gw.status(), "sessions");
-            sessions == 0
-        });
-        self.check(gone, || {
-            format!("{sessions} sessions left after every client DELETEd its resource")
-        });
-    }
 }
 
 /// A GStreamer publisher and two GStreamer subscribers in one room through the gateway:
 /// one binds to the room's publisher implicitly, one names it.
 fn gst_publisher_to_gst_subscribers(steering: &str) {
-    let mut s = Scene::new(steering);
+    let mut s = Scene::new(steering, &[]);
     let publisher = s.add(publish(Stack::Gst, "publisher", &s.gw, "gst"));
     let participant = s.wait_published(publisher, "gst");
     let implicit = s.add(subscribe(Stack::Gst, "subscriber", &s.gw, "/whep/gst"));
@@ -395,7 +263,7 @@ fn mixed(pub_stack: Stack, sub_stack: Stack) {
     if !available(&[Stack::Gst, Stack::Aiortc]) {
         return;
     }
-    let mut s = Scene::new("connected");
+    let mut s = Scene::new("connected", &[]);
     let publisher = s.add(publish(pub_stack, "publisher", &s.gw, "mixed"));
     s.wait_published(publisher, "mixed");
     let subscriber = s.add(subscribe(sub_stack, "subscriber", &s.gw, "/whep/mixed"));

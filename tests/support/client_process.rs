@@ -1,6 +1,7 @@
 //! The child-process harness of the interop tests (tests/interop.rs, tests/interop_gst.rs):
 //! one client script run by an interpreter, its JSON stdout lines and its stderr collected
-//! by reader threads, every wait bounded, killed on drop.
+//! by reader threads, every wait bounded, killed on drop; and the [`Scene`] of one test (a
+//! gateway plus its clients) with the checks both stacks share.
 //!
 //! Included with `#[path = "support/client_process.rs"] mod client_process;` by the test
 //! files that need it, so tests without client processes do not compile it.
@@ -13,6 +14,8 @@ use std::{
 };
 
 use serde_json::Value;
+
+use crate::support::{eventually, sum_threads, Gateway};
 
 /// One client process: its JSON stdout lines (a line that is not JSON is kept as a string)
 /// and its stderr, collected by reader threads. Killed on drop.
@@ -150,5 +153,149 @@ impl Drop for ClientProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Logic threads of every interop gateway.
+pub const THREADS: usize = 2;
+/// Bound for the client's start-up (Python imports), ICE, DTLS and the HTTP exchange.
+pub const CONNECT: Duration = Duration::from_secs(30);
+/// How long a subscriber watches; at 15 fps that is ~120 frames once video flows.
+pub const WATCH_SECONDS: u64 = 8;
+
+/// A gateway and the client processes of one interop test; failures print everything.
+/// The test files add their stack-specific checks in their own `impl Scene` blocks.
+pub struct Scene {
+    pub gw: Gateway,
+    pub clients: Vec<ClientProcess>,
+}
+
+impl Scene {
+    pub fn new(steering: &str, extra: &[(&str, &str)]) -> Scene {
+        let mut b = Gateway::builder(steering, THREADS).set("--public-ip", "127.0.0.1");
+        for (flag, value) in extra {
+            b = b.set(flag, *value);
+        }
+        let gw = b.start();
+        assert_eq!(gw.mode, steering, "gateway runs in the requested mode");
+        Scene {
+            gw,
+            clients: Vec::new(),
+        }
+    }
+
+    /// Add a client; returns its index.
+    pub fn add(&mut self, client: ClientProcess) -> usize {
+        self.clients.push(client);
+        self.clients.len() - 1
+    }
+
+    pub fn fail(&mut self, msg: &str) -> ! {
+        eprintln!("==== FAILED: {msg}");
+        for c in &mut self.clients {
+            eprintln!("{}", c.describe());
+        }
+        let log = self.gw.stderr();
+        let lines: Vec<&str> = log.lines().collect();
+        let start = lines.len().saturating_sub(150);
+        eprintln!(
+            "==== gateway stderr (last {} of {} lines):\n{}",
+            lines.len() - start,
+            lines.len(),
+            lines[start..].join("\n")
+        );
+        panic!("{msg}");
+    }
+
+    pub fn check(&mut self, cond: bool, msg: impl FnOnce() -> String) {
+        if !cond {
+            let msg = msg();
+            self.fail(&msg);
+        }
+    }
+
+    /// Client `i` reports `connected` (ICE and DTLS up); fails at once if it exits first.
+    pub fn wait_connected(&mut self, i: usize) -> String {
+        let deadline = Instant::now() + CONNECT;
+        loop {
+            if let Some(e) = self.clients[i].event("connected") {
+                return e["location"].as_str().unwrap_or_default().to_owned();
+            }
+            if self.clients[i].exited().is_some() {
+                let name = self.clients[i].name.clone();
+                self.fail(&format!("{name} exited before it connected"));
+            }
+            if Instant::now() > deadline {
+                let name = self.clients[i].name.clone();
+                self.fail(&format!("{name} did not connect within {CONNECT:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Client `i` ends on its own within `timeout` with `code`.
+    pub fn expect_exit(&mut self, i: usize, timeout: Duration, code: i32) {
+        let got = self.clients[i].wait_exit(timeout);
+        let name = self.clients[i].name.clone();
+        self.check(got == Some(code), || {
+            format!("{name}: expected exit code {code} within {timeout:?}, got {got:?}")
+        });
+    }
+
+    /// Subscriber `i` has run to completion: its video kept flowing and it got audio.
+    pub fn assert_watched(&mut self, i: usize) {
+        let timeout = Duration::from_secs(WATCH_SECONDS) + CONNECT;
+        self.expect_exit(i, timeout, 0);
+        let name = self.clients[i].name.clone();
+        let stats = self.clients[i].stats();
+        let count = |s: &Value, k: &str| s[k].as_u64().unwrap_or(0);
+        let video: Vec<u64> = stats.iter().map(|s| count(s, "video_frames")).collect();
+        let last = stats.last().cloned().unwrap_or(Value::Null);
+        self.check(count(&last, "video_frames") >= 30, || {
+            format!("{name} decoded too few video frames: {video:?}")
+        });
+        // Still flowing at the end, not a burst that stalled: each of the last three
+        // one-second reports has more frames than the one before.
+        let tail = &video[video.len().saturating_sub(4)..];
+        self.check(
+            tail.len() == 4 && tail.windows(2).all(|w| w[1] > w[0]),
+            || format!("{name}'s video stalled; frames per report: {video:?}"),
+        );
+        self.check(count(&last, "audio_frames") > 0, || {
+            format!("{name} received no audio: {last}")
+        });
+        self.check(last["width"] == 320 && last["height"] == 240, || {
+            format!("{name} decoded the wrong picture size: {last}")
+        });
+    }
+
+    /// Sum of `threads[].media.<key>` in `/api/status`.
+    pub fn media(&mut self, key: &str) -> u64 {
+        let status = self.gw.status();
+        status["threads"]
+            .as_array()
+            .expect("threads in /api/status")
+            .iter()
+            .map(|t| t["media"][key].as_u64().unwrap_or(0))
+            .sum()
+    }
+
+    /// The publishers stop on SIGTERM, DELETE their resources, and nothing is left behind.
+    pub fn stop_and_check_empty(&mut self, publishers: &[usize]) {
+        for &p in publishers {
+            let got = self.clients[p].terminate(Duration::from_secs(10));
+            let name = self.clients[p].name.clone();
+            self.check(got == Some(0), || {
+                format!("{name} did not exit cleanly on SIGTERM: {got:?}")
+            });
+        }
+        let mut sessions = u64::MAX;
+        let gone = eventually(Duration::from_secs(5), || {
+            sessions = sum_threads(&self.gw.status(), "sessions");
+            sessions == 0
+        });
+        self.check(gone, || {
+            format!("{sessions} sessions left after every client DELETEd its resource")
+        });
     }
 }

@@ -413,15 +413,7 @@ mod tests {
 
     #[test]
     fn a_lost_server_flight_is_retransmitted() {
-        let driver = DtlsDriver::new(Arc::new(Identity::generate().unwrap())).unwrap();
-        let cert = Certificate::generate_self_signed(vec!["client".into()]).unwrap();
-        let handle = driver.start(
-            1,
-            fingerprint_of(&cert),
-            SERVER.parse().unwrap(),
-            CLIENT.parse().unwrap(),
-        );
-        let c = client(cert);
+        let (driver, handle, c) = honest_session();
         // The first datagram is the server's HelloVerifyRequest or ServerHello flight:
         // without retransmission (timer or on the client's repeat) nothing would follow.
         let (event, sent) = run_lossy(&driver, &handle, &c, 1);
@@ -434,6 +426,19 @@ mod tests {
             "the lost flight was sent again ({sent} datagrams)"
         );
         assert!(c.done.join().unwrap().is_ok(), "client completed too");
+    }
+
+    /// A driver, server session 1 expecting the client's real fingerprint, and the client.
+    fn honest_session() -> (DtlsDriver, DtlsHandle, Client) {
+        let driver = DtlsDriver::new(Arc::new(Identity::generate().unwrap())).unwrap();
+        let cert = Certificate::generate_self_signed(vec!["client".into()]).unwrap();
+        let handle = driver.start(
+            1,
+            fingerprint_of(&cert),
+            SERVER.parse().unwrap(),
+            CLIENT.parse().unwrap(),
+        );
+        (driver, handle, client(cert))
     }
 
     fn fingerprint_of(cert: &Certificate) -> String {
@@ -493,15 +498,7 @@ mod tests {
 
     #[test]
     fn handshake_exports_the_same_keys_on_both_sides() {
-        let driver = DtlsDriver::new(Arc::new(Identity::generate().unwrap())).unwrap();
-        let cert = Certificate::generate_self_signed(vec!["client".into()]).unwrap();
-        let handle = driver.start(
-            1,
-            fingerprint_of(&cert),
-            SERVER.parse().unwrap(),
-            CLIENT.parse().unwrap(),
-        );
-        let c = client(cert);
+        let (driver, handle, c) = honest_session();
         match run(&driver, &handle, &c) {
             DtlsEvent::Connected { id, keys } => {
                 assert_eq!(id, 1);
