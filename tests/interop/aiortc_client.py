@@ -21,15 +21,11 @@ Needs: pip install aiortc (pulls in av, aioice, pylibsrtp, cryptography).
 import argparse
 import asyncio
 import fractions
-import json
 import logging
 import math
 import signal
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 
 import av
 from aiortc import (
@@ -40,6 +36,7 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError
+from whip_http import HttpRefused, delete_resource, emit, post_offer
 
 WIDTH, HEIGHT, FPS = 320, 240, 15
 VIDEO_CLOCK = 90000
@@ -48,34 +45,10 @@ AUDIO_RATE, AUDIO_PTIME = 48000, 0.020
 CONNECT_TIMEOUT = 20.0
 
 
-def emit(**fields):
-    print(json.dumps(fields, separators=(",", ":")), flush=True)
-
-
-class HttpRefused(Exception):
-    def __init__(self, status, body):
-        super().__init__(f"HTTP {status}: {body}")
-        self.status = status
-        self.body = body
-
-
-def http(method, url, token=None, body=None, content_type=None):
-    """Blocking HTTP request (stdlib only); returns (status, headers, body text)."""
-    req = urllib.request.Request(url, data=body, method=method)
-    if content_type:
-        req.add_header("Content-Type", content_type)
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, resp.headers, resp.read().decode("utf-8", "replace")
-    except urllib.error.HTTPError as e:
-        raise HttpRefused(e.code, e.read().decode("utf-8", "replace")) from None
-
-
-async def http_async(*args, **kwargs):
+async def in_thread(fn, *args, **kwargs):
+    """Run blocking HTTP off the event loop, so media keeps flowing meanwhile."""
     return await asyncio.get_running_loop().run_in_executor(
-        None, lambda: http(*args, **kwargs)
+        None, lambda: fn(*args, **kwargs)
     )
 
 
@@ -196,17 +169,10 @@ async def negotiate(pc, url, token):
             "aioice gathered no host candidate: it skips loopback addresses, so the "
             "host needs another IPv4/IPv6 address (it may still talk to 127.0.0.1)"
         )
-    status, headers, answer = await http_async(
-        "POST", url, token=token, body=offer.encode(), content_type="application/sdp"
-    )
-    if status != 201:
-        raise HttpRefused(status, answer)
+    answer, resource = await in_thread(post_offer, url, offer, token=token)
     logging.debug("answer:\n%s", answer)
-    location = headers.get("Location")
-    if not location:
-        raise HttpRefused(status, "201 without a Location header")
     await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
-    return urllib.parse.urljoin(url, location)
+    return resource
 
 
 async def wait_connected(pc):
@@ -296,11 +262,7 @@ async def subscribe(args, pc):
 
 
 async def delete(resource, token):
-    try:
-        status, _, _ = await http_async("DELETE", resource, token=token)
-        logging.debug("DELETE %s: %s", resource, status)
-    except (HttpRefused, OSError) as e:
-        logging.warning("DELETE %s failed: %s", resource, e)
+    await in_thread(delete_resource, resource, token=token)
 
 
 async def main(args):

@@ -28,14 +28,11 @@ gir1.2-nice-0.1
 import argparse
 import ctypes
 import ipaddress
-import json
 import logging
 import os
 import signal
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
 
 import gi
 
@@ -44,6 +41,7 @@ gi.require_version("GstSdp", "1.0")
 gi.require_version("GstWebRTC", "1.0")
 gi.require_version("Nice", "0.1")
 from gi.repository import GLib, Gst, GstSdp, GstWebRTC, Nice  # noqa: E402
+from whip_http import HttpRefused, delete_resource, emit, post_offer  # noqa: E402
 
 WIDTH, HEIGHT, FPS = 320, 240, 15
 VIDEO_PT, AUDIO_PT = 96, 111
@@ -71,31 +69,6 @@ PUBLISH_PIPELINE = f"""
       ! audioconvert ! audioresample ! opusenc
       ! rtpopuspay pt={AUDIO_PT} ! {AUDIO_CAPS} ! webrtc.
 """
-
-
-def emit(**fields):
-    print(json.dumps(fields, separators=(",", ":")), flush=True)
-
-
-class HttpRefused(Exception):
-    def __init__(self, status, body):
-        super().__init__(f"HTTP {status}: {body}")
-        self.status = status
-        self.body = body
-
-
-def http(method, url, token=None, body=None, content_type=None):
-    """Blocking HTTP request (stdlib only); returns (status, headers, body text)."""
-    req = urllib.request.Request(url, data=body, method=method)
-    if content_type:
-        req.add_header("Content-Type", content_type)
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, resp.headers, resp.read().decode("utf-8", "replace")
-    except urllib.error.HTTPError as e:
-        raise HttpRefused(e.code, e.read().decode("utf-8", "replace")) from None
 
 
 def without_bundle_only(sdp):
@@ -201,11 +174,7 @@ class Session:
         self.timer(GATHER_TIMEOUT, self.gather_timeout)
         self.loop.run()
         if self.resource is not None:
-            try:
-                status, _, _ = http("DELETE", self.resource, token=self.args.token)
-                logging.debug("DELETE %s: %s", self.resource, status)
-            except (HttpRefused, OSError) as e:
-                logging.warning("DELETE %s failed: %s", self.resource, e)
+            delete_resource(self.resource, token=self.args.token)
         self.pipeline.get_bus().remove_signal_watch()
         self.pipeline.set_state(Gst.State.NULL)
         return self.code
@@ -305,18 +274,7 @@ class Session:
             )
             return GLib.SOURCE_REMOVE
         try:
-            status, headers, answer = http(
-                "POST",
-                self.args.url,
-                token=self.args.token,
-                body=offer.encode(),
-                content_type="application/sdp",
-            )
-            if status != 201:
-                raise HttpRefused(status, answer)
-            location = headers.get("Location")
-            if not location:
-                raise HttpRefused(status, "201 without a Location header")
+            answer, resource = post_offer(self.args.url, offer, token=self.args.token)
         except HttpRefused as e:
             emit(event="error", status=e.status, body=e.body)
             self.finish(2)
@@ -324,7 +282,7 @@ class Session:
         except OSError as e:
             self.fail(f"POST {self.args.url}: {e}")
             return GLib.SOURCE_REMOVE
-        self.resource = urllib.parse.urljoin(self.args.url, location)
+        self.resource = resource
         logging.debug("answer:\n%s", answer)
         result, sdp = GstSdp.SDPMessage.new_from_text(answer)
         if result != GstSdp.SDPResult.OK:
