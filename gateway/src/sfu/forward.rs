@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use crate::sdp::{Codec, MediaKind};
 
+use super::pool::BufferPool;
 use super::receive::ReceiveStats;
-use super::rtcp::{self, FirEntry, Nack, RtcpError, RtcpPacket, SenderReport};
+use super::rtcp::{self, FirEntry, Nack, ReportBlock, RtcpError, RtcpPacket, SenderReport};
 use super::rtp::{seq_newer, RtpError, RtpHeader, RtpHeaderMut};
-use super::rtx::RtxBuffer;
+use super::rtx::{RtxBuffer, AUDIO_ENTRY_RESERVE, VIDEO_ENTRY_RESERVE};
 
 /// Identifies a session inside a room; assigned by the logic thread.
 pub type MemberId = u32;
@@ -37,7 +38,9 @@ pub struct SubscribedSlot {
     pub codec: Codec,
 }
 
-/// A plaintext packet to protect and send to a member.
+/// A plaintext packet to protect and send to a member. The `packet` buffer comes from
+/// the room's pool: hand it back with [`RoomCore::recycle`] once sent, and forwarding
+/// stops allocating once the room is warm.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
     Rtp { to: MemberId, packet: Vec<u8> },
@@ -317,9 +320,16 @@ fn fir_only(codec: &Codec) -> bool {
     has("ccm fir") && !has("nack pli")
 }
 
-/// Copy `packet` and rewrite it into a subscriber's stream.
-fn rewritten(packet: &[u8], ssrc: u32, pt: u8, seq: u16, ts: u32) -> Vec<u8> {
-    let mut out = packet.to_vec();
+/// Copy `packet` into a pooled buffer and rewrite it into a subscriber's stream.
+fn rewritten(
+    pool: &mut BufferPool,
+    packet: &[u8],
+    ssrc: u32,
+    pt: u8,
+    seq: u16,
+    ts: u32,
+) -> Vec<u8> {
+    let mut out = pool.copy_of(packet);
     // The packet parsed as RTP already, so the header is there.
     if let Ok(mut h) = RtpHeaderMut::new(&mut out) {
         h.set_ssrc(ssrc);
@@ -336,6 +346,7 @@ struct Sink<'a> {
     config: &'a ForwardConfig,
     out: &'a mut VecDeque<Output>,
     stats: &'a mut ForwardStats,
+    pool: &'a mut BufferPool,
 }
 
 impl Sink<'_> {
@@ -363,18 +374,20 @@ impl Sink<'_> {
             }
         }
         track.last_keyframe_request = Some(now);
-        let packet = if track.fir_only {
+        let mut packet = self.pool.take();
+        if track.fir_only {
             track.fir_seq = track.fir_seq.wrapping_add(1);
-            rtcp::write_fir(
+            rtcp::write_fir_into(
+                &mut packet,
                 self.config.sender_ssrc,
                 &[FirEntry {
                     ssrc,
                     seq_nr: track.fir_seq,
                 }],
-            )
+            );
         } else {
-            rtcp::write_pli(self.config.sender_ssrc, ssrc)
-        };
+            rtcp::write_pli_into(&mut packet, self.config.sender_ssrc, ssrc);
+        }
         self.out.push_back(Output::Rtcp {
             to: key.publisher,
             packet,
@@ -394,6 +407,10 @@ pub struct RoomCore {
     out: VecDeque<Output>,
     stats: ForwardStats,
     next_rr: Option<Instant>,
+    /// Buffers of sent outputs, handed back through `recycle`.
+    pool: BufferPool,
+    /// Scratch for one RR's blocks, kept so report generation reuses its capacity.
+    rr_blocks: Vec<ReportBlock>,
 }
 
 impl RoomCore {
@@ -408,7 +425,21 @@ impl RoomCore {
             out: VecDeque::new(),
             stats: ForwardStats::default(),
             next_rr: None,
+            pool: BufferPool::default(),
+            rr_blocks: Vec::new(),
         }
+    }
+
+    /// Give back the buffer of an [`Output`] once it has been protected and sent, so
+    /// the next output reuses its allocation. Any `Vec` is accepted; the pool keeps a
+    /// bounded number of reasonably sized ones and frees the rest.
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        self.pool.give(buf);
+    }
+
+    /// Idle buffers held for reuse (bounded; for diagnostics and tests).
+    pub fn pooled_buffers(&self) -> usize {
+        self.pool.len()
     }
 
     pub fn config(&self) -> &ForwardConfig {
@@ -424,12 +455,18 @@ impl RoomCore {
         let tracks = tracks
             .into_iter()
             .map(|t| Track {
+                rtx: RtxBuffer::new(
+                    capacity,
+                    match t.kind {
+                        MediaKind::Video => VIDEO_ENTRY_RESERVE,
+                        MediaKind::Audio => AUDIO_ENTRY_RESERVE,
+                    },
+                ),
                 kind: t.kind,
                 fir_only: fir_only(&t.codec),
                 codec: t.codec,
                 ssrc: t.ssrc,
                 bound: Vec::new(),
-                rtx: RtxBuffer::new(capacity),
                 recv: ReceiveStats::default(),
                 last_sr: None,
                 last_keyframe_request: None,
@@ -505,9 +542,15 @@ impl RoomCore {
             subscribers,
             out,
             stats,
+            pool,
             ..
         } = self;
-        let mut sink = Sink { config, out, stats };
+        let mut sink = Sink {
+            config,
+            out,
+            stats,
+            pool,
+        };
         let Some(sub) = subscribers.get_mut(&sub_id) else {
             return;
         };
@@ -585,9 +628,15 @@ impl RoomCore {
             subscribers,
             out,
             stats,
+            pool,
             ..
         } = self;
-        let mut sink = Sink { config, out, stats };
+        let mut sink = Sink {
+            config,
+            out,
+            stats,
+            pool,
+        };
         let Some(sub) = subscribers.get_mut(&id) else {
             return;
         };
@@ -728,6 +777,7 @@ impl RoomCore {
             let out_seq = seq.wrapping_add(off.seq);
             let out_ts = ts.wrapping_add(off.ts);
             let out = rewritten(
+                &mut self.pool,
                 packet,
                 slot.out_ssrc,
                 slot.codec.payload_type,
@@ -804,9 +854,15 @@ impl RoomCore {
             subscribers,
             out,
             stats,
+            pool,
             ..
         } = self;
-        let mut sink = Sink { config, out, stats };
+        let mut sink = Sink {
+            config,
+            out,
+            stats,
+            pool,
+        };
         let Some(sub) = subscribers.get(&from) else {
             return;
         };
@@ -874,6 +930,7 @@ impl RoomCore {
                 continue;
             };
             let packet = rewritten(
+                &mut self.pool,
                 stored.data,
                 slot.out_ssrc,
                 slot.codec.payload_type,
@@ -907,9 +964,11 @@ impl RoomCore {
             let Some(off) = slot.binding.and_then(|b| b.offsets) else {
                 continue;
             };
+            let mut packet = self.pool.take();
+            sr.rewrite_into(&mut packet, slot.out_ssrc, off.ts);
             self.out.push_back(Output::Rtcp {
                 to: r.subscriber,
-                packet: sr.rewritten(slot.out_ssrc, off.ts),
+                packet,
             });
             self.stats.sr_forwarded += 1;
         }
@@ -929,22 +988,23 @@ impl RoomCore {
             if !publisher.ready {
                 continue;
             }
-            let blocks: Vec<_> = publisher
-                .tracks
-                .iter_mut()
-                .filter(|t| t.recv.has_new())
-                .filter_map(|t| {
-                    let ssrc = t.ssrc?;
-                    Some(t.recv.report(ssrc, t.last_sr, now))
-                })
-                .collect();
-            if blocks.is_empty() {
+            self.rr_blocks.clear();
+            self.rr_blocks.extend(
+                publisher
+                    .tracks
+                    .iter_mut()
+                    .filter(|t| t.recv.has_new())
+                    .filter_map(|t| {
+                        let ssrc = t.ssrc?;
+                        Some(t.recv.report(ssrc, t.last_sr, now))
+                    }),
+            );
+            if self.rr_blocks.is_empty() {
                 continue;
             }
-            self.out.push_back(Output::Rtcp {
-                to: pid,
-                packet: rtcp::write_rr(self.config.sender_ssrc, &blocks),
-            });
+            let mut packet = self.pool.take();
+            rtcp::write_rr_into(&mut packet, self.config.sender_ssrc, &self.rr_blocks);
+            self.out.push_back(Output::Rtcp { to: pid, packet });
             self.stats.rr_sent += 1;
         }
     }

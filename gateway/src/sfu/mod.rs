@@ -8,8 +8,16 @@
 //! - [`rtcp`]: compound RTCP parsing (SR, RR, SDES, BYE, NACK, PLI, FIR) and writers.
 //! - [`RoomCore`]: publishers' tracks, subscribers' slots, forwarding with SSRC/PT/seq/ts
 //!   rewriting, NACK answers from per-track buffers, keyframe requests, RR generation.
+//!   Output buffers come from a bounded per-room pool that [`RoomCore::recycle`] refills,
+//!   so a warm room forwards, answers NACKs and sends RTCP without allocating.
 
+/// Test builds only: the crate's counting `#[global_allocator]`. Declared here and
+/// nowhere else, since a crate may have only one; other tests use
+/// `crate::sfu::alloc_count::allocations()`.
+#[cfg(test)]
+pub(crate) mod alloc_count;
 mod forward;
+mod pool;
 mod receive;
 pub mod rtcp;
 pub mod rtp;

@@ -175,9 +175,16 @@ impl<'a> SenderReport<'a> {
     /// that subscriber's timestamp space, and without report blocks (they describe what
     /// the publisher received, which is none of the subscriber's business).
     pub fn rewritten(&self, ssrc: u32, timestamp_offset: u32) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_LEN + 4 + SENDER_INFO_LEN);
+        self.rewrite_into(&mut out, ssrc, timestamp_offset);
+        out
+    }
+
+    /// [`Self::rewritten`], appended to `out` (a reused buffer).
+    pub fn rewrite_into(&self, out: &mut Vec<u8>, ssrc: u32, timestamp_offset: u32) {
         let mut info = self.sender_info();
         info.rtp_timestamp = info.rtp_timestamp.wrapping_add(timestamp_offset);
-        write_sr(ssrc, &info, &[])
+        write_sr_into(out, ssrc, &info, &[]);
     }
 }
 
@@ -553,27 +560,37 @@ fn push_header(out: &mut Vec<u8>, count: u8, packet_type: u8, body_len: usize) {
 /// PLI (RFC 4585 §6.3.1), a reduced-size packet on its own.
 pub fn write_pli(sender_ssrc: u32, media_ssrc: u32) -> Vec<u8> {
     let mut out = Vec::with_capacity(12);
-    push_header(&mut out, FMT_PLI, PT_PSFB, 8);
+    write_pli_into(&mut out, sender_ssrc, media_ssrc);
+    out
+}
+
+/// [`write_pli`], appended to `out` (a reused buffer).
+pub fn write_pli_into(out: &mut Vec<u8>, sender_ssrc: u32, media_ssrc: u32) {
+    push_header(out, FMT_PLI, PT_PSFB, 8);
     out.extend_from_slice(&sender_ssrc.to_be_bytes());
     out.extend_from_slice(&media_ssrc.to_be_bytes());
-    out
 }
 
 /// FIR (RFC 5104 §4.3.1); the common media SSRC is 0 as the RFC requires.
 pub fn write_fir(sender_ssrc: u32, entries: &[FirEntry]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + 8 + 8 * entries.len());
+    write_fir_into(&mut out, sender_ssrc, entries);
+    out
+}
+
+/// [`write_fir`], appended to `out` (a reused buffer).
+pub fn write_fir_into(out: &mut Vec<u8>, sender_ssrc: u32, entries: &[FirEntry]) {
     let body_len = 8 + 8 * entries.len();
-    let mut out = Vec::with_capacity(HEADER_LEN + body_len);
-    push_header(&mut out, FMT_FIR, PT_PSFB, body_len);
+    push_header(out, FMT_FIR, PT_PSFB, body_len);
     out.extend_from_slice(&sender_ssrc.to_be_bytes());
     out.extend_from_slice(&0u32.to_be_bytes());
     for e in entries {
         out.extend_from_slice(&e.ssrc.to_be_bytes());
         out.extend_from_slice(&[e.seq_nr, 0, 0, 0]);
     }
-    out
 }
 
-fn write_rr_into(out: &mut Vec<u8>, sender_ssrc: u32, blocks: &[ReportBlock]) {
+fn write_one_rr(out: &mut Vec<u8>, sender_ssrc: u32, blocks: &[ReportBlock]) {
     push_header(
         out,
         blocks.len() as u8,
@@ -590,21 +607,38 @@ fn write_rr_into(out: &mut Vec<u8>, sender_ssrc: u32, blocks: &[ReportBlock]) {
 /// spill into further RR packets of the same compound.
 pub fn write_rr(sender_ssrc: u32, blocks: &[ReportBlock]) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + blocks.len() * REPORT_BLOCK_LEN);
+    write_rr_into(&mut out, sender_ssrc, blocks);
+    out
+}
+
+/// [`write_rr`], appended to `out` (a reused buffer).
+pub fn write_rr_into(out: &mut Vec<u8>, sender_ssrc: u32, blocks: &[ReportBlock]) {
     if blocks.is_empty() {
-        write_rr_into(&mut out, sender_ssrc, &[]);
+        write_one_rr(out, sender_ssrc, &[]);
     }
     for chunk in blocks.chunks(MAX_REPORT_BLOCKS) {
-        write_rr_into(&mut out, sender_ssrc, chunk);
+        write_one_rr(out, sender_ssrc, chunk);
     }
-    out
 }
 
 /// SR with sender info and up to 31 blocks; the rest spill into RR packets.
 pub fn write_sr(sender_ssrc: u32, info: &SenderInfo, blocks: &[ReportBlock]) -> Vec<u8> {
+    let mut out =
+        Vec::with_capacity(HEADER_LEN + 4 + SENDER_INFO_LEN + blocks.len() * REPORT_BLOCK_LEN + 8);
+    write_sr_into(&mut out, sender_ssrc, info, blocks);
+    out
+}
+
+/// [`write_sr`], appended to `out` (a reused buffer).
+pub fn write_sr_into(
+    out: &mut Vec<u8>,
+    sender_ssrc: u32,
+    info: &SenderInfo,
+    blocks: &[ReportBlock],
+) {
     let (first, rest) = blocks.split_at(blocks.len().min(MAX_REPORT_BLOCKS));
     let body_len = 4 + SENDER_INFO_LEN + first.len() * REPORT_BLOCK_LEN;
-    let mut out = Vec::with_capacity(HEADER_LEN + body_len);
-    push_header(&mut out, first.len() as u8, PT_SR, body_len);
+    push_header(out, first.len() as u8, PT_SR, body_len);
     out.extend_from_slice(&sender_ssrc.to_be_bytes());
     for v in [
         info.ntp_seconds,
@@ -616,12 +650,11 @@ pub fn write_sr(sender_ssrc: u32, info: &SenderInfo, blocks: &[ReportBlock]) -> 
         out.extend_from_slice(&v.to_be_bytes());
     }
     for b in first {
-        b.write(&mut out);
+        b.write(out);
     }
     for chunk in rest.chunks(MAX_REPORT_BLOCKS) {
-        write_rr_into(&mut out, sender_ssrc, chunk);
+        write_one_rr(out, sender_ssrc, chunk);
     }
-    out
 }
 
 /// Generic NACK for `lost` (RFC 4585 §6.2.1). Consecutive losses within 16 of an entry's

@@ -7,6 +7,9 @@
 #[derive(Debug)]
 pub(crate) struct RtxBuffer {
     capacity: usize,
+    /// First reservation of an entry's buffer: a whole packet of the track's usual size,
+    /// so that entries are not regrown packet after packet as sizes vary.
+    entry_reserve: usize,
     entries: Vec<Entry>,
     /// Packets stored so far; the next packet's arrival index.
     stored: u64,
@@ -20,6 +23,11 @@ struct Entry {
     data: Vec<u8>,
 }
 
+/// A full packet on a 1500-byte Ethernet MTU, which video packetisers fill.
+pub(crate) const VIDEO_ENTRY_RESERVE: usize = 1500;
+/// Audio frames are small; a larger one promotes its entry to [`VIDEO_ENTRY_RESERVE`].
+pub(crate) const AUDIO_ENTRY_RESERVE: usize = 256;
+
 /// A buffered packet and the arrival index it was stored under.
 pub(crate) struct Stored<'a> {
     pub data: &'a [u8],
@@ -27,16 +35,20 @@ pub(crate) struct Stored<'a> {
 }
 
 impl RtxBuffer {
-    pub(crate) fn new(capacity: usize) -> Self {
+    /// `entry_reserve`: the size most of the track's packets fit in (see
+    /// [`VIDEO_ENTRY_RESERVE`], [`AUDIO_ENTRY_RESERVE`]).
+    pub(crate) fn new(capacity: usize, entry_reserve: usize) -> Self {
         Self {
             capacity,
+            entry_reserve,
             entries: Vec::new(),
             stored: 0,
         }
     }
 
     /// Store a copy; returns its arrival index. Entry buffers are reused, so once the
-    /// ring has filled, storing allocates nothing.
+    /// ring has filled (and each entry has held a full-size packet), storing allocates
+    /// nothing.
     pub(crate) fn insert(&mut self, seq: u16, packet: &[u8]) -> u64 {
         let index = self.stored;
         self.stored += 1;
@@ -53,6 +65,16 @@ impl RtxBuffer {
             e.index = index;
             e.valid = true;
             e.data.clear();
+            // At most two allocations per entry for packets up to the MTU: the first
+            // reservation, and one promotion to a full packet; never one per packet.
+            if e.data.capacity() < packet.len() {
+                let full = if e.data.capacity() == 0 {
+                    self.entry_reserve
+                } else {
+                    VIDEO_ENTRY_RESERVE
+                };
+                e.data.reserve_exact(packet.len().max(full));
+            }
             e.data.extend_from_slice(packet);
         }
         index
@@ -77,7 +99,7 @@ mod tests {
 
     #[test]
     fn stores_and_evicts() {
-        let mut b = RtxBuffer::new(4);
+        let mut b = RtxBuffer::new(4, AUDIO_ENTRY_RESERVE);
         for seq in 10..14u16 {
             b.insert(seq, &[seq as u8]);
         }
@@ -90,7 +112,7 @@ mod tests {
 
     #[test]
     fn stale_lap_is_not_returned() {
-        let mut b = RtxBuffer::new(4);
+        let mut b = RtxBuffer::new(4, AUDIO_ENTRY_RESERVE);
         b.insert(1, &[1]);
         // A seq jump that skips slot 1 for more than a lap: the old entry is still in
         // the ring but far older than the buffer's window.
@@ -101,8 +123,19 @@ mod tests {
     }
 
     #[test]
+    fn entries_grow_once_to_a_full_packet() {
+        let mut b = RtxBuffer::new(1, AUDIO_ENTRY_RESERVE);
+        b.insert(0, &[0; 100]);
+        assert_eq!(b.entries[0].data.capacity(), AUDIO_ENTRY_RESERVE);
+        b.insert(1, &[0; 300]);
+        assert_eq!(b.entries[0].data.capacity(), VIDEO_ENTRY_RESERVE);
+        b.insert(2, &[0; 1400]);
+        assert_eq!(b.entries[0].data.capacity(), VIDEO_ENTRY_RESERVE);
+    }
+
+    #[test]
     fn zero_capacity_stores_nothing() {
-        let mut b = RtxBuffer::new(0);
+        let mut b = RtxBuffer::new(0, AUDIO_ENTRY_RESERVE);
         assert_eq!(b.insert(1, &[1]), 0);
         assert!(b.get(1).is_none());
     }

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::alloc_count;
 use super::rtcp::{self, FirEntry, Pli, RtcpPacket, SenderInfo};
 use super::rtp::RtpHeader;
 use super::*;
@@ -1136,4 +1137,192 @@ fn nack_answers_are_capped_per_window() {
     core.handle_rtcp(S, &nack(OUT, &[5, 6]), t0 + MS * 150)
         .expect("valid");
     assert_eq!(rtp_to(&drain(&mut core), S).len(), 2);
+}
+
+/// What one phase of [`warm_room_scenario`] allocated, by the path that did it (each
+/// including the draining and recycling of the outputs it produced).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct PathAllocations {
+    rtp: u64,
+    nack: u64,
+    keyframe_requests: u64,
+    sender_reports: u64,
+    receiver_reports: u64,
+}
+
+/// Hands every queued output's buffer back, as the logic thread does after sending.
+fn drain_recycling(core: &mut RoomCore, recycle: bool) {
+    while let Some(o) = core.poll_output() {
+        let (Output::Rtp { packet, .. } | Output::Rtcp { packet, .. }) = o;
+        if recycle {
+            core.recycle(packet);
+        }
+    }
+}
+
+/// Runs `f` and then drains the room, returning the allocations both made on this thread.
+fn counted(core: &mut RoomCore, recycle: bool, f: impl FnOnce(&mut RoomCore)) -> u64 {
+    let before = alloc_count::allocations();
+    f(core);
+    drain_recycling(core, recycle);
+    alloc_count::allocations() - before
+}
+
+/// An RTP packet of `len` bytes written into `buf`, so building it allocates nothing.
+fn rtp_in(buf: &mut [u8; 1500], ssrc: u32, pt: u8, seq: u16, ts: u32, len: usize) -> &[u8] {
+    buf[..12].copy_from_slice(&[0x80, pt, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    buf[2..4].copy_from_slice(&seq.to_be_bytes());
+    buf[4..8].copy_from_slice(&ts.to_be_bytes());
+    buf[8..12].copy_from_slice(&ssrc.to_be_bytes());
+    &buf[..len]
+}
+
+fn rtcp_word(buf: &mut [u8; 64], at: usize, v: u32) {
+    buf[at..at + 4].copy_from_slice(&v.to_be_bytes());
+}
+
+/// One publisher (video + audio), 25 subscribers taking both; 1 ms per step on a virtual
+/// clock. Per step: a video packet (200..1199 bytes, varying); every 4th step an audio
+/// packet (60..199 bytes); every 50th a NACK for 9 recent packets from one subscriber;
+/// every 100th a PLI, offset by 50 a FIR; every 200th an SR per track; every step a
+/// timer check with RRs due every 50 ms. Returns the allocations of the last
+/// `measured` steps, after `warmup` steps.
+fn warm_room_scenario(
+    warmup: u32,
+    measured: u32,
+    recycle: bool,
+) -> (PathAllocations, ForwardStats) {
+    const SUBS: u32 = 25;
+    let t0 = Instant::now();
+    let mut core = RoomCore::new(ForwardConfig {
+        rr_interval: MS * 50,
+        ..cfg()
+    });
+    core.add_publisher(A, vec![video(Some(A_VIDEO)), audio(Some(A_AUDIO))], t0);
+    core.set_ready(A, t0);
+    let subscribers = || (0..SUBS).map(|i| 100 + i);
+    for id in subscribers() {
+        core.add_subscriber(
+            id,
+            vec![
+                video_slot(0x1_0000 + id, 100),
+                audio_slot(0x2_0000 + id, 111),
+            ],
+            None,
+            t0,
+        );
+        core.set_ready(id, t0);
+    }
+    drain_recycling(&mut core, recycle);
+
+    let mut rtp_buf = [0u8; 1500];
+    let mut rtcp_buf = [0u8; 64];
+    let mut allocs = PathAllocations::default();
+    for step in 0..warmup + measured {
+        if step == warmup {
+            allocs = PathAllocations::default();
+            core.take_stats();
+        }
+        let now = t0 + MS * step;
+        let seq = step as u16;
+        let len = 200 + (step as usize * 389) % 1000;
+        let p = rtp_in(&mut rtp_buf, A_VIDEO, 96, seq, 3000 * (step / 33), len);
+        allocs.rtp += counted(&mut core, recycle, |c| {
+            c.handle_rtp(A, p, now).expect("valid RTP");
+        });
+        if step % 4 == 0 {
+            let len = 60 + (step as usize * 53) % 140;
+            let p = rtp_in(
+                &mut rtp_buf,
+                A_AUDIO,
+                111,
+                (step / 4) as u16,
+                960 * (step / 4),
+                len,
+            );
+            allocs.rtp += counted(&mut core, recycle, |c| {
+                c.handle_rtp(A, p, now).expect("valid RTP");
+            });
+        }
+        let sub = 100 + (step / 50) % SUBS;
+        if step % 50 == 49 {
+            // Generic NACK: PID 20 packets back and every other one after it. Slots bound
+            // before the first packet, so the subscriber's seqs equal the publisher's.
+            rtcp_buf[..4].copy_from_slice(&[0x81, rtcp::PT_RTPFB, 0, 3]);
+            rtcp_word(&mut rtcp_buf, 4, 0x77);
+            rtcp_word(&mut rtcp_buf, 8, 0x1_0000 + sub);
+            rtcp_word(
+                &mut rtcp_buf,
+                12,
+                u32::from(seq.wrapping_sub(20)) << 16 | 0x5555,
+            );
+            let p = &rtcp_buf[..16];
+            allocs.nack += counted(&mut core, recycle, |c| {
+                c.handle_rtcp(sub, p, now).expect("valid NACK");
+            });
+        }
+        if step % 100 == 10 {
+            rtcp_buf[..4].copy_from_slice(&[0x81, rtcp::PT_PSFB, 0, 2]);
+            rtcp_word(&mut rtcp_buf, 4, 0x77);
+            rtcp_word(&mut rtcp_buf, 8, 0x1_0000 + sub);
+            let p = &rtcp_buf[..12];
+            allocs.keyframe_requests += counted(&mut core, recycle, |c| {
+                c.handle_rtcp(sub, p, now).expect("valid PLI");
+            });
+        }
+        if step % 100 == 60 {
+            rtcp_buf[..4].copy_from_slice(&[0x84, rtcp::PT_PSFB, 0, 4]);
+            rtcp_word(&mut rtcp_buf, 4, 0x77);
+            rtcp_word(&mut rtcp_buf, 8, 0);
+            rtcp_word(&mut rtcp_buf, 12, 0x1_0000 + sub);
+            rtcp_word(&mut rtcp_buf, 16, step << 24);
+            let p = &rtcp_buf[..20];
+            allocs.keyframe_requests += counted(&mut core, recycle, |c| {
+                c.handle_rtcp(sub, p, now).expect("valid FIR");
+            });
+        }
+        if step % 200 == 100 {
+            for ssrc in [A_VIDEO, A_AUDIO] {
+                rtcp_buf[..4].copy_from_slice(&[0x80, rtcp::PT_SR, 0, 6]);
+                for (i, v) in [ssrc, step, step << 16, 90 * step, step, 1000 * step]
+                    .into_iter()
+                    .enumerate()
+                {
+                    rtcp_word(&mut rtcp_buf, 4 + 4 * i, v);
+                }
+                let p = &rtcp_buf[..28];
+                allocs.sender_reports += counted(&mut core, recycle, |c| {
+                    c.handle_rtcp(A, p, now).expect("valid SR");
+                });
+            }
+        }
+        allocs.receiver_reports += counted(&mut core, recycle, |c| c.handle_timeout(now));
+    }
+    (allocs, core.take_stats())
+}
+
+#[test]
+fn warm_room_forwards_answers_and_reports_without_allocating() {
+    // Warm-up covers one lap of every retransmission ring: the audio track's 512 entries
+    // fill at one packet per 4 steps, so first uses end after 2,048 steps.
+    let (allocs, stats) = warm_room_scenario(2_400, 10_000, true);
+    // Every path really ran in the measured phase.
+    assert_eq!(stats.rtp_forwarded, 12_500 * 25);
+    assert_eq!(stats.nacks_received, 200);
+    assert_eq!(stats.retransmissions, 200 * 9);
+    assert!(stats.plis_sent >= 20, "{stats:?}");
+    assert_eq!(stats.sr_forwarded, 2 * 50 * 25);
+    assert_eq!(stats.rr_sent, 200);
+    assert_eq!(allocs, PathAllocations::default());
+}
+
+/// The counter sees the allocations the pool removes: without recycling, every copy
+/// allocates again.
+#[test]
+fn without_recycling_every_copy_allocates() {
+    let (allocs, stats) = warm_room_scenario(200, 1_000, false);
+    assert!(allocs.rtp >= stats.rtp_forwarded, "{allocs:?} {stats:?}");
+    assert!(allocs.nack >= stats.retransmissions, "{allocs:?} {stats:?}");
+    assert!(allocs.sender_reports >= stats.sr_forwarded, "{allocs:?}");
+    assert!(allocs.receiver_reports >= stats.rr_sent, "{allocs:?}");
 }
