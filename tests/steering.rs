@@ -76,11 +76,6 @@ fn send_media(gw: &Gateway, run: &Run) {
             client.send(gw.udp, &fake_dtls(s as u32));
             client.send(gw.udp, &fake_rtp(s as u16));
         }
-        // The counts below must be exact, and UDP drops what a socket buffer cannot hold:
-        // on a 2-core machine a logic thread can sit descheduled while thousands of
-        // unpaced datagrams arrive (seen once in CI: whole clients at 0). Pace the burst so
-        // a loss can only mean a steering fault. (256 clients: ~130 ms in all.)
-        std::thread::sleep(Duration::from_micros(500));
     }
 }
 

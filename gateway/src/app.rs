@@ -50,7 +50,21 @@ async fn run_async(config: Config) -> Result<(), StartError> {
     let shutdown = ShutdownSignals::register().map_err(StartError::Runtime)?;
     let prepared = steering::prepare(&config)?;
 
-    let sockets = net::bind_group(config.udp_bind, config.threads)?;
+    let sockets = net::bind_group(config.udp_bind, config.threads, config.buffers)?;
+    // Every socket got the same request; the first one tells what the kernel granted.
+    let buffers = sockets
+        .first()
+        .map(|s| net::buffers::size_buffers(s, config.buffers));
+    if let Some(b) = buffers.filter(|b| !b.capped_sysctls().is_empty()) {
+        warn!(
+            recv_requested = b.recv.requested,
+            recv_effective = b.recv.effective,
+            send_requested = b.send.requested,
+            send_effective = b.send.effective,
+            "socket buffers are smaller than requested (no CAP_NET_ADMIN to force them); bursts may be dropped: raise sysctl {}",
+            b.capped_sysctls().join(" and ")
+        );
+    }
     let local_addr = sockets
         .first()
         .and_then(|s| s.local_addr().ok())
@@ -104,6 +118,7 @@ async fn run_async(config: Config) -> Result<(), StartError> {
             identity: identity.clone(),
             candidates: candidates.clone(),
             limits: limits.clone(),
+            buffers: config.buffers,
         });
     }
     let (handles, joins) = logic::spawn_all(setups).map_err(StartError::Threads)?;
@@ -115,6 +130,7 @@ async fn run_async(config: Config) -> Result<(), StartError> {
         udp_port: local_addr.port(),
         udp_addr: local_addr.to_string(),
         auth_token: config.auth_token.clone(),
+        buffers,
     });
     let metrics_addr = match metrics_listener {
         Some(listener) => {

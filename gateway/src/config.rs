@@ -12,6 +12,8 @@ use std::{
 use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 
+use crate::net::BufferSizes;
+
 /// How packets reach the logic thread that owns their room.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -97,6 +99,17 @@ pub struct Cli {
     /// Most sessions in one room; more answer 503. [default: 64]
     #[arg(long, value_name = "N")]
     pub max_participants_per_room: Option<String>,
+
+    /// Kernel receive buffer of every media socket (bytes, or with a K/M/G suffix). In eBPF
+    /// mode one socket per thread absorbs the bursts of all its clients. Set past
+    /// net.core.rmem_max with CAP_NET_ADMIN, else capped there with a warning. [default: 8M]
+    #[arg(long, value_name = "BYTES")]
+    pub recv_buffer: Option<String>,
+
+    /// Kernel send buffer of every media socket (bytes, or with a K/M/G suffix); capped at
+    /// net.core.wmem_max without CAP_NET_ADMIN. [default: 4M]
+    #[arg(long, value_name = "BYTES")]
+    pub send_buffer: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -113,6 +126,8 @@ struct FileConfig {
     auth_token: Option<String>,
     max_sessions: Option<toml::Value>,
     max_participants_per_room: Option<toml::Value>,
+    recv_buffer: Option<toml::Value>,
+    send_buffer: Option<toml::Value>,
 }
 
 /// The validated configuration.
@@ -129,6 +144,7 @@ pub struct Config {
     pub auth_token: Option<String>,
     pub max_sessions: usize,
     pub max_participants_per_room: usize,
+    pub buffers: BufferSizes,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -266,7 +282,20 @@ impl Config {
                 .or(file.max_participants_per_room.map(toml_scalar)),
             DEFAULT_MAX_PARTICIPANTS_PER_ROOM,
         )?;
+        let buffers = BufferSizes {
+            recv: parse_size(
+                "--recv-buffer",
+                cli.recv_buffer.or(file.recv_buffer.map(toml_scalar)),
+                crate::net::buffers::DEFAULT_RECV_BUFFER,
+            )?,
+            send: parse_size(
+                "--send-buffer",
+                cli.send_buffer.or(file.send_buffer.map(toml_scalar)),
+                crate::net::buffers::DEFAULT_SEND_BUFFER,
+            )?,
+        };
         Ok(Config {
+            buffers,
             auth_token,
             max_sessions,
             max_participants_per_room,
@@ -332,6 +361,41 @@ fn parse_limit(
     }
 }
 
+/// Smallest and largest socket buffer accepted (the kernel's own floor is ~2 KiB).
+const BUFFER_RANGE: std::ops::RangeInclusive<usize> = 1024..=(1 << 30);
+
+/// Bytes, optionally with a binary K, M or G suffix ("8M" = 8 MiB).
+fn parse_size(
+    option: &'static str,
+    raw: Option<String>,
+    default: usize,
+) -> Result<usize, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(default);
+    };
+    let invalid = |reason: String| ConfigError::Invalid {
+        option,
+        value: raw.clone(),
+        reason,
+    };
+    let text = raw.trim();
+    let (digits, shift) = match text.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&text[..i], 10),
+        Some((i, 'm' | 'M')) => (&text[..i], 20),
+        Some((i, 'g' | 'G')) => (&text[..i], 30),
+        _ => (text, 0),
+    };
+    let n: usize = digits
+        .trim()
+        .parse()
+        .map_err(|e| invalid(format!("{e} (expected bytes, e.g. 8388608 or 8M)")))?;
+    let bytes = n
+        .checked_mul(1 << shift)
+        .filter(|b| BUFFER_RANGE.contains(b))
+        .ok_or_else(|| invalid("must be between 1K and 1G".into()))?;
+    Ok(bytes)
+}
+
 fn parse_threads(raw: &str) -> Result<usize, ConfigError> {
     let invalid = |reason: String| ConfigError::Invalid {
         option: "--threads",
@@ -377,6 +441,21 @@ mod tests {
         assert_eq!(c.http_bind, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(c.steering, SteeringMode::Auto);
         assert!(c.threads >= 1);
+        assert_eq!(c.buffers, BufferSizes::default());
+    }
+
+    #[test]
+    fn buffer_sizes_take_suffixes_from_flags_and_file() {
+        let c = Config::from_cli(cli(&["--recv-buffer", "16M", "--send-buffer", "64k"])).unwrap();
+        assert_eq!(c.buffers.recv, 16 << 20);
+        assert_eq!(c.buffers.send, 64 << 10);
+        let dir = std::env::temp_dir().join(format!("roomgate-buf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "recv_buffer = 4096\nsend_buffer = \"1M\"\n").unwrap();
+        let c = Config::from_cli(cli(&["--config", path.to_str().unwrap()])).unwrap();
+        assert_eq!(c.buffers.recv, 4096);
+        assert_eq!(c.buffers.send, 1 << 20);
     }
 
     #[test]
@@ -400,6 +479,9 @@ mod tests {
             ),
             (&["--auth-token", "has space"][..], "--auth-token"),
             (&["--auth-token", ""][..], "--auth-token"),
+            (&["--recv-buffer", "lots"][..], "--recv-buffer"),
+            (&["--recv-buffer", "2G"][..], "--recv-buffer"),
+            (&["--send-buffer", "100"][..], "--send-buffer"),
         ] {
             let err = Config::from_cli(cli(args)).expect_err("must be rejected");
             let msg = err.to_string();

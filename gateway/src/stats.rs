@@ -6,7 +6,7 @@
 //! thread.
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::{ice::StunOutcome, media::UnprotectFailure};
+use crate::{ice::StunOutcome, media::UnprotectFailure, net::SendErrno};
 
 #[derive(Default)]
 pub struct Counter(AtomicU64);
@@ -83,8 +83,12 @@ pub struct ThreadStats {
     pub consent_expired: Counter,
     /// Datagrams whose handling panicked (a bug): caught, counted, dropped.
     pub datagram_panics: Counter,
-    /// Send errors other than "would block".
-    pub send_errors: Counter,
+    /// Failed sends, by [`SendErrno`] index; the datagram is lost.
+    pub send_errors: [Counter; SendErrno::ALL.len()],
+    /// Datagrams the kernel dropped before this thread could read them (receive buffer
+    /// full), by [`SOCKET_KINDS`] index: the group socket, and the connected sockets
+    /// (closed ones included). Read from SO_MEMINFO every sweep.
+    pub socket_receive_drops: [Counter; SOCKET_KINDS.len()],
     pub rooms: Counter,
     pub sessions: Counter,
     pub connected_sockets: Counter,
@@ -97,6 +101,9 @@ pub struct ThreadStats {
     stun: [Counter; StunOutcome::ALL.len()],
     pub media: MediaStats,
 }
+
+/// Label values of [`ThreadStats::socket_receive_drops`].
+pub const SOCKET_KINDS: [&str; 2] = ["group", "connected"];
 
 /// DTLS, SRTP and forwarding counters of one thread (same single-writer rule).
 #[derive(Default)]

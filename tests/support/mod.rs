@@ -2,6 +2,8 @@
 //! its HTTP API, and act as an ICE client with real STUN over real UDP sockets.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::{
     io::{BufRead, BufReader, Read},
     net::{IpAddr, SocketAddr, UdpSocket},

@@ -326,6 +326,32 @@ pub fn render(state: &ApiState) -> Result<String, prometheus::Error> {
     }
     collectors.push(Box::new(busy));
     collectors.push(Box::new(by_state));
+    let drops = counter(
+        "roomgate_socket_receive_drops_total",
+        "Datagrams the kernel dropped before the logic thread read them (receive buffer full), by socket kind (group, connected); from SO_MEMINFO, refreshed every 500 ms.",
+        &["thread", "socket"],
+    )?;
+    let send_errors = counter(
+        "roomgate_send_errors_total",
+        "Datagrams the kernel refused to send, by errno; each is lost.",
+        &["thread", "errno"],
+    )?;
+    for (i, h) in state.threads.iter().enumerate() {
+        let t = i.to_string();
+        for (kind, c) in crate::stats::SOCKET_KINDS
+            .iter()
+            .zip(&h.stats.socket_receive_drops)
+        {
+            drops.with_label_values(&[t.as_str(), kind]).inc_by(c.get());
+        }
+        for e in crate::net::SendErrno::ALL {
+            send_errors
+                .with_label_values(&[t.as_str(), e.name()])
+                .inc_by(h.stats.send_errors[e as usize].get());
+        }
+    }
+    collectors.push(Box::new(drops));
+    collectors.push(Box::new(send_errors));
     let flows = gauge(
         "roomgate_flows_pinned",
         "Client addresses currently pinned (eBPF flow-map entries or connected sockets).",

@@ -33,6 +33,8 @@ pub struct ApiState {
     pub udp_addr: String,
     /// `--auth-token`: required as a bearer token on signaling endpoints when set.
     pub auth_token: Option<String>,
+    /// What the kernel granted for the media sockets' buffers.
+    pub buffers: Option<crate::net::EffectiveBuffers>,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -244,7 +246,15 @@ async fn status(State(state): State<Arc<ApiState>>) -> Json<Value> {
                 "unpin_failures": s.unpin_failures.get(),
                 "consent_expired": s.consent_expired.get(),
                 "connected_sockets": s.connected_sockets.get(),
-                "send_errors": s.send_errors.get(),
+                "send_errors": crate::net::SendErrno::ALL
+                    .iter()
+                    .map(|e| (e.name().to_owned(), json!(s.send_errors[*e as usize].get())))
+                    .collect::<serde_json::Map<String, Value>>(),
+                "socket_receive_drops": crate::stats::SOCKET_KINDS
+                    .iter()
+                    .zip(&s.socket_receive_drops)
+                    .map(|(k, c)| ((*k).to_owned(), json!(c.get())))
+                    .collect::<serde_json::Map<String, Value>>(),
                 "datagram_panics": s.datagram_panics.get(),
                 "stun": stun,
                 "media": media_status(&s.media),
@@ -267,6 +277,7 @@ async fn status(State(state): State<Arc<ApiState>>) -> Json<Value> {
         "fallback_reason": state.steering.fallback_reason,
         "udp_addr": state.udp_addr,
         "public_ip": state.public_ip.to_string(),
+        "socket_buffers": state.buffers,
         "threads": threads,
         "ebpf": ebpf,
     }))

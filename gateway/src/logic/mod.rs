@@ -162,6 +162,8 @@ pub struct ThreadSetup {
     /// Host candidates written into SDP answers.
     pub candidates: Vec<SocketAddr>,
     pub limits: Limits,
+    /// Kernel buffer sizes for the connected sockets this thread opens.
+    pub buffers: net::BufferSizes,
 }
 
 pub fn spawn_all(setups: Vec<ThreadSetup>) -> io::Result<(Vec<ThreadHandle>, Vec<JoinHandle<()>>)> {
@@ -215,6 +217,7 @@ struct ConnSocket {
     state: UdpSocketState,
     /// Canonical client address this socket is connected to.
     peer: SocketAddr,
+    drops: net::DropTracker,
 }
 
 struct LogicThread {
@@ -257,6 +260,8 @@ struct LogicThread {
     dtls_fed: bool,
     /// Reused buffer for a room's forwarding output.
     outputs: Vec<Output>,
+    buffers: net::BufferSizes,
+    group_drops: net::DropTracker,
 }
 
 impl LogicThread {
@@ -306,6 +311,8 @@ impl LogicThread {
             handshaking: 0,
             dtls_fed: false,
             outputs: Vec::new(),
+            buffers: setup.buffers,
+            group_drops: net::DropTracker::default(),
         })
     }
 
@@ -926,7 +933,7 @@ impl LogicThread {
             }
             _ => self.local_addr,
         };
-        let std_socket = net::open_connected(local, reply.to)?;
+        let std_socket = net::open_connected(local, reply.to, self.buffers)?;
         let state = UdpSocketState::new(UdpSockRef::from(&std_socket))?;
         net::disable_gro(&std_socket);
         let mut socket = UdpSocket::from_std(std_socket);
@@ -945,6 +952,7 @@ impl LogicThread {
             socket,
             state,
             peer,
+            drops: net::DropTracker::default(),
         };
         if index == self.conns.len() {
             self.conns.push(Some(conn));
@@ -973,6 +981,8 @@ impl LogicThread {
                 ActiveMode::Connected => {
                     if let Some(index) = self.conn_by_peer.remove(&addr) {
                         if let Some(mut conn) = self.conns.get_mut(index).and_then(Option::take) {
+                            // Its last drops, before the socket and its counter are gone.
+                            self.stats.socket_receive_drops[1].add(conn.drops.poll(&conn.socket));
                             let _ = self.poll.registry().deregister(&mut conn.socket);
                             self.free_conns.push(index);
                         }
@@ -1043,7 +1053,7 @@ impl LogicThread {
                 }
             }
             Err(e) => {
-                self.stats.send_errors.inc();
+                self.stats.send_errors[net::SendErrno::of(&e) as usize].inc();
                 trace!(thread = self.index, to = %reply.to, error = %e, "send failed");
             }
         }
@@ -1412,6 +1422,7 @@ impl LogicThread {
     /// Consent freshness (RFC 7675): a session with no valid check for 30 s loses its
     /// pins; it stays listed (state "expired") until the backend deletes it.
     fn sweep(&mut self, now: Instant) {
+        self.poll_receive_drops();
         let expired: Vec<String> = self
             .sessions
             .iter_mut()
@@ -1475,6 +1486,18 @@ impl LogicThread {
             }
             self.send_outputs();
         }
+    }
+
+    /// Fold the kernel's per-socket drop counts into the thread's counters. One
+    /// getsockopt per socket per sweep: cheap next to the datagrams a socket carries.
+    fn poll_receive_drops(&mut self) {
+        let group = self.group_drops.poll(&self.group);
+        self.stats.socket_receive_drops[0].add(group);
+        let mut connected = 0;
+        for conn in self.conns.iter_mut().flatten() {
+            connected += conn.drops.poll(&conn.socket);
+        }
+        self.stats.socket_receive_drops[1].add(connected);
     }
 
     fn update_gauges(&self) {

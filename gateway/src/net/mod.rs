@@ -1,4 +1,7 @@
 //! Socket construction: the SO_REUSEPORT group and connected per-client sockets.
+pub mod buffers;
+mod errno;
+
 use std::{
     collections::HashSet,
     io,
@@ -7,6 +10,9 @@ use std::{
 };
 
 use socket2::{Domain, Protocol, SockFilter, Socket, Type};
+
+pub use buffers::{BufferSizes, DropTracker, EffectiveBuffers};
+pub use errno::SendErrno;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -33,8 +39,10 @@ pub enum NetError {
     },
 }
 
-fn new_udp_socket(addr: SocketAddr) -> io::Result<Socket> {
+fn new_udp_socket(addr: SocketAddr, buffers: BufferSizes) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Before bind: a socket joins the group (and can receive) as soon as it is bound.
+    buffers::size_buffers(&socket, buffers);
     // SO_REUSEADDR too, so the connected fallback's per-client sockets can bind the
     // same address:port next to the group.
     socket.set_reuse_address(true)?;
@@ -46,13 +54,17 @@ fn new_udp_socket(addr: SocketAddr) -> io::Result<Socket> {
     Ok(socket)
 }
 
-/// Bind `threads` sockets to one address as a SO_REUSEPORT group. Port 0 picks a free
-/// port for the first socket and the others follow it.
-pub fn bind_group(addr: SocketAddr, threads: usize) -> Result<Vec<UdpSocket>, NetError> {
+/// Bind `threads` sockets to one address as a SO_REUSEPORT group, each with `buffers`.
+/// Port 0 picks a free port for the first socket and the others follow it.
+pub fn bind_group(
+    addr: SocketAddr,
+    threads: usize,
+    buffers: BufferSizes,
+) -> Result<Vec<UdpSocket>, NetError> {
     let mut sockets = Vec::with_capacity(threads);
     let mut bind_addr = addr;
     for index in 0..threads {
-        let socket = new_udp_socket(bind_addr).map_err(|source| NetError::Create {
+        let socket = new_udp_socket(bind_addr, buffers).map_err(|source| NetError::Create {
             index,
             addr: bind_addr,
             source,
@@ -157,9 +169,13 @@ fn socket_inode(fd: i32) -> Option<u64> {
 /// and the kernel's hash could hand it another client's datagram; a drop-everything
 /// socket filter during that window keeps such datagrams from being misdelivered (their
 /// senders retransmit), and is removed once the socket only matches its client.
-pub fn open_connected(local: SocketAddr, peer: SocketAddr) -> io::Result<UdpSocket> {
+pub fn open_connected(
+    local: SocketAddr,
+    peer: SocketAddr,
+    buffers: BufferSizes,
+) -> io::Result<UdpSocket> {
     const DROP_ALL: [SockFilter; 1] = [SockFilter::new(0x06 /* BPF_RET|BPF_K */, 0, 0, 0)];
-    let socket = new_udp_socket(local)?;
+    let socket = new_udp_socket(local, buffers)?;
     socket.attach_filter(&DROP_ALL)?;
     socket.bind(&local.into())?;
     socket.connect(&peer.into())?;
@@ -210,13 +226,21 @@ mod tests {
     fn a_socket_on_another_address_with_the_same_port_is_not_a_conflict() {
         let other = UdpSocket::bind("127.0.0.2:0").unwrap();
         let port = other.local_addr().unwrap().port();
-        let group = bind_group(SocketAddr::from(([127, 0, 0, 1], port)), 2)
-            .expect("no conflict with 127.0.0.2");
+        let group = bind_group(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            2,
+            BufferSizes::default(),
+        )
+        .expect("no conflict with 127.0.0.2");
         assert_eq!(group.len(), 2);
         // A wildcard bind on that port does overlap.
         drop(group);
-        let err =
-            bind_group(SocketAddr::from(([0, 0, 0, 0], port)), 1).expect_err("overlaps 127.0.0.2");
+        let err = bind_group(
+            SocketAddr::from(([0, 0, 0, 0], port)),
+            1,
+            BufferSizes::default(),
+        )
+        .expect_err("overlaps 127.0.0.2");
         assert!(
             matches!(err, NetError::Bind { .. } | NetError::PortShared { .. }),
             "{err}"
