@@ -155,6 +155,31 @@ fn assert_media_families(text: &str, threads: usize) {
         product(&[&t, &["srtp", "srtcp"], &reasons]),
         "{UNPROTECT_FAILURES}"
     );
+    // Every place the kernel can drop or refuse a datagram has one series per thread and
+    // kind, present (at zero) before anything was lost.
+    let got = label_sets(
+        text,
+        "roomgate_socket_receive_drops_total",
+        "counter",
+        &["thread", "socket"],
+    );
+    assert_eq!(got, product(&[&t, &["group", "connected"]]), "receive drops");
+    let got = label_sets(
+        text,
+        "roomgate_send_errors_total",
+        "counter",
+        &["thread", "errno"],
+    );
+    let errnos = [
+        "eagain",
+        "enobufs",
+        "eperm",
+        "econnrefused",
+        "ehostunreach",
+        "emsgsize",
+        "other",
+    ];
+    assert_eq!(got, product(&[&t, &errnos]), "send errors");
 
     // The histogram: HANDSHAKE_BUCKETS_MS in seconds plus +Inf, cumulative, per thread,
     // and _count equal to the +Inf bucket.
@@ -407,6 +432,8 @@ fn exposition_is_valid_bounded_and_matches_status() {
         "ebpf_embedded",
         "kind",
         "reason",
+        "socket",
+        "errno",
     ]
     .into();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
