@@ -163,7 +163,11 @@ fn assert_media_families(text: &str, threads: usize) {
         "counter",
         &["thread", "socket"],
     );
-    assert_eq!(got, product(&[&t, &["group", "connected"]]), "receive drops");
+    assert_eq!(
+        got,
+        product(&[&t, &["group", "connected"]]),
+        "receive drops"
+    );
     let got = label_sets(
         text,
         "roomgate_send_errors_total",
