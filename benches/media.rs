@@ -1,25 +1,48 @@
-//! `cargo xtask bench media`: SFU forwarding over the real media path.
+//! `cargo xtask bench media`: SFU forwarding over the real media path, against the
+//! kernel's own cost for the same fan-out (a plain UDP relay) and against Janus, with the
+//! same load generator in the same run.
 //!
-//! Starts the release `roomgate` binary, creates R rooms with one publisher and S
-//! subscribers each through WHIP/WHEP + ICE + DTLS + SRTP with the test client
-//! (`tests/support/webrtc.rs`), lets every publisher send video at a configured bitrate
-//! (~1100-byte packets, 30 frames/s) plus 50 packets/s of audio for a fixed time, and
-//! measures, per steering mode:
+//! roomgate runs as the release binary in network namespace `rgb-gw` behind a veth pair
+//! (`--path veth`, default; `--path loopback` keeps everything on 127.0.0.1), the load
+//! generator stays in the root namespace. R rooms get one publisher and S subscribers each
+//! through WHIP/WHEP + ICE + DTLS + SRTP with the test client (`tests/support/webrtc.rs`).
+//! Every publisher sends video at a configured bitrate (~1100-byte packets, 30 frames/s)
+//! plus 50 packets/s of audio for a fixed time. Measured per steering mode:
 //!
 //! - forwarded packets/s from the gateway's `rtp_forwarded` counter and from what the
-//!   subscribers actually decrypted; loss = 1 - received / (sent x S);
-//! - the gateway's CPU per forwarded packet: utime+stime of /proc/<pid>/stat (the whole
-//!   process) and, more precisely, the schedstat ns of its logic threads;
-//! - the latency the path adds: every payload carries its send time (same host, same
-//!   clock); subscribers record receive - send after decryption (p50/p99). This includes
-//!   the client's own SRTP work and scheduling on both ends, not only the gateway.
+//!   subscribers received; loss = 1 - received / (sent x S);
+//! - the gateway's CPU per forwarded packet: schedstat ns of all its threads (the whole
+//!   process; the relay is measured the same way) and of its logic threads only;
+//! - the latency the path adds: payloads carry their send time (same host, same clock);
+//!   subscribers record receive - send after decryption (p50/p99);
+//! - a burst: `--burst N` datagrams sent back to back by the publishers, as fast as the
+//!   sender can, after the steady run; how many the gateway did not forward, and the
+//!   kernel's `UdpRcvbufErrors` in the gateway's namespace.
+//!
+//! Baselines, each on the same path, load and schedule: (a) a plain UDP fan-out relay
+//! (`benches/util/relay.rs`: recvmmsg, then sendmmsg or sendto per copy, no crypto), whose
+//! CPU per copy is the kernel's floor; (b) Janus (`benches/janus/`), when present.
+//!
+//! `--capacity` raises the subscribers per room step by step (x `--growth`) with the
+//! gateway on one logic thread pinned to CPU 1 and the load generator pinned to CPU 0,
+//! until loss exceeds `--max-loss` or p99 added latency exceeds `--max-p99-ms`, and reports
+//! the largest passing step. Subscribers then count datagrams with recvmmsg and decrypt
+//! only one in `--sample` (`benches/util/counting.rs`), so the generator stays cheaper
+//! than the gateway; the report says which CPU saturated.
 //!
 //! Knobs (flags after `--`, or environment variables):
 //! `--rooms N` (ROOMGATE_BENCH_ROOMS, 4), `--subs N` (ROOMGATE_BENCH_SUBS, 25),
 //! `--secs N` (ROOMGATE_BENCH_SECS, 10), `--kbps N` (ROOMGATE_BENCH_KBPS, 600),
-//! `--threads N` (ROOMGATE_BENCH_THREADS, gateway logic threads, default nproc),
-//! `--modes ebpf,connected` (ROOMGATE_BENCH_MODES). The client runtime's worker threads:
-//! ROOMGATE_CLIENT_THREADS (default 2).
+//! `--threads N` (ROOMGATE_BENCH_THREADS, default nproc; 1 with --capacity),
+//! `--modes ebpf,connected` (ROOMGATE_BENCH_MODES; ebpf with --capacity),
+//! `--path veth|loopback` (veth), `--relay-send sendmmsg,sendto|none` (both),
+//! `--pin yes|no` (gateway/relay on CPU 1, load generator on CPU 0; yes with --capacity),
+//! `--sample N` (decrypt 1 in N received packets; 1 = every packet, 16 with --capacity),
+//! `--burst N` (2000; 0 = none), `--janus yes|no` (yes when a `janus` binary exists),
+//! `--capacity`, `--growth F` (1.5), `--max-steps N` (12), `--max-loss PCT` (0.1),
+//! `--max-p99-ms MS` (50). The client runtime's worker threads: ROOMGATE_CLIENT_THREADS
+//! (default 2).
+mod janus;
 #[path = "../tests/support/mod.rs"]
 mod support;
 mod util;
@@ -28,18 +51,40 @@ mod webrtc;
 
 use std::{
     fmt::Write as _,
-    sync::Mutex,
+    net::{IpAddr, SocketAddr, UdpSocket},
+    os::fd::AsRawFd,
+    sync::{atomic::Ordering::Relaxed, Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use support::{eventually, require_root, sum_threads, Gateway};
-use util::{cpu_ns, machine, threads_named};
-use webrtc::{Delivery, Kind, Peer, PeerConfig, Stream};
+use util::{
+    baseline::BaselineOutcome,
+    counting::Counter,
+    cpu::{
+        busy_between, cores, cpu_jiffies, pin_current_thread, process_cpu_ns, raise_nofile_limit,
+    },
+    cpu_ns, machine,
+    netns::{pin_wrapper, Path, VethNs, NS},
+    relay::{self, Relay, SendMode},
+    threads_named,
+};
+use webrtc::{
+    now_ns, payload_stamp, random_u32, DatagramSampler, Delivery, DetachedPeer, Kind, Peer,
+    PeerConfig, Stream,
+};
 
 const VIDEO_PAYLOAD: usize = 1100;
 const AUDIO_PAYLOAD: usize = 160;
 const AUDIO_PPS: f64 = 50.0;
 const FPS: f64 = 30.0;
+/// AEAD_AES_128_GCM tag: the relay's datagrams carry as many bytes as SRTP ones.
+const SRTP_TAG: usize = 16;
+/// With pinning, the server (gateway, relay) gets this CPU and the load generator the other.
+const SERVER_CPU: usize = 1;
+const LOADGEN_CPU: usize = 0;
+/// A side counts as saturated above this busy fraction of its CPU.
+const SATURATED: f64 = 0.9;
 
 /// Published anchors (other projects, other hardware; see the report's caveat).
 const SRS_PLAYERS_PER_CORE: f64 = 2000.0;
@@ -53,6 +98,17 @@ struct Settings {
     kbps: u64,
     threads: usize,
     modes: Vec<String>,
+    path: Path,
+    relay_send: Vec<SendMode>,
+    pin: bool,
+    sample: u64,
+    burst: u64,
+    janus: bool,
+    capacity: bool,
+    growth: f64,
+    max_steps: usize,
+    max_loss: f64,
+    max_p99_ms: f64,
 }
 
 impl Settings {
@@ -64,26 +120,66 @@ impl Settings {
                 .and_then(|i| args.get(i + 1).cloned())
                 .or_else(|| std::env::var(env).ok())
         };
-        let num = |flag: &str, env: &str, default: u64| -> u64 {
+        let num = |flag: &str, env: &str, default: f64| -> f64 {
             get(flag, env).map_or(default, |v| {
                 v.parse()
                     .unwrap_or_else(|_| panic!("{flag}/{env}: not a number: {v:?}"))
             })
         };
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        Settings {
-            rooms: num("--rooms", "ROOMGATE_BENCH_ROOMS", 4) as usize,
-            subs: num("--subs", "ROOMGATE_BENCH_SUBS", 25) as usize,
-            secs: num("--secs", "ROOMGATE_BENCH_SECS", 10),
-            kbps: num("--kbps", "ROOMGATE_BENCH_KBPS", 600),
-            threads: num("--threads", "ROOMGATE_BENCH_THREADS", cores as u64) as usize,
-            modes: get("--modes", "ROOMGATE_BENCH_MODES")
-                .unwrap_or_else(|| "ebpf,connected".into())
+        let yes = |flag: &str, default: bool| -> bool {
+            match get(flag, "").as_deref() {
+                None => default,
+                Some("yes" | "on" | "true" | "1") => true,
+                Some("no" | "off" | "false" | "0") => false,
+                Some(v) => panic!("{flag}: expected yes or no, got {v:?}"),
+            }
+        };
+        let list = |flag: &str, env: &str, default: &str| -> Vec<String> {
+            get(flag, env)
+                .unwrap_or_else(|| default.into())
                 .split(',')
                 .map(str::trim)
-                .filter(|m| !m.is_empty())
+                .filter(|m| !m.is_empty() && *m != "none")
                 .map(str::to_owned)
+                .collect()
+        };
+        let capacity = args.iter().any(|a| a == "--capacity");
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let path_name = get("--path", "ROOMGATE_BENCH_PATH").unwrap_or_else(|| "veth".into());
+        Settings {
+            rooms: num("--rooms", "ROOMGATE_BENCH_ROOMS", 4.0) as usize,
+            subs: num("--subs", "ROOMGATE_BENCH_SUBS", 25.0) as usize,
+            secs: num("--secs", "ROOMGATE_BENCH_SECS", 10.0) as u64,
+            kbps: num("--kbps", "ROOMGATE_BENCH_KBPS", 600.0) as u64,
+            threads: num(
+                "--threads",
+                "ROOMGATE_BENCH_THREADS",
+                if capacity { 1.0 } else { cores as f64 },
+            ) as usize,
+            modes: list(
+                "--modes",
+                "ROOMGATE_BENCH_MODES",
+                if capacity { "ebpf" } else { "ebpf,connected" },
+            ),
+            path: Path::parse(&path_name)
+                .unwrap_or_else(|| panic!("--path: veth or loopback, not {path_name:?}")),
+            relay_send: list("--relay-send", "", "sendmmsg,sendto")
+                .iter()
+                .map(|m| {
+                    SendMode::parse(m).unwrap_or_else(|| {
+                        panic!("--relay-send: sendmmsg, sendto or none, not {m:?}")
+                    })
+                })
                 .collect(),
+            pin: yes("--pin", capacity) && cores >= 2,
+            sample: num("--sample", "", if capacity { 16.0 } else { 1.0 }).max(1.0) as u64,
+            burst: num("--burst", "", 2000.0) as u64,
+            janus: yes("--janus", janus_available()),
+            capacity,
+            growth: num("--growth", "", 1.5).max(1.01),
+            max_steps: num("--max-steps", "", 12.0).max(1.0) as usize,
+            max_loss: num("--max-loss", "", 0.1) / 100.0,
+            max_p99_ms: num("--max-p99-ms", "", 50.0),
         }
     }
 
@@ -95,75 +191,177 @@ impl Settings {
     fn stream_pps(&self) -> f64 {
         self.video_pps() + AUDIO_PPS
     }
-}
 
-struct Outcome {
-    mode: String,
-    sessions: usize,
-    wall: Duration,
-    sent: u64,
-    send_drops: u64,
-    forwarded: u64,
-    received: u64,
-    process_cpu_ns: u64,
-    logic_cpu_ns: u64,
-    client_cpu_ns: u64,
-    p50_us: f64,
-    p99_us: f64,
-    max_us: f64,
-    setup: Duration,
-    handoffs: u64,
-    misdelivered: u64,
-    srtp_failures: u64,
-    gateway_unprotect_failures: u64,
-}
-
-impl Outcome {
-    fn expected(&self, subs: usize) -> u64 {
-        self.sent * subs as u64
-    }
-    fn loss(&self, subs: usize) -> f64 {
-        1.0 - self.received as f64 / self.expected(subs).max(1) as f64
-    }
-    fn forwarded_per_sec(&self) -> f64 {
-        self.forwarded as f64 / self.wall.as_secs_f64()
-    }
-    fn received_per_sec(&self) -> f64 {
-        self.received as f64 / self.wall.as_secs_f64()
-    }
-    fn ns_per_forwarded(&self) -> f64 {
-        self.process_cpu_ns as f64 / self.forwarded.max(1) as f64
-    }
-    fn logic_ns_per_forwarded(&self) -> f64 {
-        self.logic_cpu_ns as f64 / self.forwarded.max(1) as f64
-    }
-    /// Forwarded packets per second of gateway CPU (= per fully used core).
-    fn per_core_pps(&self) -> f64 {
-        1e9 / self.ns_per_forwarded().max(1.0)
-    }
-    fn gateway_cores(&self) -> f64 {
-        self.process_cpu_ns as f64 / self.wall.as_nanos() as f64
-    }
-    fn client_cores(&self) -> f64 {
-        self.client_cpu_ns as f64 / self.wall.as_nanos() as f64
+    fn server_cpu(&self) -> Option<usize> {
+        self.pin.then_some(SERVER_CPU)
     }
 }
 
-/// utime+stime of a process in ns (clock ticks from /proc/<pid>/stat).
-fn process_cpu_ns(pid: &str) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
-    };
-    // Fields after the parenthesised comm: state is field 3, utime 14, stime 15.
-    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
-        return 0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    ticks * 1_000_000_000 / hz
+fn janus_available() -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("janus").is_file()))
+}
+
+/// Where the server under test runs: its namespace (veth path) and its CPU.
+struct Net {
+    path: Path,
+    ns: Option<VethNs>,
+    server_cpu: Option<usize>,
+}
+
+impl Net {
+    fn new(s: &Settings) -> Net {
+        let ns = match s.path {
+            Path::Veth => Some(VethNs::create().expect("create the bench namespace")),
+            Path::Loopback => None,
+        };
+        Net {
+            path: s.path,
+            ns,
+            server_cpu: s.server_cpu(),
+        }
+    }
+
+    /// Command prefix for a server process: into the namespace, onto its CPU.
+    fn server_wrapper(&self) -> Vec<String> {
+        match &self.ns {
+            Some(ns) => ns.wrapper(self.server_cpu),
+            None => pin_wrapper(self.server_cpu),
+        }
+    }
+
+    fn client_ip(&self) -> IpAddr {
+        self.path.client_ip().parse().expect("client ip constant")
+    }
+
+    /// The kernel's UDP receive-buffer drops (`UdpRcvbufErrors`, /proc/net/snmp) in the
+    /// server's namespace. On loopback this includes the load generator's own sockets.
+    fn udp_rcvbuf_errors(&self) -> Option<u64> {
+        let snmp = match &self.ns {
+            Some(_) => {
+                let out = std::process::Command::new("ip")
+                    .args(["netns", "exec", NS, "cat", "/proc/net/snmp"])
+                    .output()
+                    .ok()?;
+                String::from_utf8(out.stdout).ok()?
+            }
+            None => std::fs::read_to_string("/proc/net/snmp").ok()?,
+        };
+        let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
+        let names: Vec<&str> = udp.next()?.split_whitespace().collect();
+        let values: Vec<&str> = udp.next()?.split_whitespace().collect();
+        let at = names.iter().position(|n| *n == "RcvbufErrors")?;
+        values.get(at)?.parse().ok()
+    }
+}
+
+/// Pace `sources` senders: video packets spread evenly at the configured bitrate (frames
+/// of several packets, marker on the last), audio at 50 packets/s, staggered across
+/// senders. `send(i, kind, packets_per_frame)` sends one packet of sender `i` and says
+/// whether the socket took it. Returns (sent, drops).
+fn send_schedule(
+    sources: usize,
+    settings: &Settings,
+    duration: Duration,
+    mut send: impl FnMut(usize, Kind, u32) -> bool,
+) -> (u64, u64) {
+    let video_every = Duration::from_secs_f64(1.0 / settings.video_pps());
+    let audio_every = Duration::from_secs_f64(1.0 / AUDIO_PPS);
+    let per_frame = (settings.video_pps() / FPS).ceil().max(1.0) as u32;
+    let start = Instant::now();
+    let n = sources.max(1) as u32;
+    let mut state: Vec<(Instant, Instant)> = (0..sources)
+        .map(|i| {
+            (
+                start + video_every * i as u32 / n,
+                start + audio_every * i as u32 / n,
+            )
+        })
+        .collect();
+    let (mut sent, mut drops) = (0u64, 0u64);
+    let end = start + duration;
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        let mut earliest = end;
+        for (i, (next_v, next_a)) in state.iter_mut().enumerate() {
+            for (next, every, kind) in [
+                (&mut *next_v, video_every, Kind::Video),
+                (&mut *next_a, audio_every, Kind::Audio),
+            ] {
+                while *next <= now {
+                    if send(i, kind, per_frame) {
+                        sent += 1;
+                    } else {
+                        drops += 1;
+                    }
+                    *next += every;
+                }
+                earliest = earliest.min(*next);
+            }
+        }
+        let wait = earliest.saturating_duration_since(Instant::now());
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
+    }
+    (sent, drops)
+}
+
+fn next_packet(streams: &mut (Stream, Stream), kind: Kind, per_frame: u32) -> Vec<u8> {
+    match kind {
+        Kind::Video => streams.0.next(VIDEO_PAYLOAD, per_frame),
+        Kind::Audio => streams.1.next(AUDIO_PAYLOAD, 1),
+    }
+    .to_bytes()
+}
+
+/// The WebRTC publishers' sender: SRTP-protect and send without blocking.
+fn send_webrtc(
+    publishers: &[Peer],
+    streams: &mut [(Stream, Stream)],
+    settings: &Settings,
+    duration: Duration,
+) -> (u64, u64) {
+    send_schedule(
+        publishers.len(),
+        settings,
+        duration,
+        |i, kind, per_frame| {
+            let p = &publishers[i];
+            p.try_send_raw(&p.protect_rtp(&next_packet(&mut streams[i], kind, per_frame)))
+        },
+    )
+}
+
+fn media_sum(status: &serde_json::Value, key: &str) -> u64 {
+    status["threads"]
+        .as_array()
+        .map(|ts| {
+            ts.iter()
+                .map(|t| t["media"][key].as_u64().unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn unprotect_failures(st: &serde_json::Value) -> u64 {
+    ["auth", "replay", "malformed", "other"]
+        .iter()
+        .map(|k| {
+            st["threads"].as_array().map_or(0, |ts| {
+                ts.iter()
+                    .map(|t| {
+                        t["media"]["srtp_unprotect_failures"][k]
+                            .as_u64()
+                            .unwrap_or(0)
+                    })
+                    .sum()
+            })
+        })
+        .sum()
 }
 
 fn percentile(sorted: &[u64], q: f64) -> f64 {
@@ -199,183 +397,377 @@ fn connect_many(count: usize, make: impl Fn(usize) -> Peer + Sync + Send) -> Vec
         .collect()
 }
 
-/// Pace every publisher: video packets spread evenly at the configured bitrate (frames
-/// of several packets, marker on the last), audio at 50 packets/s. `streams` (video,
-/// audio) per publisher carry seq/ts across calls, as a real sender's would. Returns
-/// (sent, drops).
-fn send_for(
-    publishers: &[Peer],
-    streams: &mut [(Stream, Stream)],
-    settings: &Settings,
-    duration: Duration,
-) -> (u64, u64) {
-    let video_every = Duration::from_secs_f64(1.0 / settings.video_pps());
-    let audio_every = Duration::from_secs_f64(1.0 / AUDIO_PPS);
-    let per_frame = (settings.video_pps() / FPS).ceil().max(1.0) as u32;
-    let start = Instant::now();
-    let n = publishers.len().max(1) as u32;
-    // (next video, next audio), staggered across rooms.
-    let mut state: Vec<(Instant, Instant)> = (0..publishers.len())
-        .map(|i| {
-            (
-                start + video_every * i as u32 / n,
-                start + audio_every * i as u32 / n,
-            )
-        })
-        .collect();
-    let (mut sent, mut drops) = (0u64, 0u64);
-    let end = start + duration;
-    loop {
-        let now = Instant::now();
-        if now >= end {
-            break;
-        }
-        let mut earliest = end;
-        for ((p, (next_v, next_a)), (video, audio)) in publishers
-            .iter()
-            .zip(state.iter_mut())
-            .zip(streams.iter_mut())
-        {
-            while *next_v <= now {
-                let pkt = video.next(VIDEO_PAYLOAD, per_frame);
-                if p.try_send_raw(&p.protect_rtp(&pkt.to_bytes())) {
-                    sent += 1;
-                } else {
-                    drops += 1;
-                }
-                *next_v += video_every;
-            }
-            while *next_a <= now {
-                let pkt = audio.next(AUDIO_PAYLOAD, 1);
-                if p.try_send_raw(&p.protect_rtp(&pkt.to_bytes())) {
-                    sent += 1;
-                } else {
-                    drops += 1;
-                }
-                *next_a += audio_every;
-            }
-            earliest = earliest.min(*next_v).min(*next_a);
-        }
-        let wait = earliest.saturating_duration_since(Instant::now());
-        if !wait.is_zero() {
-            std::thread::sleep(wait);
-        }
-    }
-    (sent, drops)
-}
-
-fn media_sum(status: &serde_json::Value, key: &str) -> u64 {
-    status["threads"]
-        .as_array()
-        .map(|ts| {
-            ts.iter()
-                .map(|t| t["media"][key].as_u64().unwrap_or(0))
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
-fn run(mode: &str, settings: &Settings) -> Outcome {
-    let gw = Gateway::builder(mode, settings.threads)
+fn start_gateway(mode: &str, s: &Settings, net: &Net, max_per_room: usize) -> Gateway {
+    let ip = net.path.server_ip();
+    let gw = Gateway::builder(mode, s.threads)
+        .wrapper(net.server_wrapper())
+        .set("--udp-bind", format!("{ip}:0"))
+        .set("--http-bind", format!("{ip}:0"))
+        .set("--public-ip", ip)
         .set("--log-level", "warn")
-        .set("--public-ip", "127.0.0.1")
         .set(
             "--max-participants-per-room",
-            (settings.subs + 1).max(64).to_string(),
+            (max_per_room + 1).max(64).to_string(),
         )
         .set(
             "--max-sessions",
-            (settings.rooms * (settings.subs + 1))
-                .max(10_000)
-                .to_string(),
+            (s.rooms * (max_per_room + 1)).max(10_000).to_string(),
         )
         .start();
     assert_eq!(gw.mode, mode, "{}", gw.stderr());
-    let base = format!("http://{}", gw.http);
-    let t0 = Instant::now();
-    let publishers = connect_many(settings.rooms, |r| {
+    gw
+}
+
+fn connect_publishers(base: &str, s: &Settings, net: &Net) -> Vec<Peer> {
+    let ip = net.client_ip();
+    connect_many(s.rooms, |r| {
         let mut cfg = PeerConfig::publisher();
         cfg.delivery = Delivery::Stats;
-        webrtc::publish(&base, &format!("bench-{r}"), cfg)
-    });
-    let subscribers = connect_many(settings.rooms * settings.subs, |i| {
-        let r = i / settings.subs.max(1);
+        cfg.bind_ip = ip;
+        webrtc::publish(base, &format!("bench-{r}"), cfg)
+    })
+}
+
+/// `per_room` more subscribers in every room.
+fn connect_subscribers(base: &str, publishers: &[Peer], per_room: usize, net: &Net) -> Vec<Peer> {
+    let ip = net.client_ip();
+    connect_many(publishers.len() * per_room, |i| {
+        let r = i % publishers.len();
         let mut cfg = PeerConfig::subscriber();
         cfg.delivery = Delivery::Stats;
+        cfg.bind_ip = ip;
         webrtc::subscribe(
-            &base,
+            base,
             &format!("bench-{r}"),
             Some(&publishers[r].participant),
             cfg,
         )
-    });
-    let sessions = publishers.len() + subscribers.len();
-    let all_connected = eventually(Duration::from_secs(30), || {
-        (0..settings.rooms).all(|r| {
+    })
+}
+
+fn wait_connected(gw: &Gateway, rooms: usize, subs: usize) {
+    let all_connected = eventually(Duration::from_secs(60), || {
+        (0..rooms).all(|r| {
             let (_, v) = gw.get(&format!("/api/rooms/bench-{r}"));
             v["participants"].as_array().is_some_and(|ps| {
-                ps.len() == settings.subs + 1 && ps.iter().all(|p| p["dtls_state"] == "connected")
+                ps.len() == subs + 1 && ps.iter().all(|p| p["dtls_state"] == "connected")
             })
         })
     });
     assert!(all_connected, "not every session reached DTLS connected");
-    let setup = t0.elapsed();
+}
 
-    // Warm-up, then discard what it produced.
-    let mut streams: Vec<(Stream, Stream)> = publishers
-        .iter()
-        .map(|p| {
-            (
-                Stream::for_peer(p, Kind::Video),
-                Stream::for_peer(p, Kind::Audio),
-            )
-        })
-        .collect();
-    send_for(&publishers, &mut streams, settings, Duration::from_secs(1));
-    std::thread::sleep(Duration::from_millis(600));
-    for s in &subscribers {
-        s.take_latencies();
+/// The subscribers and how their packets are counted: each peer's own reader decrypting
+/// every packet, or one recvmmsg loop over all of them that decrypts a sample.
+enum Subscribers {
+    Full(Vec<Peer>),
+    Counting {
+        peers: Vec<DetachedPeer>,
+        counter: Option<Counter>,
+        sample: u64,
+    },
+}
+
+impl Subscribers {
+    fn new(sample: u64) -> Subscribers {
+        if sample <= 1 {
+            Subscribers::Full(Vec::new())
+        } else {
+            Subscribers::Counting {
+                peers: Vec::new(),
+                counter: None,
+                sample,
+            }
+        }
     }
 
+    fn add(&mut self, new: Vec<Peer>) {
+        match self {
+            Subscribers::Full(peers) => peers.extend(new),
+            Subscribers::Counting {
+                peers,
+                counter,
+                sample,
+            } => {
+                // One loop for every socket: stop it, add the new ones, start it again.
+                counter.take();
+                peers.extend(new.into_iter().map(Peer::detach));
+                let fds = peers.iter().map(|p| p.fd).collect();
+                let samplers: Vec<DatagramSampler> =
+                    peers.iter().map(|p| p.sampler.clone()).collect();
+                *counter = Some(
+                    Counter::spawn(
+                        fds,
+                        *sample,
+                        Box::new(move |i, d| {
+                            if let Some(s) = samplers.get(i) {
+                                s.handle(d)
+                            }
+                        }),
+                    )
+                    .expect("start the counting receiver"),
+                );
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Subscribers::Full(p) => p.len(),
+            Subscribers::Counting { peers, .. } => peers.len(),
+        }
+    }
+
+    fn counters(&self) -> Vec<&webrtc::PeerCounters> {
+        match self {
+            Subscribers::Full(p) => p.iter().map(Peer::counters).collect(),
+            Subscribers::Counting { peers, .. } => {
+                peers.iter().map(|p| p.sampler.counters()).collect()
+            }
+        }
+    }
+
+    /// RTP packets received so far (all of them, decrypted or only counted).
+    fn received(&self) -> u64 {
+        match self {
+            Subscribers::Full(p) => p.iter().map(Peer::rtp_received).sum(),
+            Subscribers::Counting { counter, .. } => counter.as_ref().map_or(0, Counter::total),
+        }
+    }
+
+    /// RTP packets decrypted and checked so far.
+    fn decrypted(&self) -> u64 {
+        self.counters().iter().map(|c| c.rtp.load(Relaxed)).sum()
+    }
+
+    fn srtp_failures(&self) -> u64 {
+        self.counters()
+            .iter()
+            .map(|c| c.srtp_failures.load(Relaxed))
+            .sum()
+    }
+
+    fn take_latencies(&self) -> Vec<u64> {
+        match self {
+            Subscribers::Full(p) => p.iter().flat_map(Peer::take_latencies).collect(),
+            Subscribers::Counting { peers, .. } => peers
+                .iter()
+                .flat_map(|p| p.sampler.take_latencies())
+                .collect(),
+        }
+    }
+}
+
+/// One measured window of a roomgate run.
+struct Outcome {
+    mode: String,
+    subs: usize,
+    sessions: usize,
+    wall: Duration,
+    sent: u64,
+    send_drops: u64,
+    forwarded: u64,
+    received: u64,
+    process_cpu_ns: u64,
+    logic_cpu_ns: u64,
+    client_cpu_ns: u64,
+    busy: Vec<f64>,
+    p50_us: f64,
+    p99_us: f64,
+    max_us: f64,
+    samples: usize,
+    setup: Duration,
+    handoffs: u64,
+    misdelivered: u64,
+    decrypted: u64,
+    srtp_failures: u64,
+    gateway_unprotect_failures: u64,
+    rcvbuf_errors: Option<u64>,
+    burst: Option<Burst>,
+}
+
+impl Outcome {
+    fn expected(&self) -> u64 {
+        self.sent * self.subs as u64
+    }
+    fn loss(&self) -> f64 {
+        1.0 - self.received as f64 / self.expected().max(1) as f64
+    }
+    fn forwarded_per_sec(&self) -> f64 {
+        self.forwarded as f64 / self.wall.as_secs_f64()
+    }
+    fn received_per_sec(&self) -> f64 {
+        self.received as f64 / self.wall.as_secs_f64()
+    }
+    fn ns_per_forwarded(&self) -> f64 {
+        self.process_cpu_ns as f64 / self.forwarded.max(1) as f64
+    }
+    fn logic_ns_per_forwarded(&self) -> f64 {
+        self.logic_cpu_ns as f64 / self.forwarded.max(1) as f64
+    }
+    /// Forwarded packets per second of gateway CPU (= per fully used core).
+    fn per_core_pps(&self) -> f64 {
+        1e9 / self.ns_per_forwarded().max(1.0)
+    }
+    fn gateway_cores(&self) -> f64 {
+        cores(self.process_cpu_ns, self.wall)
+    }
+    fn client_cores(&self) -> f64 {
+        cores(self.client_cpu_ns, self.wall)
+    }
+    fn passes(&self, s: &Settings) -> bool {
+        self.loss() <= s.max_loss && self.p99_us <= s.max_p99_ms * 1000.0
+    }
+}
+
+struct Burst {
+    sent: u64,
+    send_drops: u64,
+    /// Datagrams of the burst the gateway did not forward (`sent - forwarded / subs`).
+    lost_at_gateway: i64,
+    copies_expected: u64,
+    copies_received: u64,
+    rcvbuf_errors: Option<u64>,
+    gateway_drops: Option<u64>,
+}
+
+/// Sum of a per-thread counter in /api/status when the gateway reports it (kernel-side
+/// receive drops, being added by issue 8), searched at the thread level and in `media`.
+fn status_drops(st: &serde_json::Value) -> Option<u64> {
+    let ts = st["threads"].as_array()?;
+    let mut found = false;
+    let mut sum = 0;
+    for t in ts {
+        for v in [
+            &t["socket_receive_drops"],
+            &t["media"]["socket_receive_drops"],
+        ] {
+            if let Some(n) = v.as_u64() {
+                found = true;
+                sum += n;
+            }
+        }
+    }
+    found.then_some(sum)
+}
+
+/// `total` datagrams, split across the publishers and sent back to back (pre-protected,
+/// so the sender is as fast as it can be), after the steady traffic stopped.
+fn run_burst(
+    gw: &Gateway,
+    publishers: &[Peer],
+    streams: &mut [(Stream, Stream)],
+    subscribers: &Subscribers,
+    total: u64,
+    net: &Net,
+) -> Burst {
+    let subs = subscribers.len() / publishers.len().max(1);
+    let per = (total / publishers.len().max(1) as u64).max(1);
+    let per_frame = per.min(u64::from(u32::MAX)) as u32;
+    let packets: Vec<Vec<Vec<u8>>> = publishers
+        .iter()
+        .zip(streams.iter_mut())
+        .map(|(p, st)| {
+            (0..per)
+                .map(|_| p.protect_rtp(&next_packet(st, Kind::Video, per_frame)))
+                .collect()
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = gw.status();
+    let rcv0 = net.udp_rcvbuf_errors();
+    let received0 = subscribers.received();
+    let (mut sent, mut send_drops) = (0u64, 0u64);
+    for (p, ds) in publishers.iter().zip(&packets) {
+        for d in ds {
+            // A full client socket blocks, as a blocking sender would; it is not retried.
+            if p.try_send_raw(d) {
+                sent += 1;
+            } else {
+                send_drops += 1;
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    let after = settled_status(gw);
+    let forwarded = media_sum(&after, "rtp_forwarded") - media_sum(&before, "rtp_forwarded");
+    Burst {
+        sent,
+        send_drops,
+        lost_at_gateway: sent as i64 - (forwarded / subs.max(1) as u64) as i64,
+        copies_expected: sent * subs as u64,
+        copies_received: subscribers.received() - received0,
+        rcvbuf_errors: net
+            .udp_rcvbuf_errors()
+            .zip(rcv0)
+            .map(|(a, b)| a.saturating_sub(b)),
+        gateway_drops: status_drops(&after)
+            .zip(status_drops(&before))
+            .map(|(a, b)| a.saturating_sub(b)),
+    }
+}
+
+/// /api/status once the threads' counters stopped moving: they are folded every ~500 ms,
+/// later when a logic thread is busy, and a window must not miss its last packets.
+fn settled_status(gw: &Gateway) -> serde_json::Value {
+    let mut last = gw.status();
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(700));
+        let now = gw.status();
+        if media_sum(&now, "rtp_forwarded") == media_sum(&last, "rtp_forwarded") {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
+/// Warm up, then measure one window of `s.secs` at the current subscriber count.
+#[allow(clippy::too_many_arguments)]
+fn measure(
+    mode: &str,
+    gw: &Gateway,
+    publishers: &[Peer],
+    streams: &mut [(Stream, Stream)],
+    subscribers: &Subscribers,
+    s: &Settings,
+    net: &Net,
+    setup: Duration,
+) -> Outcome {
+    send_webrtc(publishers, streams, s, Duration::from_secs(1));
+    std::thread::sleep(Duration::from_millis(600));
+    subscribers.take_latencies();
+    let (decrypted0, failures0) = (subscribers.decrypted(), subscribers.srtp_failures());
     let pid = gw.pid();
     let pid_s = pid.to_string();
     let logic = threads_named(pid, "roomgate-logic");
     let before = gw.status();
-    let received0: u64 = subscribers.iter().map(Peer::rtp_received).sum();
-    let cpu0 = process_cpu_ns(&pid_s);
-    let logic0 = cpu_ns(pid, &logic);
-    let client0 = process_cpu_ns("self");
-    let started = Instant::now();
-    let (sent, send_drops) = send_for(
-        &publishers,
-        &mut streams,
-        settings,
-        Duration::from_secs(settings.secs),
+    let rcv0 = net.udp_rcvbuf_errors();
+    let received0 = subscribers.received();
+    let (cpu0, logic0, client0) = (
+        process_cpu_ns(&pid_s),
+        cpu_ns(pid, &logic),
+        process_cpu_ns("self"),
     );
+    let jiffies0 = cpu_jiffies();
+    let started = Instant::now();
+    let (sent, send_drops) = send_webrtc(publishers, streams, s, Duration::from_secs(s.secs));
     let wall = started.elapsed();
-    // Let in-flight packets land and the counters fold (~500 ms).
+    // Let in-flight packets land, then the counters fold (~500 ms).
     std::thread::sleep(Duration::from_millis(300));
-    let received: u64 = subscribers.iter().map(Peer::rtp_received).sum::<u64>() - received0;
+    let received = subscribers.received() - received0;
     let cpu = process_cpu_ns(&pid_s) - cpu0;
     let logic_cpu = cpu_ns(pid, &logic) - logic0;
     let client_cpu = process_cpu_ns("self") - client0;
-    std::thread::sleep(Duration::from_millis(700));
-    let after = gw.status();
+    let busy = busy_between(&jiffies0, &cpu_jiffies());
+    let after = settled_status(gw);
     let forwarded = media_sum(&after, "rtp_forwarded") - media_sum(&before, "rtp_forwarded");
-
-    let mut lat: Vec<u64> = subscribers.iter().flat_map(Peer::take_latencies).collect();
+    let mut lat = subscribers.take_latencies();
     lat.sort_unstable();
-    let srtp_failures = subscribers
-        .iter()
-        .map(|s| {
-            s.counters()
-                .srtp_failures
-                .load(std::sync::atomic::Ordering::Relaxed)
-        })
-        .sum();
-    let outcome = Outcome {
+    Outcome {
         mode: mode.to_owned(),
-        sessions,
+        subs: subscribers.len() / publishers.len().max(1),
+        sessions: publishers.len() + subscribers.len(),
         wall,
         sent,
         send_drops,
@@ -384,109 +776,403 @@ fn run(mode: &str, settings: &Settings) -> Outcome {
         process_cpu_ns: cpu,
         logic_cpu_ns: logic_cpu,
         client_cpu_ns: client_cpu,
+        busy,
         p50_us: percentile(&lat, 0.50),
         p99_us: percentile(&lat, 0.99),
         max_us: percentile(&lat, 1.0),
+        samples: lat.len(),
         setup,
         handoffs: sum_threads(&after, "handoffs"),
         misdelivered: sum_threads(&after, "misdelivered"),
-        srtp_failures,
-        gateway_unprotect_failures: ["auth", "replay", "malformed", "other"]
-            .iter()
-            .map(|k| {
-                let f = |st: &serde_json::Value| -> u64 {
-                    st["threads"].as_array().map_or(0, |ts| {
-                        ts.iter()
-                            .map(|t| {
-                                t["media"]["srtp_unprotect_failures"][k]
-                                    .as_u64()
-                                    .unwrap_or(0)
-                            })
-                            .sum()
-                    })
-                };
-                f(&after) - f(&before)
-            })
-            .sum(),
-    };
+        decrypted: subscribers.decrypted() - decrypted0,
+        srtp_failures: subscribers.srtp_failures() - failures0,
+        gateway_unprotect_failures: unprotect_failures(&after) - unprotect_failures(&before),
+        rcvbuf_errors: net
+            .udp_rcvbuf_errors()
+            .zip(rcv0)
+            .map(|(a, b)| a.saturating_sub(b)),
+        burst: None,
+    }
+}
+
+fn new_streams(publishers: &[Peer]) -> Vec<(Stream, Stream)> {
+    publishers
+        .iter()
+        .map(|p| {
+            (
+                Stream::for_peer(p, Kind::Video),
+                Stream::for_peer(p, Kind::Audio),
+            )
+        })
+        .collect()
+}
+
+/// The fixed-load run: `s.rooms` x (1 + `s.subs`), one window, then the burst.
+fn run_roomgate(mode: &str, s: &Settings, net: &Net) -> Outcome {
+    let gw = start_gateway(mode, s, net, s.subs);
+    let base = format!("http://{}", gw.http);
+    let t0 = Instant::now();
+    let publishers = connect_publishers(&base, s, net);
+    let mut subscribers = Subscribers::new(s.sample);
+    subscribers.add(connect_subscribers(&base, &publishers, s.subs, net));
+    wait_connected(&gw, s.rooms, s.subs);
+    let setup = t0.elapsed();
+    let mut streams = new_streams(&publishers);
+    let mut o = measure(
+        mode,
+        &gw,
+        &publishers,
+        &mut streams,
+        &subscribers,
+        s,
+        net,
+        setup,
+    );
+    if s.burst > 0 {
+        o.burst = Some(run_burst(
+            &gw,
+            &publishers,
+            &mut streams,
+            &subscribers,
+            s.burst,
+            net,
+        ));
+    }
     drop(subscribers);
     drop(publishers);
-    outcome
+    o
+}
+
+/// Capacity: more subscribers per room each step (x `s.growth`) on one gateway, until a
+/// step fails the loss or latency bound or `s.max_steps` ran. Returns every step.
+fn run_capacity(mode: &str, s: &Settings, net: &Net) -> Vec<Outcome> {
+    let mut target = s.subs.max(1);
+    let mut max_per_room = target;
+    for _ in 1..s.max_steps {
+        max_per_room = ((max_per_room as f64 * s.growth).ceil() as usize).max(max_per_room + 1);
+    }
+    let gw = start_gateway(mode, s, net, max_per_room);
+    let base = format!("http://{}", gw.http);
+    let publishers = connect_publishers(&base, s, net);
+    let mut streams = new_streams(&publishers);
+    let mut subscribers = Subscribers::new(s.sample);
+    let mut steps = Vec::new();
+    for step in 0..s.max_steps {
+        let have = subscribers.len() / s.rooms.max(1);
+        let t0 = Instant::now();
+        subscribers.add(connect_subscribers(&base, &publishers, target - have, net));
+        wait_connected(&gw, s.rooms, target);
+        let setup = t0.elapsed();
+        let o = measure(
+            mode,
+            &gw,
+            &publishers,
+            &mut streams,
+            &subscribers,
+            s,
+            net,
+            setup,
+        );
+        let pass = o.passes(s);
+        eprintln!(
+            "capacity {mode} step {step}: {} subscribers/room, loss {:.3}%, p99 {:.1} ms, gateway {:.2} cores, load generator {:.2} cores: {}",
+            o.subs,
+            o.loss() * 100.0,
+            o.p99_us / 1000.0,
+            o.gateway_cores(),
+            o.client_cores(),
+            if pass { "pass" } else { "fail" }
+        );
+        steps.push(o);
+        if !pass {
+            break;
+        }
+        target = ((target as f64 * s.growth).ceil() as usize).max(target + 1);
+    }
+    steps
+}
+
+/// A relay run: what the load generator saw plus the relay's own counters.
+struct RelayRun {
+    outcome: BaselineOutcome,
+    send_errors: u64,
+    relay_copies: u64,
+    client_cpu_ns: u64,
+    busy: Vec<f64>,
+    p50_us: f64,
+    p99_us: f64,
+    rcvbuf_errors: Option<u64>,
+}
+
+/// Baseline (a): the same rooms, schedule and packet sizes through the plain relay.
+fn run_relay(send: SendMode, s: &Settings, net: &Net) -> RelayRun {
+    let ip = net.client_ip();
+    let bind = |nonblocking: bool| {
+        let u = UdpSocket::bind(SocketAddr::new(ip, 0)).expect("bind a load-generator socket");
+        u.set_nonblocking(nonblocking).expect("nonblocking");
+        u
+    };
+    let publishers: Vec<UdpSocket> = (0..s.rooms).map(|_| bind(true)).collect();
+    let subscribers: Vec<UdpSocket> = (0..s.rooms * s.subs).map(|_| bind(true)).collect();
+    let local = |u: &UdpSocket| u.local_addr().expect("local addr");
+    let rooms: Vec<(SocketAddr, Vec<SocketAddr>)> = publishers
+        .iter()
+        .enumerate()
+        .map(|(r, p)| {
+            (
+                local(p),
+                subscribers[r * s.subs..(r + 1) * s.subs]
+                    .iter()
+                    .map(local)
+                    .collect(),
+            )
+        })
+        .collect();
+    let relay = Relay::start(&net.server_wrapper(), net.path.server_ip(), send, &rooms)
+        .expect("start the relay");
+    let latencies = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let counter = {
+        let latencies = latencies.clone();
+        Counter::spawn(
+            subscribers.iter().map(AsRawFd::as_raw_fd).collect(),
+            s.sample,
+            Box::new(move |_, d| {
+                if let Some((sent, _)) =
+                    webrtc::RtpPacket::parse(d).and_then(|p| payload_stamp(&p.payload))
+                {
+                    if let Ok(mut l) = latencies.lock() {
+                        l.push(now_ns().saturating_sub(sent));
+                    }
+                }
+            }),
+        )
+        .expect("start the counting receiver")
+    };
+    let mut streams: Vec<(Stream, Stream)> = (0..s.rooms)
+        .map(|_| {
+            (
+                Stream::new(Kind::Video, random_u32(), 96),
+                Stream::new(Kind::Audio, random_u32(), 111),
+            )
+        })
+        .collect();
+    let to = relay.addr;
+    let mut send_for = |d: Duration| {
+        send_schedule(s.rooms, s, d, |i, kind, per_frame| {
+            let mut pkt = next_packet(&mut streams[i], kind, per_frame);
+            pkt.resize(pkt.len() + SRTP_TAG, 0);
+            publishers[i].send_to(&pkt, to).is_ok()
+        })
+    };
+    send_for(Duration::from_secs(1));
+    std::thread::sleep(Duration::from_millis(600));
+    latencies.lock().expect("latency lock").clear();
+    let pid = relay.pid().to_string();
+    let rcv0 = net.udp_rcvbuf_errors();
+    let received0 = counter.total();
+    let (cpu0, client0) = (process_cpu_ns(&pid), process_cpu_ns("self"));
+    let jiffies0 = cpu_jiffies();
+    let started = Instant::now();
+    let (sent, _drops) = send_for(Duration::from_secs(s.secs));
+    let wall = started.elapsed();
+    std::thread::sleep(Duration::from_millis(300));
+    let received = counter.total() - received0;
+    let cpu = process_cpu_ns(&pid) - cpu0;
+    let client_cpu = process_cpu_ns("self") - client0;
+    let busy = busy_between(&jiffies0, &cpu_jiffies());
+    let rcvbuf_errors = net
+        .udp_rcvbuf_errors()
+        .zip(rcv0)
+        .map(|(a, b)| a.saturating_sub(b));
+    drop(counter);
+    let stats = relay.finish().expect("relay counters");
+    let mut lat = std::mem::take(&mut *latencies.lock().expect("latency lock"));
+    lat.sort_unstable();
+    RelayRun {
+        outcome: BaselineOutcome {
+            name: format!("plain UDP relay ({})", send.name()),
+            sent,
+            copies_expected: sent * s.subs as u64,
+            received,
+            cpu_ns: cpu,
+            wall,
+        },
+        send_errors: stats.send_errors,
+        relay_copies: stats.copies,
+        client_cpu_ns: client_cpu,
+        busy,
+        p50_us: percentile(&lat, 0.50),
+        p99_us: percentile(&lat, 0.99),
+        rcvbuf_errors,
+    }
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == relay::CHILD_FLAG) {
+        if let Err(e) = relay::child_main(&args) {
+            eprintln!("relay: {e}");
+            std::process::exit(1);
+        }
         return;
     }
-    let settings = Settings::from_env_and_args();
-    let mut results = Vec::new();
-    for mode in &settings.modes {
-        if mode == "ebpf" && !require_root() {
-            continue;
-        }
-        eprintln!("media bench: {mode}, {settings:?}");
-        results.push(run(mode, &settings));
+    if args.iter().any(|a| a == "--list") {
+        return;
     }
-    let report = report(&settings, &results);
+    let s = Settings::from_env_and_args();
+    raise_nofile_limit();
+    if s.pin {
+        // Before any other thread exists: every thread of the load generator (client
+        // runtime, counting receiver, connectors) inherits this CPU.
+        pin_current_thread(LOADGEN_CPU).expect("pin the load generator to CPU 0");
+    }
+    if (s.path == Path::Veth || s.modes.iter().any(|m| m == "ebpf")) && !require_root() {
+        return;
+    }
+    eprintln!("media bench: {s:?}");
+    let net = Net::new(&s);
+    let mut results = Vec::new();
+    let mut capacity = Vec::new();
+    for mode in &s.modes {
+        if s.capacity {
+            capacity.push(run_capacity(mode, &s, &net));
+        } else {
+            results.push(run_roomgate(mode, &s, &net));
+        }
+    }
+    let relays: Vec<RelayRun> = if s.capacity {
+        Vec::new()
+    } else {
+        s.relay_send
+            .iter()
+            .map(|m| run_relay(*m, &s, &net))
+            .collect()
+    };
+    drop(net);
+    // Janus creates its own `rgb-gw` (same names and addresses), so it runs after `net`
+    // is gone; its load generator inherits this thread's CPU pinning.
+    let janus: Option<Result<janus::JanusOutcome, String>> =
+        (s.janus && !s.capacity && s.path == Path::Veth).then(|| {
+            eprintln!("media bench: janus baseline");
+            janus::run(s.rooms, s.subs, s.secs, s.kbps).map_err(|e| e.to_string())
+        });
+    let report = report(&s, &results, &capacity, &relays, janus.as_ref());
     println!("{report}");
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-media.md");
     std::fs::write(&out, &report).expect("write target/bench-media.md");
 }
 
-fn report(s: &Settings, results: &[Outcome]) -> String {
+fn command_line() -> String {
+    let extra: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    if extra.is_empty() {
+        "cargo xtask bench media".into()
+    } else {
+        format!("cargo xtask bench media {}", extra.join(" "))
+    }
+}
+
+fn busy_text(busy: &[f64]) -> String {
+    busy.iter()
+        .enumerate()
+        .map(|(i, b)| format!("cpu{i} {:.0}%", b * 100.0))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn report(
+    s: &Settings,
+    results: &[Outcome],
+    capacity: &[Vec<Outcome>],
+    relays: &[RelayRun],
+    janus: Option<&Result<janus::JanusOutcome, String>>,
+) -> String {
     let mut r = String::new();
     let stream_pps = s.stream_pps();
-    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
     let _ = writeln!(r, "## Media forwarding (`cargo xtask bench media`)\n");
     let _ = writeln!(
         r,
-        "Machine: {} (nproc {nproc}). Command: `cargo xtask bench media{}` (release build, as root).\n",
+        "Machine: {}. Command: `{}` (release build, as root).\n",
         machine(),
-        if std::env::args().len() > 1 {
-            let extra: Vec<String> = std::env::args()
-                .skip(1)
-                .filter(|a| a != "--bench")
-                .collect();
-            if extra.is_empty() {
-                String::new()
-            } else {
-                format!(" {}", extra.join(" "))
-            }
-        } else {
-            String::new()
-        }
+        command_line()
     );
+    let path = match s.path {
+        Path::Veth => {
+            "across a veth pair: the server (gateway, relay) in namespace `rgb-gw` on \
+                       198.51.100.2, the load generator in the root namespace on 198.51.100.1"
+        }
+        Path::Loopback => "on loopback (127.0.0.1, one namespace)",
+    };
+    let pin = if s.pin {
+        format!("pinned: server on CPU {SERVER_CPU} (`taskset`), load generator on CPU {LOADGEN_CPU} (`sched_setaffinity`)")
+    } else {
+        "not pinned".into()
+    };
+    let receive = if s.sample > 1 {
+        format!("subscribers count every datagram with recvmmsg and decrypt 1 in {} (latency, integrity)", s.sample)
+    } else {
+        "subscribers decrypt every packet".into()
+    };
     let _ = writeln!(
         r,
-        "Load: {} rooms x (1 publisher + {} subscribers), {} logic threads; each publisher sends \
+        "Load: {} rooms x (1 publisher + {} subscribers{}), {} logic threads; each publisher sends \
          {} kbit/s of video ({:.0} packets/s of {VIDEO_PAYLOAD}-byte payloads, {FPS:.0} frames/s) + \
          {AUDIO_PPS:.0} packets/s of {AUDIO_PAYLOAD}-byte audio = {stream_pps:.0} packets/s per \
-         stream, for {} s per mode, over WHIP/WHEP + ICE + DTLS + SRTP (AEAD-AES-128-GCM) on \
-         loopback. The load generator (publishers, subscribers, SRTP both ways) runs in the \
-         benchmark process on the same {nproc} cores; the gateway's CPU is measured on its own \
-         process.\n",
-        s.rooms, s.subs, s.threads, s.kbps, s.video_pps(), s.secs
+         stream, {} s per window, over WHIP/WHEP + ICE + DTLS + SRTP (AEAD-AES-128-GCM), {path}; {pin}; \
+         {receive}. CPU is the on-CPU time of the server's own process (schedstat of all its threads); cpuN columns are each CPU's \
+         busy share (user+system+irq+softirq) from /proc/stat, the whole machine.\n",
+        s.rooms,
+        s.subs,
+        if s.capacity { ", raised per step" } else { "" },
+        s.threads,
+        s.kbps,
+        s.video_pps(),
+        s.secs
     );
+    if !results.is_empty() {
+        steady_table(&mut r, results);
+        baselines(&mut r, s, results, relays, janus);
+        bursts(&mut r, results);
+        anchors(&mut r, s, results);
+    }
+    for steps in capacity {
+        capacity_section(&mut r, s, steps);
+    }
+    let _ = writeln!(
+        r,
+        "\nLatency is receive time minus the send time embedded in each payload (same host, same \
+         clock), taken after the subscriber decrypted the packet: it includes the load \
+         generator's own SRTP and scheduling, so it bounds what the gateway adds from above. \
+         Across veth, the kernel delivers a sent datagram to the receiving socket in softirq on \
+         the sending CPU, so the server's CPU includes the enqueue on the subscribers' sockets \
+         (the same for roomgate and the relay)."
+    );
+    r
+}
+
+fn steady_table(r: &mut String, results: &[Outcome]) {
     let _ = writeln!(
         r,
         "| mode | sessions | sent pkt/s | forwarded pkt/s (gateway) | received pkt/s (subscribers) | loss | \
          gateway CPU (cores) | gateway CPU ns/fwd pkt | logic threads ns/fwd pkt | fwd pkt/s per core | \
-         latency p50 / p99 / max | load-generator CPU (cores) |"
+         latency p50 / p99 / max | load-generator CPU (cores) | CPU busy |"
     );
     let _ = writeln!(
         r,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     );
     for o in results {
         let _ = writeln!(
             r,
-            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.2}% | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} / {:.0} / {:.0} µs | {:.2} |",
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.2}% | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} / {:.0} / {:.0} µs | {:.2} | {} |",
             o.mode,
             o.sessions,
             o.sent as f64 / o.wall.as_secs_f64(),
             o.forwarded_per_sec(),
             o.received_per_sec(),
-            o.loss(s.subs) * 100.0,
+            o.loss() * 100.0,
             o.gateway_cores(),
             o.ns_per_forwarded(),
             o.logic_ns_per_forwarded(),
@@ -495,6 +1181,7 @@ fn report(s: &Settings, results: &[Outcome]) -> String {
             o.p99_us,
             o.max_us,
             o.client_cores(),
+            busy_text(&o.busy),
         );
     }
     let _ = writeln!(r);
@@ -502,22 +1189,221 @@ fn report(s: &Settings, results: &[Outcome]) -> String {
         let _ = writeln!(
             r,
             "- {}: setup of {} sessions took {:.2} s; sent {} packets ({} send drops), expected \
-             {} deliveries, forwarded {} (gateway counter), received {} (subscribers); \
-             handoffs {}, misdelivered {}, SRTP unprotect failures: gateway {}, subscribers {}.",
+             {} deliveries, forwarded {} (gateway counter), received {} (subscribers, {} \
+             decrypted, {} latency samples); handoffs {}, misdelivered {}, SRTP unprotect failures: gateway {}, \
+             subscribers {}; kernel UdpRcvbufErrors in the gateway's namespace during the window: {}.",
             o.mode,
             o.sessions,
             o.setup.as_secs_f64(),
             o.sent,
             o.send_drops,
-            o.expected(s.subs),
+            o.expected(),
             o.forwarded,
             o.received,
+            o.decrypted,
+            o.samples,
             o.handoffs,
             o.misdelivered,
             o.gateway_unprotect_failures,
-            o.srtp_failures
+            o.srtp_failures,
+            o.rcvbuf_errors.map_or("n/a".into(), |n| n.to_string()),
         );
     }
+}
+
+fn baselines(
+    r: &mut String,
+    s: &Settings,
+    results: &[Outcome],
+    relays: &[RelayRun],
+    janus: Option<&Result<janus::JanusOutcome, String>>,
+) {
+    let _ = writeln!(
+        r,
+        "\n### Baselines in the same run (same load generator, schedule, packet sizes and path)\n"
+    );
+    let _ = writeln!(
+        r,
+        "| server | sent | copies expected | received | loss | server CPU (cores) | CPU ns per delivered copy | latency p50 / p99 | load-generator CPU (cores) | CPU busy |"
+    );
+    let _ = writeln!(r, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    for o in results {
+        let _ = writeln!(
+            r,
+            "| roomgate {} | {} | {} | {} | {:.2}% | {:.2} | {:.0} (per forwarded) | {:.0} / {:.0} µs | {:.2} | {} |",
+            o.mode,
+            o.sent,
+            o.expected(),
+            o.received,
+            o.loss() * 100.0,
+            o.gateway_cores(),
+            o.ns_per_forwarded(),
+            o.p50_us,
+            o.p99_us,
+            o.client_cores(),
+            busy_text(&o.busy)
+        );
+    }
+    for rr in relays {
+        let b = &rr.outcome;
+        let _ = writeln!(
+            r,
+            "| {} | {} | {} | {} | {:.2}% | {:.2} | {:.0} | {:.0} / {:.0} µs | {:.2} | {} |",
+            b.name,
+            b.sent,
+            b.copies_expected,
+            b.received,
+            b.loss() * 100.0,
+            b.cores(),
+            b.ns_per_copy(),
+            rr.p50_us,
+            rr.p99_us,
+            cores(rr.client_cpu_ns, b.wall),
+            busy_text(&rr.busy)
+        );
+    }
+    match janus {
+        Some(Ok(o)) => {
+            let j = o.baseline();
+            let _ = writeln!(
+                r,
+                "| {} | {} | {} | {} | {:.2}% | {:.2} | {:.0} | {:.0} / {:.0} µs | | |",
+                j.name,
+                j.sent,
+                j.copies_expected,
+                j.received,
+                j.loss() * 100.0,
+                j.cores(),
+                j.ns_per_copy(),
+                o.p50_us,
+                o.p99_us
+            );
+        }
+        Some(Err(e)) => {
+            let _ = writeln!(
+                r,
+                "| Janus | | | | | | failed: {} | | | |",
+                e.replace(['\n', '|'], " ")
+            );
+        }
+        None => {
+            let _ = writeln!(
+                r,
+                "| Janus | | | | | | not run ({}) | | | |",
+                if s.path != Path::Veth {
+                    "needs --path veth"
+                } else {
+                    "--janus no, or no `janus` binary"
+                }
+            );
+        }
+    }
+    let _ = writeln!(r);
+    if let Some(Ok(o)) = janus {
+        let _ = writeln!(
+            r,
+            "- {}: {} rooms x (1 + {}), setup {:.1} s, {} threads while media flowed, SRTP {}; \
+             {} send drops, {} SRTP failures at the subscribers, {} of Janus's connectivity \
+             checks answered by the clients. Janus is not pinned by `--pin`; its load generator is.",
+            o.name,
+            o.rooms,
+            o.subs,
+            o.setup.as_secs_f64(),
+            o.threads,
+            o.srtp_profile,
+            o.send_drops,
+            o.srtp_failures,
+            o.checks_answered
+        );
+    }
+    for rr in relays {
+        let _ = writeln!(
+            r,
+            "- {}: the relay itself sent {} copies ({} send errors); kernel UdpRcvbufErrors in its namespace: {}.",
+            rr.outcome.name,
+            rr.relay_copies,
+            rr.send_errors,
+            rr.rcvbuf_errors.map_or("n/a".into(), |n| n.to_string()),
+        );
+    }
+    let _ = writeln!(r, "\nRatios (same path, same load):\n");
+    for o in results {
+        for rr in relays {
+            let ratio = o.ns_per_forwarded() / rr.outcome.ns_per_copy();
+            let _ = writeln!(
+                r,
+                "- roomgate {} CPU per forwarded packet ÷ {} CPU per copy = {:.0} / {:.0} ns = **{ratio:.2}** (target ≤ 1.3: {}).",
+                o.mode,
+                rr.outcome.name,
+                o.ns_per_forwarded(),
+                rr.outcome.ns_per_copy(),
+                if ratio <= 1.3 { "met" } else { "missed" }
+            );
+        }
+        if let Some(j) = janus
+            .and_then(|j| j.as_ref().ok())
+            .map(janus::JanusOutcome::baseline)
+        {
+            let ratio = j.ns_per_copy() / o.ns_per_forwarded();
+            let _ = writeln!(
+                r,
+                "- {} CPU per forwarded packet ÷ roomgate {}'s = {:.0} / {:.0} ns = **{ratio:.2}** (target ≥ 7.5: {}).",
+                j.name,
+                o.mode,
+                j.ns_per_copy(),
+                o.ns_per_forwarded(),
+                if ratio >= 7.5 { "met" } else { "missed" }
+            );
+        }
+    }
+    if relays.len() == 2 {
+        let _ = writeln!(
+            r,
+            "- relay sendmmsg ÷ relay sendto, CPU per copy: {:.2}.",
+            relays[0].outcome.ns_per_copy() / relays[1].outcome.ns_per_copy()
+        );
+    }
+}
+
+fn bursts(r: &mut String, results: &[Outcome]) {
+    let with: Vec<&Outcome> = results.iter().filter(|o| o.burst.is_some()).collect();
+    if with.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        r,
+        "\n### Burst (after the steady window, the publishers send their share back to back, as fast as the sender can)\n"
+    );
+    let _ = writeln!(
+        r,
+        "| mode | datagrams sent | sender drops | **burst datagrams lost** (not forwarded) | copies expected / received | kernel UdpRcvbufErrors (gateway ns) | gateway receive-drop counter |"
+    );
+    let _ = writeln!(r, "|---|---:|---:|---:|---:|---:|---:|");
+    for o in with {
+        let Some(b) = &o.burst else { continue };
+        let _ = writeln!(
+            r,
+            "| {} | {} | {} | {} | {} / {} | {} | {} |",
+            o.mode,
+            b.sent,
+            b.send_drops,
+            b.lost_at_gateway,
+            b.copies_expected,
+            b.copies_received,
+            b.rcvbuf_errors.map_or("n/a".into(), |n| n.to_string()),
+            b.gateway_drops
+                .map_or("not reported".into(), |n| n.to_string()),
+        );
+    }
+    let _ = writeln!(
+        r,
+        "\nCopies received can fall short because the load generator's own subscriber sockets \
+         overflow during a burst; the target (0) is about datagrams the gateway did not forward."
+    );
+}
+
+fn anchors(r: &mut String, s: &Settings, results: &[Outcome]) {
+    let stream_pps = s.stream_pps();
     let srs = SRS_PLAYERS_PER_CORE * stream_pps;
     let ms = MEDIASOUP_CONSUMERS_PER_WORKER * stream_pps;
     let _ = writeln!(
@@ -525,7 +1411,8 @@ fn report(s: &Settings, results: &[Outcome]) -> String {
         "\nComparison (NOT the same hardware, workload or measurement; published figures converted at \
          {stream_pps:.0} packets/s per {} kbit/s stream): SRS ~{SRS_PLAYERS_PER_CORE:.0} players per core \
          ≈ {srs:.0} packets/s per core; mediasoup ~{MEDIASOUP_CONSUMERS_PER_WORKER:.0} consumers per \
-         worker (one core) ≈ {ms:.0} packets/s per core.",
+         worker (one core) ≈ {ms:.0} packets/s per core. The steady run's figures below are \
+         extrapolated to a full core; `--capacity` measures at saturation.",
         s.kbps
     );
     for o in results {
@@ -533,30 +1420,114 @@ fn report(s: &Settings, results: &[Outcome]) -> String {
         let _ = writeln!(
             r,
             "- roomgate {}: {per_core:.0} forwarded packets/s per gateway core ≈ {:.0} subscribers per core \
-             at this bitrate ({:.2}x the SRS figure, {:.2}x the mediasoup figure).",
+             at this bitrate, extrapolated ({:.2}x the SRS figure, {:.2}x the mediasoup figure).",
             o.mode,
             per_core / stream_pps,
             per_core / srs,
             per_core / ms
         );
     }
+}
+
+fn saturated_side(o: &Outcome) -> String {
+    let at = |c: usize| o.busy.get(c).copied().unwrap_or(0.0);
+    let (server, loadgen) = (at(SERVER_CPU), at(LOADGEN_CPU));
+    match (server >= SATURATED, loadgen >= SATURATED) {
+        (true, false) => format!("the gateway's CPU {SERVER_CPU} ({:.0}% busy; load generator's CPU {LOADGEN_CPU} {:.0}%)", server * 100.0, loadgen * 100.0),
+        (false, true) => format!("the load generator's CPU {LOADGEN_CPU} ({:.0}% busy; gateway's CPU {SERVER_CPU} {:.0}%): the generator, not the gateway, was the limit", loadgen * 100.0, server * 100.0),
+        (true, true) => format!("both CPUs ({:.0}% / {:.0}% busy)", server * 100.0, loadgen * 100.0),
+        (false, false) => format!("neither CPU above {:.0}% (gateway CPU {SERVER_CPU} {:.0}%, load generator CPU {LOADGEN_CPU} {:.0}%): the bound was hit by something else (buffers, scheduling)", SATURATED * 100.0, server * 100.0, loadgen * 100.0),
+    }
+}
+
+fn capacity_section(r: &mut String, s: &Settings, steps: &[Outcome]) {
+    let Some(first) = steps.first() else { return };
+    let mode = &first.mode;
     let _ = writeln!(
         r,
-        "\n\"fwd pkt/s per core\" is 1e9 / (gateway CPU ns per forwarded packet): an extrapolation \
-         to a fully used core from a run where the gateway used the fraction of a core shown. At \
-         low utilisation fixed per-wake-up costs (timers, RR scheduling, the DTLS driver) weigh \
-         more per packet than at saturation; scale the load up (`--subs 100`) to see the trend."
+        "\n### Capacity, {mode} mode ({} logic thread{}; steps x{} subscribers per room until loss > {:.2}% or p99 > {:.0} ms)\n",
+        s.threads,
+        if s.threads == 1 { "" } else { "s" },
+        s.growth,
+        s.max_loss * 100.0,
+        s.max_p99_ms
     );
     let _ = writeln!(
         r,
-        "\nLatency is receive time minus the send time embedded in each payload (same host, same \
-         clock), measured after the subscriber decrypted the packet: it includes the client's SRTP \
-         protect/unprotect and scheduling of the load generator, so it is an upper bound on what \
-         the gateway adds. CPU ns per forwarded packet divides the gateway process's utime+stime \
-         (/proc/<pid>/stat) by the `rtp_forwarded` delta; the logic-thread column uses schedstat \
-         of the `roomgate-logic` threads only. On loopback the kernel's send path runs in the \
-         sender's context, so part of the cost of delivering packets to subscribers is charged \
-         to the gateway (its sendmsg) and part of the publisher side to the load generator."
+        "| subscribers/room | subscribers | setup (s) | sent pkt/s | forwarded pkt/s | loss | p50 / p99 | gateway CPU (cores) | ns/fwd pkt | load-generator CPU (cores) | CPU busy | kernel rcvbuf drops | result |"
     );
-    r
+    let _ = writeln!(
+        r,
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|"
+    );
+    for o in steps {
+        let _ = writeln!(
+            r,
+            "| {} | {} | {:.1} | {:.0} | {:.0} | {:.3}% | {:.1} / {:.1} ms | {:.2} | {:.0} | {:.2} | {} | {} | {} |",
+            o.subs,
+            o.subs * s.rooms,
+            o.setup.as_secs_f64(),
+            o.sent as f64 / o.wall.as_secs_f64(),
+            o.forwarded_per_sec(),
+            o.loss() * 100.0,
+            o.p50_us / 1000.0,
+            o.p99_us / 1000.0,
+            o.gateway_cores(),
+            o.ns_per_forwarded(),
+            o.client_cores(),
+            busy_text(&o.busy),
+            o.rcvbuf_errors.map_or("n/a".into(), |n| n.to_string()),
+            if o.passes(s) { "pass" } else { "**fail**" }
+        );
+    }
+    let best = steps.iter().rfind(|o| o.passes(s));
+    let _ = writeln!(r);
+    match best {
+        Some(b) => {
+            let _ = writeln!(
+                r,
+                "- Largest passing step: {} subscribers ({} rooms x {}), {:.0} forwarded packets/s \
+                 = **{:.0} per logic thread**, gateway CPU {:.2} cores → **{:.0} subscribers per core** \
+                 at {} kbit/s (measured: subscribers served ÷ gateway cores used).",
+                b.subs * s.rooms,
+                s.rooms,
+                b.subs,
+                b.forwarded_per_sec(),
+                b.forwarded_per_sec() / s.threads.max(1) as f64,
+                b.gateway_cores(),
+                (b.subs * s.rooms) as f64 / b.gateway_cores().max(0.01),
+                s.kbps
+            );
+            if b.gateway_cores() < SATURATED {
+                let _ = writeln!(
+                    r,
+                    "- At that step the gateway used {:.2} cores, below saturation, so this \
+                     figure is a lower bound of what one core carries.",
+                    b.gateway_cores()
+                );
+            }
+        }
+        None => {
+            let _ = writeln!(r, "- No step passed.");
+        }
+    }
+    match steps.last().filter(|o| !o.passes(s)) {
+        Some(f) => {
+            let _ = writeln!(
+                r,
+                "- The first failing step ({} subscribers/room: loss {:.3}%, p99 {:.1} ms) saturated {}.",
+                f.subs,
+                f.loss() * 100.0,
+                f.p99_us / 1000.0,
+                saturated_side(f)
+            );
+        }
+        None => {
+            let _ = writeln!(
+                r,
+                "- Every step passed (--max-steps {} reached): raise --max-steps or --subs.",
+                s.max_steps
+            );
+        }
+    }
 }

@@ -1,6 +1,12 @@
 //! Helpers shared by the benchmarks: load generation and per-thread CPU accounting.
 #![allow(dead_code)]
 
+pub mod baseline;
+pub mod counting;
+pub mod cpu;
+pub mod netns;
+pub mod relay;
+
 use std::{
     net::{SocketAddr, UdpSocket},
     time::{Duration, Instant},
@@ -82,6 +88,8 @@ pub fn machine() -> String {
         })
         .unwrap_or_else(|| "unknown CPU".into());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    // Online CPUs, not available_parallelism: the media bench pins itself to one.
+    // SAFETY: sysconf has no preconditions.
+    let cores = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(0);
     format!("{cpu}, {cores} cores, Linux {}", kernel.trim())
 }

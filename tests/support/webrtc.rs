@@ -2275,3 +2275,96 @@ mod client_tests {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Benchmark receive path: the bench reads many peers' sockets itself
+// ---------------------------------------------------------------------------------------
+
+/// Decrypts and accounts single datagrams of one peer exactly as its reader task would
+/// (counters, integrity failures, latency samples in [`Delivery::Stats`] mode).
+#[derive(Clone)]
+pub struct DatagramSampler(Arc<Shared>);
+
+impl DatagramSampler {
+    pub fn handle(&self, d: &[u8]) {
+        match d {
+            [128..=191, 192..=223, ..] => handle_rtcp(&self.0, d),
+            [128..=191, ..] => handle_rtp(&self.0, d),
+            _ => {}
+        }
+    }
+
+    pub fn counters(&self) -> &PeerCounters {
+        &self.0.counters
+    }
+
+    /// Latency samples (ns) of the datagrams handled so far, taken out.
+    pub fn take_latencies(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.0.latencies.lock().expect("latency lock"))
+    }
+}
+
+/// A connected peer whose socket a benchmark reads itself (see [`Peer::detach`]): the
+/// session stays up on the gateway (consent checks go on), but no task of this module
+/// reads the socket any more.
+pub struct DetachedPeer {
+    pub fd: std::os::fd::RawFd,
+    pub sampler: DatagramSampler,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for DetachedPeer {
+    fn drop(&mut self) {
+        self.sampler.0.stopped.store(true, Ordering::Relaxed);
+        abort_all(&self.tasks);
+    }
+}
+
+impl Peer {
+    /// Hand the socket over to a benchmark that counts the datagrams of many peers with
+    /// one cheap loop and decrypts only a sample ([`DatagramSampler`]).
+    ///
+    /// The DTLS association is dropped without close_notify, because webrtc-dtls's record
+    /// reader would otherwise spin on the closed demultiplexing channel once the socket
+    /// reader is gone; SRTP keys are already derived, so media is unaffected.
+    pub fn detach(self) -> DetachedPeer {
+        use std::os::fd::AsRawFd;
+        let me = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `me` is never used or dropped after this; every field with drop glue is
+        // read out exactly once and dropped (or kept) below, the rest are Copy.
+        let (base, location, participant, offer, answer, cert, bearer) = unsafe {
+            (
+                std::ptr::read(&me.base),
+                std::ptr::read(&me.location),
+                std::ptr::read(&me.participant),
+                std::ptr::read(&me.offer),
+                std::ptr::read(&me.answer),
+                std::ptr::read(&me.cert),
+                std::ptr::read(&me.bearer),
+            )
+        };
+        // SAFETY: as above.
+        let (shared, dtls, rtp_rx, rtcp_rx, tasks) = unsafe {
+            (
+                std::ptr::read(&me.shared),
+                std::ptr::read(&me.dtls),
+                std::ptr::read(&me.rtp_rx),
+                std::ptr::read(&me.rtcp_rx),
+                std::ptr::read(&me.tasks),
+            )
+        };
+        drop((base, location, participant, offer, answer, cert, bearer));
+        drop((rtp_rx, rtcp_rx));
+        // First the DTLS connection (its record reader ends with it), then the socket
+        // reader (the first task `establish` spawns).
+        drop(dtls);
+        if let Some(reader) = tasks.first() {
+            reader.abort();
+        }
+        DetachedPeer {
+            fd: shared.socket.as_raw_fd(),
+            sampler: DatagramSampler(shared),
+            tasks,
+        }
+    }
+}
