@@ -148,6 +148,9 @@ pub struct MediaStats {
     pub receiver_reports_sent: Counter,
     pub sender_reports_forwarded: Counter,
     pub codec_mismatch: Counter,
+    /// RTP/RTCP from a member the room does not know (or RTP from one that is not a
+    /// publisher). Dropped.
+    pub unknown_member: Counter,
     /// Sessions released by a timeout: never connected, handshake too slow, or consent lost.
     pub sessions_timed_out: Counter,
     /// WHIP/WHEP sessions currently alive on this thread, by role.

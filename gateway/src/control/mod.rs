@@ -145,7 +145,8 @@ async fn create_participant(
         reply,
     })
     .await?;
-    let created = created.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    let created =
+        created.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     let body = json!({
         "room": room.as_str(),
         "participant": created.participant,
@@ -322,6 +323,7 @@ fn media_status(m: &crate::stats::MediaStats) -> Value {
         "receiver_reports_sent": m.receiver_reports_sent.get(),
         "sender_reports_forwarded": m.sender_reports_forwarded.get(),
         "codec_mismatch": m.codec_mismatch.get(),
+        "unknown_member": m.unknown_member.get(),
         "sessions_timed_out": m.sessions_timed_out.get(),
         "publishers": m.publishers.get(),
         "subscribers": m.subscribers.get(),

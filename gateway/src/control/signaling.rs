@@ -19,7 +19,7 @@ use serde::Deserialize;
 
 use super::{ask, parse_room, ApiError, ApiState};
 use crate::{
-    logic::Command,
+    logic::{Command, CreateRefused},
     sdp::{self, Role},
 };
 
@@ -123,12 +123,7 @@ async fn create(
         reply,
     })
     .await?;
-    let created = created.map_err(|r| {
-        ApiError::new(
-            StatusCode::from_u16(r.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
-            r.message,
-        )
-    })?;
+    let created = created.map_err(|r| ApiError::new(refused_status(&r), r.to_string()))?;
     let kind = match role {
         Role::Publisher => "whip",
         Role::Subscriber => "whep",
@@ -146,6 +141,21 @@ async fn create(
         created.answer,
     )
         .into_response())
+}
+
+/// The status of a refused WHIP/WHEP offer: the offer's own fault (400/406), a named
+/// publisher that is not there (404), or no capacity (503).
+fn refused_status(r: &CreateRefused) -> StatusCode {
+    match r {
+        CreateRefused::Offer(e) => {
+            StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST)
+        }
+        CreateRefused::NoSuchPublisher { .. } => StatusCode::NOT_FOUND,
+        CreateRefused::RoomFull { .. }
+        | CreateRefused::GatewayFull { .. }
+        | CreateRefused::Random(_)
+        | CreateRefused::NoUniqueId => StatusCode::SERVICE_UNAVAILABLE,
+    }
 }
 
 async fn delete_whip(

@@ -1,27 +1,36 @@
-//! What a logic thread keeps per participant and per room.
+//! What a logic thread keeps per session.
 use std::{
-    collections::BTreeSet,
     net::{IpAddr, SocketAddr},
-    time::Instant,
+    time::{Duration, Instant},
 };
-
-use serde::Serialize;
 
 use crate::{
-    ice::IceSession,
-    media::{DtlsHandle, SrtpSession},
-    room::RoomId,
+    ice::{IceSession, IceState},
+    media::Transport,
     sdp::Role,
-    sfu::{ForwardConfig, MemberId, RoomCore},
+    sfu::MemberId,
 };
 
-/// One participant: its ICE state and the client addresses pinned for it.
+use super::{
+    api::ParticipantView,
+    table::{ConnId, RoomKey},
+};
+
+/// A WHIP/WHEP session whose client never completes an ICE check (or never starts
+/// DTLS) in this time is released.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One session: a participant's ICE state, the client addresses pinned for it and, for
+/// WHIP/WHEP, its media transport.
 pub struct Session {
+    /// The public id of the session in the control API.
     pub participant: String,
+    pub room: RoomKey,
     pub ice: IceSession,
     /// Canonical client addresses pinned to this thread (flow map entries or connected
-    /// sockets), each only after a Binding Request with valid MESSAGE-INTEGRITY.
-    pub pinned: Vec<SocketAddr>,
+    /// sockets), each only after a Binding Request with valid MESSAGE-INTEGRITY. Changed
+    /// only through `Table::pin`/`Table::unpin`, which keep the address index in step.
+    pub pinned: Vec<Pin>,
     /// Where replies go: the address as the socket reported it (may be v4-mapped) and the
     /// local address the client sent to, so replies leave from that address.
     pub reply: Option<ReplyPath>,
@@ -31,60 +40,71 @@ pub struct Session {
     pub rx_bytes: u64,
     pub tx_datagrams: u64,
     /// WHIP/WHEP sessions carry media; REST participants (ICE only) do not.
-    pub media: Option<MediaState>,
+    pub media: Option<MediaSession>,
+    /// Deadline the thread's timer queue holds for this session.
+    pub armed: Option<Instant>,
 }
 
-/// A WHIP/WHEP session's place in its room and its DTLS-SRTP association.
-pub struct MediaState {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pin {
+    pub addr: SocketAddr,
+    /// The connected socket for this address (connected mode).
+    pub conn: Option<ConnId>,
+}
+
+/// A WHIP/WHEP session's place in its room and its DTLS-SRTP transport.
+pub struct MediaSession {
     pub member: MemberId,
-    pub room: RoomId,
     pub role: Role,
-    /// SHA-256 fingerprint from the client's SDP; the DTLS client must present it.
-    pub remote_fingerprint: String,
     /// Secret part of the session's WHIP/WHEP resource URL: the participant id is public
     /// (room listings show it), so knowing it must not be enough to DELETE the session.
     pub resource_key: String,
-    pub dtls: DtlsPhase,
     pub created: Instant,
-    pub dtls_started: Option<Instant>,
-    /// DTLS records accepted during the handshake (bounded by a budget).
-    pub dtls_records: u32,
+    pub transport: Transport,
 }
 
-pub enum DtlsPhase {
-    /// Waiting for the client's ClientHello (roomgate is always the DTLS server).
-    New,
-    Handshaking(DtlsHandle),
-    Connected {
-        /// Kept so a close_notify from the client is still read.
-        _handle: DtlsHandle,
-        srtp: Box<SrtpSession>,
-    },
-}
-
-impl DtlsPhase {
-    pub fn name(&self) -> &'static str {
-        match self {
-            DtlsPhase::New => "new",
-            DtlsPhase::Handshaking(_) => "connecting",
-            DtlsPhase::Connected { .. } => "connected",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReplyPath {
     pub to: SocketAddr,
     pub local_ip: Option<IpAddr>,
+    /// The connected socket to `to`, while it is pinned (connected mode).
+    pub conn: Option<ConnId>,
 }
 
 impl Session {
+    pub fn pin_of(&self, addr: SocketAddr) -> Option<&Pin> {
+        self.pinned.iter().find(|p| p.addr == addr)
+    }
+
+    /// Never connected: no ICE check, or checks but never a DTLS handshake. Either way
+    /// the session only holds a slot.
+    pub fn never_connected(&self) -> bool {
+        self.media
+            .as_ref()
+            .is_some_and(|m| self.ice.state() == IceState::New || m.transport.is_new())
+    }
+
+    /// The earliest time this session needs [`ThreadCore::handle_timeout`]: consent
+    /// expiry, the connect and handshake deadlines, webrtc-dtls's flight timer.
+    ///
+    /// [`ThreadCore::handle_timeout`]: super::ThreadCore::handle_timeout
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut deadline = self.ice.poll_timeout();
+        if let Some(m) = &self.media {
+            if self.never_connected() {
+                deadline = earliest(deadline, Some(m.created + CONNECT_TIMEOUT));
+            }
+            deadline = earliest(deadline, m.transport.poll_timeout());
+        }
+        deadline
+    }
+
     pub fn view(&self) -> ParticipantView {
         ParticipantView {
             participant: self.participant.clone(),
             ice_state: self.ice.state().name(),
             ufrag: self.ice.credentials().ufrag.clone(),
-            addresses: self.pinned.iter().map(ToString::to_string).collect(),
+            addresses: self.pinned.iter().map(|p| p.addr.to_string()).collect(),
             selected: self.ice.selected().map(|a| a.to_string()),
             valid_checks: self.valid_checks,
             rx_datagrams: self.rx_datagrams,
@@ -95,70 +115,14 @@ impl Session {
                 Some(m) if m.role == Role::Publisher => "publisher",
                 Some(_) => "subscriber",
             }),
-            dtls_state: self.media.as_ref().map(|m| m.dtls.name()),
+            dtls_state: self.media.as_ref().map(|m| m.transport.state_name()),
         }
     }
 }
 
-pub struct Room {
-    /// Server ufrags of the room's sessions.
-    pub sessions: BTreeSet<String>,
-    /// Forwarding state of the room's WHIP/WHEP sessions.
-    pub core: RoomCore,
-}
-
-impl Default for Room {
-    fn default() -> Self {
-        Room {
-            sessions: BTreeSet::new(),
-            core: RoomCore::new(ForwardConfig::default()),
-        }
+pub fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct ParticipantView {
-    pub participant: String,
-    pub ice_state: &'static str,
-    pub ufrag: String,
-    pub addresses: Vec<String>,
-    pub selected: Option<String>,
-    pub valid_checks: u64,
-    pub rx_datagrams: u64,
-    pub rx_bytes: u64,
-    pub tx_datagrams: u64,
-    pub role: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dtls_state: Option<&'static str>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct RoomView {
-    pub room: String,
-    pub thread: usize,
-    pub participants: Vec<ParticipantView>,
-}
-
-#[derive(Clone, Debug)]
-pub struct ParticipantCreated {
-    pub participant: String,
-    pub ufrag: String,
-    pub pwd: String,
-    pub thread: usize,
-}
-
-/// A WHIP/WHEP session the thread created, with its SDP answer.
-#[derive(Clone, Debug)]
-pub struct MediaCreated {
-    pub participant: String,
-    pub resource_key: String,
-    pub answer: String,
-    pub thread: usize,
-}
-
-/// Why a WHIP/WHEP session was not created; nothing of it was kept.
-#[derive(Clone, Debug)]
-pub struct CreateRefused {
-    pub status: u16,
-    pub message: String,
 }

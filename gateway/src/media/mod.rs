@@ -3,10 +3,13 @@
 //! - [`identity`]: the gateway's DTLS certificate and its SDP fingerprint.
 //! - [`dtls`]: webrtc-dtls server handshakes run on the owning logic thread.
 //! - [`srtp`]: SRTP/SRTCP contexts from the exported keying material.
+//! - [`transport`]: one session's DTLS-SRTP behind `handle_*`/`poll_*`.
 pub mod dtls;
 pub mod identity;
 pub mod srtp;
+pub mod transport;
 
 pub use dtls::{acceptable_after_handshake, DtlsDriver, DtlsEvent, DtlsHandle, SrtpKeys};
 pub use identity::Identity;
 pub use srtp::{SrtpSession, UnprotectFailure};
+pub use transport::{DtlsInput, RecvError, TransmitError, Transport};

@@ -1,4 +1,5 @@
-//! DTLS server handshakes (webrtc-dtls) on the logic thread that owns the session.
+//! DTLS server handshakes (webrtc-dtls) on the logic thread that owns the session. This
+//! is the only file that sees tokio or webrtc-dtls's connection type.
 //!
 //! webrtc-dtls is written against async I/O. Rather than hand its datagrams to another
 //! thread, every logic thread owns a current-thread tokio runtime that only it drives:
@@ -25,13 +26,13 @@ use webrtc_dtls::{
 };
 use webrtc_util::{conn::Conn, KeyingMaterialExporter};
 
-use super::{identity::sha256_fingerprint, srtp::material_len, Identity};
+use crate::media::{identity::sha256_fingerprint, srtp::material_len, Identity};
 
 /// Ready-task rounds per [`DtlsDriver::drive`]. Each round lets every woken task of the
 /// runtime run once; a handshake step crosses a handful of internal tasks and channels.
 const DRIVE_ROUNDS: usize = 24;
 /// First retransmission of a flight (RFC 6347 suggests 1 s; WebRTC stacks use less).
-const FLIGHT_INTERVAL: Duration = Duration::from_millis(500);
+pub(crate) const FLIGHT_INTERVAL: Duration = Duration::from_millis(500);
 const EXPORTER_LABEL: &str = "EXTRACTOR-dtls_srtp";
 /// DTLS records queued for one association before the thread drops more: a handshake
 /// flight is a few records, and the queue is drained on every drive.
@@ -39,17 +40,17 @@ const INBOUND_QUEUE: usize = 64;
 /// Largest DTLS record we accept from a client.
 const MAX_RECORD: usize = 2048;
 
-/// What the handshake of session `id` produced.
+/// What the handshake of association `id` produced (`id` is the caller's handle).
 #[derive(Debug)]
 pub enum DtlsEvent {
     /// A DTLS record to send to the client.
-    Transmit { id: u32, datagram: Vec<u8> },
+    Transmit { id: u64, datagram: Vec<u8> },
     /// Handshake done and the client's certificate matches the SDP fingerprint.
-    Connected { id: u32, keys: SrtpKeys },
+    Connected { id: u64, keys: SrtpKeys },
     /// Handshake failed (bad records, wrong fingerprint, no SRTP profile, ...).
-    Failed { id: u32, reason: String },
+    Failed { id: u64, reason: String },
     /// The client closed the association (close_notify or fatal alert).
-    Closed { id: u32 },
+    Closed { id: u64 },
 }
 
 /// The negotiated SRTP profile and the exporter output (RFC 5764 4.2).
@@ -114,7 +115,7 @@ impl DtlsDriver {
     /// `remote_fingerprint` (SHA-256, from its SDP).
     pub fn start(
         &self,
-        id: u32,
+        id: u64,
         remote_fingerprint: String,
         local: SocketAddr,
         remote: SocketAddr,
@@ -183,45 +184,6 @@ impl DtlsDriver {
     }
 }
 
-/// Whether a datagram may reach an established association. RFC 6347 4.1.2.7 says invalid
-/// records are silently discarded, but webrtc-dtls answers some of them (plaintext
-/// application data, a malformed ChangeCipherSpec, unknown content types) with a fatal
-/// alert and ends the association, which would let one stray datagram kill a session.
-/// So after the handshake only records that can be legitimate pass: handshake records
-/// (a retransmitted final flight), and alerts, CCS and application data under epoch >= 1.
-pub fn acceptable_after_handshake(datagram: &[u8]) -> bool {
-    const HEADER: usize = 13;
-    let mut rest = datagram;
-    if rest.is_empty() {
-        return false;
-    }
-    while !rest.is_empty() {
-        let Some(header) = rest.get(..HEADER) else {
-            return false;
-        };
-        let content_type = header[0];
-        let version_ok = header[1] == 0xfe && (header[2] == 0xfd || header[2] == 0xff);
-        let epoch = u16::from_be_bytes([header[3], header[4]]);
-        let len = usize::from(u16::from_be_bytes([header[11], header[12]]));
-        let Some(body) = rest.get(HEADER..HEADER + len) else {
-            return false;
-        };
-        let ok = version_ok
-            && match content_type {
-                22 => true,
-                // A plaintext CCS is exactly one byte of value 1; an encrypted one is not sent.
-                20 => body == [1],
-                21 | 23 => epoch >= 1,
-                _ => false,
-            };
-        if !ok {
-            return false;
-        }
-        rest = &rest[HEADER + len..];
-    }
-    true
-}
-
 async fn handshake(
     conn: Arc<ChannelConn>,
     config: Config,
@@ -253,7 +215,7 @@ async fn handshake(
 
 /// The datagram side of webrtc-dtls, backed by the logic thread's queues.
 struct ChannelConn {
-    id: u32,
+    id: u64,
     inbound: tokio::sync::Mutex<tmpsc::Receiver<Vec<u8>>>,
     events: Sender<DtlsEvent>,
     local: SocketAddr,
@@ -443,57 +405,6 @@ mod tests {
 
     fn fingerprint_of(cert: &Certificate) -> String {
         sha256_fingerprint(cert.certificate[0].as_ref())
-    }
-
-    #[test]
-    fn only_plausible_records_reach_an_established_association() {
-        let record = |ty: u8, epoch: u16, body: &[u8]| {
-            let mut r = vec![ty, 0xfe, 0xfd];
-            r.extend_from_slice(&epoch.to_be_bytes());
-            r.extend_from_slice(&[0; 6]);
-            r.extend_from_slice(&(body.len() as u16).to_be_bytes());
-            r.extend_from_slice(body);
-            r
-        };
-        assert!(acceptable_after_handshake(&record(22, 0, &[1, 2, 3])));
-        assert!(acceptable_after_handshake(&record(23, 1, &[9; 40])));
-        assert!(acceptable_after_handshake(&record(21, 1, &[1, 0])));
-        assert!(acceptable_after_handshake(&record(20, 0, &[1])));
-        let mut two = record(22, 0, &[1]);
-        two.extend(record(23, 1, &[2; 5]));
-        assert!(acceptable_after_handshake(&two));
-
-        assert!(
-            !acceptable_after_handshake(&record(23, 0, &[9; 40])),
-            "plaintext app data"
-        );
-        assert!(
-            !acceptable_after_handshake(&record(21, 0, &[2, 40])),
-            "plaintext alert"
-        );
-        assert!(
-            !acceptable_after_handshake(&record(20, 1, &[1, 1])),
-            "bad CCS"
-        );
-        assert!(
-            !acceptable_after_handshake(&record(25, 1, &[0; 4])),
-            "unknown type"
-        );
-        assert!(
-            !acceptable_after_handshake(&record(63, 0, &[0; 4])),
-            "unknown type"
-        );
-        let mut bad_version = record(23, 1, &[0; 4]);
-        bad_version[2] = 0x01;
-        assert!(!acceptable_after_handshake(&bad_version));
-        let mut truncated = record(23, 1, &[0; 10]);
-        truncated.truncate(15);
-        assert!(!acceptable_after_handshake(&truncated));
-        assert!(!acceptable_after_handshake(&[]));
-        assert!(!acceptable_after_handshake(&[22, 0xfe]));
-        let mut trailing = record(22, 0, &[1]);
-        trailing.extend_from_slice(&[0, 1]);
-        assert!(!acceptable_after_handshake(&trailing), "trailing bytes");
     }
 
     #[test]

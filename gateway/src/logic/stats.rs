@@ -1,0 +1,146 @@
+//! Folding the cores' counters into the thread's exported [`ThreadStats`].
+use crate::{
+    ice::IceState,
+    sfu::ForwardStats,
+    stats::{MediaStats, ThreadStats},
+};
+
+/// Label values of `ThreadStats::sessions_by_state`.
+pub const STATE_NAMES: [&str; 4] = ["new", "connected", "nominated", "expired"];
+
+/// Index into `ThreadStats::sessions_by_state`, in the order of [`STATE_NAMES`].
+pub fn state_index(state: IceState) -> usize {
+    match state {
+        IceState::New => 0,
+        IceState::Connected => 1,
+        IceState::Nominated => 2,
+        IceState::Expired => 3,
+    }
+}
+
+/// Add a room's counters to the thread's. The pattern names every field and has no
+/// `..`, so a counter added to [`ForwardStats`] does not compile until it is exported.
+pub fn add_forward_stats(stats: &ThreadStats, d: &ForwardStats) {
+    let ForwardStats {
+        rtp_in,
+        rtp_forwarded,
+        rtp_unknown_ssrc,
+        rtp_malformed,
+        rtcp_in,
+        rtcp_malformed,
+        nacks_received,
+        retransmissions,
+        nack_misses,
+        plis_received,
+        firs_received,
+        plis_sent,
+        plis_rate_limited,
+        rr_sent,
+        sr_forwarded,
+        codec_mismatch,
+        rtp_payload_type_mismatch,
+        rtp_dropped_before_bind,
+        unknown_member,
+        rtcp_unknown_ssrc,
+    } = *d;
+    let MediaStats {
+        rtp_received: m_rtp_received,
+        rtp_forwarded: m_rtp_forwarded,
+        rtp_unknown_ssrc: m_rtp_unknown_ssrc,
+        rtp_malformed: m_rtp_malformed,
+        rtp_payload_type_mismatch: m_rtp_payload_type_mismatch,
+        rtp_dropped_before_bind: m_rtp_dropped_before_bind,
+        rtcp_unknown_ssrc: m_rtcp_unknown_ssrc,
+        rtcp_received: m_rtcp_received,
+        rtcp_malformed: m_rtcp_malformed,
+        nacks_received: m_nacks_received,
+        retransmissions: m_retransmissions,
+        nack_misses: m_nack_misses,
+        plis_received: m_plis_received,
+        firs_received: m_firs_received,
+        plis_sent: m_plis_sent,
+        plis_rate_limited: m_plis_rate_limited,
+        receiver_reports_sent: m_receiver_reports_sent,
+        sender_reports_forwarded: m_sender_reports_forwarded,
+        codec_mismatch: m_codec_mismatch,
+        unknown_member: m_unknown_member,
+        ..
+    } = &stats.media;
+    m_rtp_received.add(rtp_in);
+    m_rtp_forwarded.add(rtp_forwarded);
+    m_rtp_unknown_ssrc.add(rtp_unknown_ssrc);
+    m_rtp_malformed.add(rtp_malformed);
+    m_rtp_payload_type_mismatch.add(rtp_payload_type_mismatch);
+    m_rtp_dropped_before_bind.add(rtp_dropped_before_bind);
+    m_rtcp_unknown_ssrc.add(rtcp_unknown_ssrc);
+    m_rtcp_received.add(rtcp_in);
+    m_rtcp_malformed.add(rtcp_malformed);
+    m_nacks_received.add(nacks_received);
+    m_retransmissions.add(retransmissions);
+    m_nack_misses.add(nack_misses);
+    m_plis_received.add(plis_received);
+    m_firs_received.add(firs_received);
+    m_plis_sent.add(plis_sent);
+    m_plis_rate_limited.add(plis_rate_limited);
+    m_receiver_reports_sent.add(rr_sent);
+    m_sender_reports_forwarded.add(sr_forwarded);
+    m_codec_mismatch.add(codec_mismatch);
+    m_unknown_member.add(unknown_member);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_forward_counter_reaches_the_thread_stats() {
+        let stats = ThreadStats::default();
+        let d = ForwardStats {
+            rtp_in: 1,
+            rtp_forwarded: 2,
+            rtp_unknown_ssrc: 3,
+            rtp_malformed: 4,
+            rtcp_in: 5,
+            rtcp_malformed: 6,
+            nacks_received: 7,
+            retransmissions: 8,
+            nack_misses: 9,
+            plis_received: 10,
+            firs_received: 11,
+            plis_sent: 12,
+            plis_rate_limited: 13,
+            rr_sent: 14,
+            sr_forwarded: 15,
+            codec_mismatch: 16,
+            rtp_payload_type_mismatch: 17,
+            rtp_dropped_before_bind: 18,
+            unknown_member: 19,
+            rtcp_unknown_ssrc: 20,
+        };
+        add_forward_stats(&stats, &d);
+        let m = &stats.media;
+        let got = [
+            m.rtp_received.get(),
+            m.rtp_forwarded.get(),
+            m.rtp_unknown_ssrc.get(),
+            m.rtp_malformed.get(),
+            m.rtcp_received.get(),
+            m.rtcp_malformed.get(),
+            m.nacks_received.get(),
+            m.retransmissions.get(),
+            m.nack_misses.get(),
+            m.plis_received.get(),
+            m.firs_received.get(),
+            m.plis_sent.get(),
+            m.plis_rate_limited.get(),
+            m.receiver_reports_sent.get(),
+            m.sender_reports_forwarded.get(),
+            m.codec_mismatch.get(),
+            m.rtp_payload_type_mismatch.get(),
+            m.rtp_dropped_before_bind.get(),
+            m.unknown_member.get(),
+            m.rtcp_unknown_ssrc.get(),
+        ];
+        assert_eq!(got, std::array::from_fn(|i| i as u64 + 1));
+    }
+}

@@ -1,0 +1,389 @@
+//! Behaviour of [`ThreadCore`] on a virtual clock: no socket, no sleeping. The harness
+//! plays the shell; the flow map it pins into is an in-memory map with the kernel map's
+//! rule (one holder per address).
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{atomic::AtomicUsize, Arc},
+    time::{Duration, Instant},
+};
+
+use stun_rs::{
+    attributes::{
+        ice::{IceControlling, Priority, UseCandidate},
+        stun::{Fingerprint, MessageIntegrity, UserName},
+    },
+    methods::BINDING,
+    HMACKey, MessageClass, MessageEncoderBuilder, StunMessageBuilder,
+};
+
+use super::{
+    api::{Command, Limits, MediaCreated, ParticipantCreated},
+    core::{Action, Arrival, CoreConfig, ThreadCore, Transmit},
+    pinning::PinError,
+};
+use crate::{
+    ice::{StunOutcome, CONSENT_TIMEOUT},
+    media::Identity,
+    room::RoomId,
+    sdp::{self, Role},
+    stats::ThreadStats,
+    steering::ActiveMode,
+};
+
+const CHROME_WHIP: &str = include_str!("../sdp/testdata/chrome_whip.sdp");
+
+struct Harness {
+    core: ThreadCore,
+    stats: Arc<ThreadStats>,
+    limits: Limits,
+    t0: Instant,
+    /// The flow map: canonical address -> holder thread.
+    flows: HashMap<SocketAddr, usize>,
+    sent: Vec<Transmit>,
+    handoffs: Vec<usize>,
+}
+
+fn harness(mode: ActiveMode, index: usize, threads: usize) -> Harness {
+    let stats = Arc::new(ThreadStats::default());
+    let limits = Limits {
+        max_sessions: 100,
+        max_participants_per_room: 10,
+        sessions_total: Arc::new(AtomicUsize::new(0)),
+    };
+    let core = ThreadCore::new(
+        CoreConfig {
+            index,
+            threads,
+            mode,
+            local_addr: "127.0.0.1:7000".parse().unwrap(),
+            identity: Arc::new(Identity::generate().unwrap()),
+            candidates: vec!["127.0.0.1:7000".parse().unwrap()],
+            limits: limits.clone(),
+        },
+        stats.clone(),
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let mut h = Harness {
+        core,
+        stats,
+        limits,
+        t0,
+        flows: HashMap::new(),
+        sent: Vec::new(),
+        handoffs: Vec::new(),
+    };
+    h.core.handle_timeout(t0);
+    h.drain(t0);
+    h
+}
+
+/// A room whose owner is `thread` of `threads`.
+fn room_owned_by(thread: usize, threads: usize) -> RoomId {
+    (0..)
+        .map(|i| RoomId::parse(&format!("room{i}")).unwrap())
+        .find(|r| r.owner(threads) == thread)
+        .unwrap()
+}
+
+fn client(port: u16) -> SocketAddr {
+    SocketAddr::from(([192, 0, 2, 1], port))
+}
+
+/// A Binding Request as a browser sends it; `pwd: None` leaves out MESSAGE-INTEGRITY.
+fn check(username: &str, pwd: Option<&str>, use_candidate: bool) -> Vec<u8> {
+    let mut b = StunMessageBuilder::new(BINDING, MessageClass::Request)
+        .with_attribute(UserName::new(username).unwrap())
+        .with_attribute(Priority::new(0x6e7f_1eff))
+        .with_attribute(IceControlling::new(0x1122_3344_5566_7788));
+    if use_candidate {
+        b = b.with_attribute(UseCandidate::default());
+    }
+    if let Some(p) = pwd {
+        b = b.with_attribute(MessageIntegrity::new(HMACKey::new_short_term(p).unwrap()));
+    }
+    b = b.with_attribute(Fingerprint::default());
+    let mut buf = vec![0u8; 512];
+    let n = MessageEncoderBuilder::default()
+        .build()
+        .encode(&mut buf, &b.build())
+        .unwrap();
+    buf.truncate(n);
+    buf
+}
+
+impl Harness {
+    fn at(&self, secs: f64) -> Instant {
+        self.t0 + Duration::from_secs_f64(secs)
+    }
+
+    /// Play the shell: carry out actions (pins against the in-memory flow map), send.
+    fn drain(&mut self, now: Instant) {
+        while let Some(action) = self.core.poll_action() {
+            match action {
+                Action::Pin(req) => {
+                    let result = match self.flows.get(&req.addr) {
+                        Some(&holder) if holder != 0 => Err(PinError::Conflict),
+                        _ => {
+                            self.flows.insert(req.addr, 0);
+                            Ok(None)
+                        }
+                    };
+                    self.core.handle_pin_result(now, req, result);
+                }
+                Action::Unpin { addr, .. } => {
+                    self.flows.remove(&addr);
+                }
+                Action::Handoff { owner, .. } => self.handoffs.push(owner),
+                Action::PollSocketDrops => {}
+            }
+        }
+        while let Some(t) = self.core.poll_transmit() {
+            self.sent.push(t);
+        }
+    }
+
+    fn command(&mut self, now: Instant, cmd: Command) {
+        self.core.handle_command(now, cmd);
+        self.drain(now);
+    }
+
+    fn create(&mut self, room: &RoomId) -> ParticipantCreated {
+        let (reply, mut rx) = tokio::sync::oneshot::channel();
+        let now = self.t0;
+        self.command(
+            now,
+            Command::CreateParticipant {
+                room: room.clone(),
+                reply,
+            },
+        );
+        rx.try_recv().unwrap().unwrap()
+    }
+
+    fn datagram(&mut self, now: Instant, from: SocketAddr, mut data: Vec<u8>) {
+        self.core
+            .handle_datagram(now, from, None, Arrival::Group, &mut data);
+        self.drain(now);
+    }
+
+    fn check(&mut self, now: Instant, from: SocketAddr, p: &ParticipantCreated, pwd: &str) {
+        let msg = check(&format!("{}:cli", p.ufrag), Some(pwd), true);
+        self.datagram(now, from, msg);
+    }
+
+    fn timeout(&mut self, now: Instant) {
+        self.core.handle_timeout(now);
+        self.drain(now);
+    }
+
+    fn room_exists(&mut self, room: &RoomId) -> bool {
+        let (reply, mut rx) = tokio::sync::oneshot::channel();
+        let now = self.t0;
+        self.command(
+            now,
+            Command::GetRoom {
+                room: room.clone(),
+                reply,
+            },
+        );
+        rx.try_recv().unwrap().is_some()
+    }
+}
+
+#[test]
+fn an_address_is_pinned_only_after_valid_message_integrity() {
+    let mut h = harness(ActiveMode::Ebpf, 0, 1);
+    let room = room_owned_by(0, 1);
+    let p = h.create(&room);
+    let from = client(40000);
+
+    h.check(h.t0, from, &p, "not-the-password-at-all!");
+    assert!(
+        h.flows.is_empty(),
+        "a check with a wrong password pins nothing"
+    );
+    assert_eq!(h.stats.stun(StunOutcome::Unauthorized).get(), 1);
+    assert_eq!(h.sent.len(), 1, "answered with an error response");
+
+    let unsigned = check(&format!("{}:cli", p.ufrag), None, true);
+    h.datagram(h.t0, from, unsigned);
+    assert!(
+        h.flows.is_empty(),
+        "a check without MESSAGE-INTEGRITY pins nothing"
+    );
+
+    h.check(h.t0, from, &p, &p.pwd);
+    assert_eq!(h.flows.keys().copied().collect::<Vec<_>>(), [from]);
+    assert_eq!(h.stats.pins.get(), 1);
+    assert_eq!(h.stats.stun(StunOutcome::Success).get(), 1);
+    assert_eq!(h.sent.last().map(|t| t.to), Some(from));
+}
+
+#[test]
+fn a_check_never_moves_an_address_pinned_to_another_session() {
+    let mut h = harness(ActiveMode::Ebpf, 0, 1);
+    let room = room_owned_by(0, 1);
+    let victim = h.create(&room);
+    let attacker = h.create(&room);
+    let from = client(40000);
+    h.check(h.t0, from, &victim, &victim.pwd);
+    let sent = h.sent.len();
+
+    // Valid credentials of another session, from the victim's (spoofed) address.
+    h.check(h.at(1.0), from, &attacker, &attacker.pwd);
+    // A forged check for the victim's session from elsewhere.
+    h.check(
+        h.at(1.0),
+        client(40001),
+        &victim,
+        "forged-password-forged-pw",
+    );
+
+    assert_eq!(h.flows.keys().copied().collect::<Vec<_>>(), [from]);
+    assert_eq!(h.stats.pin_conflicts.get(), 1);
+    assert_eq!(h.stats.pins.get(), 1);
+    assert_eq!(
+        h.sent.len(),
+        sent + 1,
+        "only the forged check got an error response"
+    );
+    // The victim's traffic still reaches the victim.
+    h.datagram(h.at(2.0), from, vec![0x16, 0xfe, 0xfd]);
+    assert_eq!(h.stats.session_datagrams.get(), 1);
+}
+
+#[test]
+fn connected_mode_hands_a_foreign_room_to_its_owner_and_ebpf_mode_counts_it() {
+    let foreign = room_owned_by(1, 2);
+    let msg = check(
+        &format!("{}abcdefgh:cli", foreign.ufrag_part()),
+        Some("x"),
+        true,
+    );
+
+    let mut connected = harness(ActiveMode::Connected, 0, 2);
+    connected.datagram(connected.t0, client(40000), msg.clone());
+    assert_eq!(connected.handoffs, [1]);
+    assert!(connected.flows.is_empty() && connected.sent.is_empty());
+
+    let mut ebpf = harness(ActiveMode::Ebpf, 0, 2);
+    ebpf.datagram(ebpf.t0, client(40000), msg.clone());
+    assert!(ebpf.handoffs.is_empty());
+    assert_eq!(ebpf.stats.misdelivered.get(), 1);
+
+    // A handed-off datagram is never handed on again.
+    let mut datagram = msg;
+    connected.core.handle_datagram(
+        connected.t0,
+        client(40000),
+        None,
+        Arrival::Handoff,
+        &mut datagram,
+    );
+    connected.drain(connected.t0);
+    assert_eq!(connected.handoffs, [1]);
+    assert_eq!(connected.stats.misdelivered.get(), 1);
+}
+
+#[test]
+fn consent_expiry_unpins_after_thirty_seconds_of_virtual_time() {
+    let mut h = harness(ActiveMode::Ebpf, 0, 1);
+    let room = room_owned_by(0, 1);
+    let p = h.create(&room);
+    h.check(h.at(1.0), client(40000), &p, &p.pwd);
+    let deadline = h.at(1.0) + CONSENT_TIMEOUT;
+    assert!(
+        h.core.poll_timeout().is_some_and(|t| t <= deadline),
+        "the core asks to wake by the consent deadline"
+    );
+
+    h.timeout(deadline - Duration::from_millis(1));
+    assert_eq!(h.flows.len(), 1, "consent still fresh");
+    assert_eq!(h.stats.consent_expired.get(), 0);
+
+    h.timeout(deadline);
+    assert!(h.flows.is_empty(), "unpinned");
+    assert_eq!(h.stats.consent_expired.get(), 1);
+    assert_eq!(h.stats.unpins.get(), 1);
+    assert!(h.room_exists(&room), "a REST participant stays listed");
+}
+
+#[test]
+fn a_media_session_that_never_connects_times_out() {
+    let mut h = harness(ActiveMode::Ebpf, 0, 1);
+    let room = room_owned_by(0, 1);
+    let offer = sdp::parse_offer(CHROME_WHIP).unwrap();
+    let (reply, mut rx) = tokio::sync::oneshot::channel();
+    h.command(
+        h.t0,
+        Command::CreateMediaSession {
+            room: room.clone(),
+            role: Role::Publisher,
+            offer: Box::new(offer),
+            publisher: None,
+            reply,
+        },
+    );
+    let created: MediaCreated = rx.try_recv().unwrap().unwrap();
+    assert!(created.answer.contains("a=ice-lite"));
+    assert_eq!(h.stats.media.publishers.get(), 1);
+
+    h.timeout(h.at(29.0));
+    assert!(h.room_exists(&room));
+    h.timeout(h.at(30.0));
+    assert!(!h.room_exists(&room), "released with its room");
+    assert_eq!(h.stats.media.sessions_timed_out.get(), 1);
+    assert_eq!(h.stats.media.publishers.get(), 0);
+    assert_eq!(
+        h.limits
+            .sessions_total
+            .load(std::sync::atomic::Ordering::Acquire),
+        0
+    );
+}
+
+#[test]
+fn delete_releases_the_pins_and_the_room() {
+    let mut h = harness(ActiveMode::Ebpf, 0, 1);
+    let room = room_owned_by(0, 1);
+    let p = h.create(&room);
+    h.check(h.t0, client(40000), &p, &p.pwd);
+    h.check(h.t0, client(40001), &p, &p.pwd);
+    assert_eq!(h.flows.len(), 2);
+
+    let (reply, mut rx) = tokio::sync::oneshot::channel();
+    h.command(
+        h.t0,
+        Command::DeleteParticipant {
+            room: room.clone(),
+            participant: p.participant.clone(),
+            resource: None,
+            reply,
+        },
+    );
+    assert!(rx.try_recv().unwrap());
+    assert!(h.flows.is_empty(), "both flows released");
+    assert!(!h.room_exists(&room));
+    assert_eq!(
+        h.limits
+            .sessions_total
+            .load(std::sync::atomic::Ordering::Acquire),
+        0
+    );
+    // The address is free for a new session now.
+    let q = h.create(&room);
+    h.check(h.at(1.0), client(40000), &q, &q.pwd);
+    assert_eq!(h.flows.len(), 1);
+}
+
+#[test]
+fn an_idle_thread_sleeps_until_it_publishes_its_counters() {
+    let h = harness(ActiveMode::Ebpf, 0, 1);
+    assert_eq!(
+        h.core.poll_timeout(),
+        Some(h.t0 + super::core::PUBLISH_EVERY),
+        "no session, no room: no protocol timer"
+    );
+}
