@@ -62,7 +62,8 @@ use util::{
     baseline::BaselineOutcome,
     counting::Counter,
     cpu::{
-        busy_between, cores, cpu_jiffies, pin_current_thread, process_cpu_ns, raise_nofile_limit,
+        busy_between, cores, cpu_jiffies, ksoftirqd_ns, ksoftirqd_pids, pin_current_thread,
+        process_cpu_ns, raise_nofile_limit,
     },
     cpu_ns, machine,
     netns::{pin_wrapper, Path, VethNs, NS},
@@ -571,6 +572,7 @@ struct Outcome {
     process_cpu_ns: u64,
     logic_cpu_ns: u64,
     client_cpu_ns: u64,
+    softirq_ns: u64,
     busy: Vec<f64>,
     p50_us: f64,
     p99_us: f64,
@@ -614,6 +616,9 @@ impl Outcome {
     }
     fn client_cores(&self) -> f64 {
         cores(self.client_cpu_ns, self.wall)
+    }
+    fn softirq_cores(&self) -> f64 {
+        cores(self.softirq_ns, self.wall)
     }
     fn passes(&self, s: &Settings) -> bool {
         self.loss() <= s.max_loss && self.p99_us <= s.max_p99_ms * 1000.0
@@ -749,6 +754,8 @@ fn measure(
         cpu_ns(pid, &logic),
         process_cpu_ns("self"),
     );
+    let softirqd = ksoftirqd_pids();
+    let softirq0 = ksoftirqd_ns(&softirqd);
     let jiffies0 = cpu_jiffies();
     let started = Instant::now();
     let (sent, send_drops) = send_webrtc(publishers, streams, s, Duration::from_secs(s.secs));
@@ -759,6 +766,7 @@ fn measure(
     let cpu = process_cpu_ns(&pid_s) - cpu0;
     let logic_cpu = cpu_ns(pid, &logic) - logic0;
     let client_cpu = process_cpu_ns("self") - client0;
+    let softirq = ksoftirqd_ns(&softirqd) - softirq0;
     let busy = busy_between(&jiffies0, &cpu_jiffies());
     let after = settled_status(gw);
     let forwarded = media_sum(&after, "rtp_forwarded") - media_sum(&before, "rtp_forwarded");
@@ -776,6 +784,7 @@ fn measure(
         process_cpu_ns: cpu,
         logic_cpu_ns: logic_cpu,
         client_cpu_ns: client_cpu,
+        softirq_ns: softirq,
         busy,
         p50_us: percentile(&lat, 0.50),
         p99_us: percentile(&lat, 0.99),
@@ -895,17 +904,51 @@ fn run_capacity(mode: &str, s: &Settings, net: &Net) -> Vec<Outcome> {
 /// A relay run: what the load generator saw plus the relay's own counters.
 struct RelayRun {
     outcome: BaselineOutcome,
+    subs: usize,
+    send_drops: u64,
     send_errors: u64,
     relay_copies: u64,
     client_cpu_ns: u64,
+    softirq_ns: u64,
     busy: Vec<f64>,
     p50_us: f64,
     p99_us: f64,
     rcvbuf_errors: Option<u64>,
 }
 
+impl RelayRun {
+    fn passes(&self, s: &Settings) -> bool {
+        self.outcome.loss() <= s.max_loss && self.p99_us <= s.max_p99_ms * 1000.0
+    }
+}
+
+/// The relay's capacity on the same steps as roomgate's (a fresh relay per step, which
+/// costs nothing to set up), until a step fails the same bounds.
+fn run_relay_capacity(send: SendMode, s: &Settings, net: &Net) -> Vec<RelayRun> {
+    let mut subs = s.subs.max(1);
+    let mut steps = Vec::new();
+    for step in 0..s.max_steps {
+        let rr = run_relay(send, s, net, subs);
+        let pass = rr.passes(s);
+        eprintln!(
+            "capacity relay ({}) step {step}: {subs} subscribers/room, loss {:.3}%, p99 {:.1} ms, relay {:.2} cores: {}",
+            send.name(),
+            rr.outcome.loss() * 100.0,
+            rr.p99_us / 1000.0,
+            rr.outcome.cores(),
+            if pass { "pass" } else { "fail" }
+        );
+        steps.push(rr);
+        if !pass {
+            break;
+        }
+        subs = ((subs as f64 * s.growth).ceil() as usize).max(subs + 1);
+    }
+    steps
+}
+
 /// Baseline (a): the same rooms, schedule and packet sizes through the plain relay.
-fn run_relay(send: SendMode, s: &Settings, net: &Net) -> RelayRun {
+fn run_relay(send: SendMode, s: &Settings, net: &Net, subs: usize) -> RelayRun {
     let ip = net.client_ip();
     let bind = |nonblocking: bool| {
         let u = UdpSocket::bind(SocketAddr::new(ip, 0)).expect("bind a load-generator socket");
@@ -913,7 +956,7 @@ fn run_relay(send: SendMode, s: &Settings, net: &Net) -> RelayRun {
         u
     };
     let publishers: Vec<UdpSocket> = (0..s.rooms).map(|_| bind(true)).collect();
-    let subscribers: Vec<UdpSocket> = (0..s.rooms * s.subs).map(|_| bind(true)).collect();
+    let subscribers: Vec<UdpSocket> = (0..s.rooms * subs).map(|_| bind(true)).collect();
     let local = |u: &UdpSocket| u.local_addr().expect("local addr");
     let rooms: Vec<(SocketAddr, Vec<SocketAddr>)> = publishers
         .iter()
@@ -921,7 +964,7 @@ fn run_relay(send: SendMode, s: &Settings, net: &Net) -> RelayRun {
         .map(|(r, p)| {
             (
                 local(p),
-                subscribers[r * s.subs..(r + 1) * s.subs]
+                subscribers[r * subs..(r + 1) * subs]
                     .iter()
                     .map(local)
                     .collect(),
@@ -971,14 +1014,17 @@ fn run_relay(send: SendMode, s: &Settings, net: &Net) -> RelayRun {
     let rcv0 = net.udp_rcvbuf_errors();
     let received0 = counter.total();
     let (cpu0, client0) = (process_cpu_ns(&pid), process_cpu_ns("self"));
+    let softirqd = ksoftirqd_pids();
+    let softirq0 = ksoftirqd_ns(&softirqd);
     let jiffies0 = cpu_jiffies();
     let started = Instant::now();
-    let (sent, _drops) = send_for(Duration::from_secs(s.secs));
+    let (sent, send_drops) = send_for(Duration::from_secs(s.secs));
     let wall = started.elapsed();
     std::thread::sleep(Duration::from_millis(300));
     let received = counter.total() - received0;
     let cpu = process_cpu_ns(&pid) - cpu0;
     let client_cpu = process_cpu_ns("self") - client0;
+    let softirq = ksoftirqd_ns(&softirqd) - softirq0;
     let busy = busy_between(&jiffies0, &cpu_jiffies());
     let rcvbuf_errors = net
         .udp_rcvbuf_errors()
@@ -992,14 +1038,17 @@ fn run_relay(send: SendMode, s: &Settings, net: &Net) -> RelayRun {
         outcome: BaselineOutcome {
             name: format!("plain UDP relay ({})", send.name()),
             sent,
-            copies_expected: sent * s.subs as u64,
+            copies_expected: sent * subs as u64,
             received,
             cpu_ns: cpu,
             wall,
         },
+        subs,
+        send_drops,
         send_errors: stats.send_errors,
         relay_copies: stats.copies,
         client_cpu_ns: client_cpu,
+        softirq_ns: softirq,
         busy,
         p50_us: percentile(&lat, 0.50),
         p99_us: percentile(&lat, 0.99),
@@ -1040,13 +1089,20 @@ fn main() {
             results.push(run_roomgate(mode, &s, &net));
         }
     }
-    let relays: Vec<RelayRun> = if s.capacity {
-        Vec::new()
+    let (relays, relay_capacity): (Vec<RelayRun>, Vec<RelayRun>) = if s.capacity {
+        let first = s.relay_send.first();
+        (
+            Vec::new(),
+            first.map_or_else(Vec::new, |m| run_relay_capacity(*m, &s, &net)),
+        )
     } else {
-        s.relay_send
-            .iter()
-            .map(|m| run_relay(*m, &s, &net))
-            .collect()
+        (
+            s.relay_send
+                .iter()
+                .map(|m| run_relay(*m, &s, &net, s.subs))
+                .collect(),
+            Vec::new(),
+        )
     };
     drop(net);
     // Janus creates its own `rgb-gw` (same names and addresses), so it runs after `net`
@@ -1056,7 +1112,14 @@ fn main() {
             eprintln!("media bench: janus baseline");
             janus::run(s.rooms, s.subs, s.secs, s.kbps).map_err(|e| e.to_string())
         });
-    let report = report(&s, &results, &capacity, &relays, janus.as_ref());
+    let report = report(
+        &s,
+        &results,
+        &capacity,
+        &relays,
+        &relay_capacity,
+        janus.as_ref(),
+    );
     println!("{report}");
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-media.md");
     std::fs::write(&out, &report).expect("write target/bench-media.md");
@@ -1087,6 +1150,7 @@ fn report(
     results: &[Outcome],
     capacity: &[Vec<Outcome>],
     relays: &[RelayRun],
+    relay_capacity: &[RelayRun],
     janus: Option<&Result<janus::JanusOutcome, String>>,
 ) -> String {
     let mut r = String::new();
@@ -1138,7 +1202,10 @@ fn report(
         anchors(&mut r, s, results);
     }
     for steps in capacity {
-        capacity_section(&mut r, s, steps);
+        capacity_section(&mut r, s, steps, relay_capacity);
+    }
+    if !relay_capacity.is_empty() {
+        relay_capacity_section(&mut r, s, relay_capacity);
     }
     let _ = writeln!(
         r,
@@ -1147,7 +1214,9 @@ fn report(
          generator's own SRTP and scheduling, so it bounds what the gateway adds from above. \
          Across veth, the kernel delivers a sent datagram to the receiving socket in softirq on \
          the sending CPU, so the server's CPU includes the enqueue on the subscribers' sockets \
-         (the same for roomgate and the relay)."
+         (the same for roomgate and the relay); when softirq work piles up the kernel hands it to \
+         `ksoftirqd`, whose CPU the ksoftirqd column shows and no process figure includes. With \
+         `--pin`, the server's CPU busy share (cpu1) is the saturation figure."
     );
     r
 }
@@ -1157,16 +1226,16 @@ fn steady_table(r: &mut String, results: &[Outcome]) {
         r,
         "| mode | sessions | sent pkt/s | forwarded pkt/s (gateway) | received pkt/s (subscribers) | loss | \
          gateway CPU (cores) | gateway CPU ns/fwd pkt | logic threads ns/fwd pkt | fwd pkt/s per core | \
-         latency p50 / p99 / max | load-generator CPU (cores) | CPU busy |"
+         latency p50 / p99 / max | load-generator CPU (cores) | ksoftirqd (cores) | CPU busy |"
     );
     let _ = writeln!(
         r,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     );
     for o in results {
         let _ = writeln!(
             r,
-            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.2}% | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} / {:.0} / {:.0} µs | {:.2} | {} |",
+            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.2}% | {:.2} | {:.0} | {:.0} | {:.0} | {:.0} / {:.0} / {:.0} µs | {:.2} | {:.2} | {} |",
             o.mode,
             o.sessions,
             o.sent as f64 / o.wall.as_secs_f64(),
@@ -1181,6 +1250,7 @@ fn steady_table(r: &mut String, results: &[Outcome]) {
             o.p99_us,
             o.max_us,
             o.client_cores(),
+            o.softirq_cores(),
             busy_text(&o.busy),
         );
     }
@@ -1224,13 +1294,13 @@ fn baselines(
     );
     let _ = writeln!(
         r,
-        "| server | sent | copies expected | received | loss | server CPU (cores) | CPU ns per delivered copy | latency p50 / p99 | load-generator CPU (cores) | CPU busy |"
+        "| server | sent | copies expected | received | loss | server CPU (cores) | CPU ns per delivered copy | latency p50 / p99 | load-generator CPU (cores) | ksoftirqd (cores) | CPU busy |"
     );
-    let _ = writeln!(r, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(r, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for o in results {
         let _ = writeln!(
             r,
-            "| roomgate {} | {} | {} | {} | {:.2}% | {:.2} | {:.0} (per forwarded) | {:.0} / {:.0} µs | {:.2} | {} |",
+            "| roomgate {} | {} | {} | {} | {:.2}% | {:.2} | {:.0} (per forwarded) | {:.0} / {:.0} µs | {:.2} | {:.2} | {} |",
             o.mode,
             o.sent,
             o.expected(),
@@ -1241,6 +1311,7 @@ fn baselines(
             o.p50_us,
             o.p99_us,
             o.client_cores(),
+            o.softirq_cores(),
             busy_text(&o.busy)
         );
     }
@@ -1248,7 +1319,7 @@ fn baselines(
         let b = &rr.outcome;
         let _ = writeln!(
             r,
-            "| {} | {} | {} | {} | {:.2}% | {:.2} | {:.0} | {:.0} / {:.0} µs | {:.2} | {} |",
+            "| {} | {} | {} | {} | {:.2}% | {:.2} | {:.0} | {:.0} / {:.0} µs | {:.2} | {:.2} | {} |",
             b.name,
             b.sent,
             b.copies_expected,
@@ -1259,6 +1330,7 @@ fn baselines(
             rr.p50_us,
             rr.p99_us,
             cores(rr.client_cpu_ns, b.wall),
+            cores(rr.softirq_ns, b.wall),
             busy_text(&rr.busy)
         );
     }
@@ -1267,7 +1339,7 @@ fn baselines(
             let j = o.baseline();
             let _ = writeln!(
                 r,
-                "| {} | {} | {} | {} | {:.2}% | {:.2} | {:.0} | {:.0} / {:.0} µs | | |",
+                "| {} | {} | {} | {} | {:.2}% | {:.2} | {:.0} | {:.0} / {:.0} µs | | | |",
                 j.name,
                 j.sent,
                 j.copies_expected,
@@ -1282,14 +1354,14 @@ fn baselines(
         Some(Err(e)) => {
             let _ = writeln!(
                 r,
-                "| Janus | | | | | | failed: {} | | | |",
+                "| Janus | | | | | | failed: {} | | | | |",
                 e.replace(['\n', '|'], " ")
             );
         }
         None => {
             let _ = writeln!(
                 r,
-                "| Janus | | | | | | not run ({}) | | | |",
+                "| Janus | | | | | | not run ({}) | | | | |",
                 if s.path != Path::Veth {
                     "needs --path veth"
                 } else {
@@ -1319,8 +1391,9 @@ fn baselines(
     for rr in relays {
         let _ = writeln!(
             r,
-            "- {}: the relay itself sent {} copies ({} send errors); kernel UdpRcvbufErrors in its namespace: {}.",
+            "- {}: {} publisher send drops; the relay itself sent {} copies ({} send errors); kernel UdpRcvbufErrors in its namespace: {}.",
             rr.outcome.name,
+            rr.send_drops,
             rr.relay_copies,
             rr.send_errors,
             rr.rcvbuf_errors.map_or("n/a".into(), |n| n.to_string()),
@@ -1440,7 +1513,7 @@ fn saturated_side(o: &Outcome) -> String {
     }
 }
 
-fn capacity_section(r: &mut String, s: &Settings, steps: &[Outcome]) {
+fn capacity_section(r: &mut String, s: &Settings, steps: &[Outcome], relay: &[RelayRun]) {
     let Some(first) = steps.first() else { return };
     let mode = &first.mode;
     let _ = writeln!(
@@ -1454,16 +1527,16 @@ fn capacity_section(r: &mut String, s: &Settings, steps: &[Outcome]) {
     );
     let _ = writeln!(
         r,
-        "| subscribers/room | subscribers | setup (s) | sent pkt/s | forwarded pkt/s | loss | p50 / p99 | gateway CPU (cores) | ns/fwd pkt | load-generator CPU (cores) | CPU busy | kernel rcvbuf drops | result |"
+        "| subscribers/room | subscribers | setup (s) | sent pkt/s | forwarded pkt/s | loss | p50 / p99 | gateway CPU (cores) | ns/fwd pkt | load-generator CPU (cores) | ksoftirqd (cores) | CPU busy | kernel rcvbuf drops | result |"
     );
     let _ = writeln!(
         r,
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|"
     );
     for o in steps {
         let _ = writeln!(
             r,
-            "| {} | {} | {:.1} | {:.0} | {:.0} | {:.3}% | {:.1} / {:.1} ms | {:.2} | {:.0} | {:.2} | {} | {} | {} |",
+            "| {} | {} | {:.1} | {:.0} | {:.0} | {:.3}% | {:.1} / {:.1} ms | {:.2} | {:.0} | {:.2} | {:.2} | {} | {} | {} |",
             o.subs,
             o.subs * s.rooms,
             o.setup.as_secs_f64(),
@@ -1475,6 +1548,7 @@ fn capacity_section(r: &mut String, s: &Settings, steps: &[Outcome]) {
             o.gateway_cores(),
             o.ns_per_forwarded(),
             o.client_cores(),
+            o.softirq_cores(),
             busy_text(&o.busy),
             o.rcvbuf_errors.map_or("n/a".into(), |n| n.to_string()),
             if o.passes(s) { "pass" } else { "**fail**" }
@@ -1486,29 +1560,44 @@ fn capacity_section(r: &mut String, s: &Settings, steps: &[Outcome]) {
         Some(b) => {
             let _ = writeln!(
                 r,
-                "- Largest passing step: {} subscribers ({} rooms x {}), {:.0} forwarded packets/s \
-                 = **{:.0} per logic thread**, gateway CPU {:.2} cores → **{:.0} subscribers per core** \
-                 at {} kbit/s (measured: subscribers served ÷ gateway cores used).",
+                "- Largest passing step: **{} subscribers** ({} rooms x {}) at {} kbit/s, {:.0} forwarded \
+                 packets/s = **{:.0} per logic thread**; gateway process {:.2} cores, ksoftirqd {:.2} \
+                 cores, {} → {:.0} subscribers per gateway-process core.",
                 b.subs * s.rooms,
                 s.rooms,
                 b.subs,
+                s.kbps,
                 b.forwarded_per_sec(),
                 b.forwarded_per_sec() / s.threads.max(1) as f64,
                 b.gateway_cores(),
+                b.softirq_cores(),
+                busy_text(&b.busy),
                 (b.subs * s.rooms) as f64 / b.gateway_cores().max(0.01),
-                s.kbps
             );
             if b.gateway_cores() < SATURATED {
                 let _ = writeln!(
                     r,
-                    "- At that step the gateway used {:.2} cores, below saturation, so this \
-                     figure is a lower bound of what one core carries.",
+                    "- At that step the gateway used {:.2} cores, below saturation: the per-core \
+                     figure is extrapolated, and the subscriber count is a lower bound.",
                     b.gateway_cores()
                 );
             }
         }
         None => {
             let _ = writeln!(r, "- No step passed.");
+        }
+    }
+    if let Some(b) = best {
+        if let Some(rr) = relay.iter().find(|rr| rr.subs == b.subs) {
+            let ratio = b.ns_per_forwarded() / rr.outcome.ns_per_copy();
+            let _ = writeln!(
+                r,
+                "- At that load, roomgate CPU per forwarded packet ÷ {} CPU per copy = {:.0} / {:.0} ns = **{ratio:.2}** (target ≤ 1.3: {}).",
+                rr.outcome.name,
+                b.ns_per_forwarded(),
+                rr.outcome.ns_per_copy(),
+                if ratio <= 1.3 { "met" } else { "missed" }
+            );
         }
     }
     match steps.last().filter(|o| !o.passes(s)) {
@@ -1528,6 +1617,63 @@ fn capacity_section(r: &mut String, s: &Settings, steps: &[Outcome]) {
                 "- Every step passed (--max-steps {} reached): raise --max-steps or --subs.",
                 s.max_steps
             );
+        }
+    }
+}
+
+fn relay_capacity_section(r: &mut String, s: &Settings, steps: &[RelayRun]) {
+    let Some(first) = steps.first() else { return };
+    let _ = writeln!(
+        r,
+        "\n### Capacity, {} (same steps, bounds, pinning and load generator)\n",
+        first.outcome.name
+    );
+    let _ = writeln!(
+        r,
+        "| subscribers/room | subscribers | sent pkt/s | received copies/s | loss | p50 / p99 | relay CPU (cores) | ns/copy | load-generator CPU (cores) | ksoftirqd (cores) | CPU busy | result |"
+    );
+    let _ = writeln!(
+        r,
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"
+    );
+    for rr in steps {
+        let o = &rr.outcome;
+        let secs = o.wall.as_secs_f64();
+        let _ = writeln!(
+            r,
+            "| {} | {} | {:.0} | {:.0} | {:.3}% | {:.1} / {:.1} ms | {:.2} | {:.0} | {:.2} | {:.2} | {} | {} |",
+            rr.subs,
+            rr.subs * s.rooms,
+            o.sent as f64 / secs,
+            o.received as f64 / secs,
+            o.loss() * 100.0,
+            rr.p50_us / 1000.0,
+            rr.p99_us / 1000.0,
+            o.cores(),
+            o.ns_per_copy(),
+            cores(rr.client_cpu_ns, o.wall),
+            cores(rr.softirq_ns, o.wall),
+            busy_text(&rr.busy),
+            if rr.passes(s) { "pass" } else { "**fail**" }
+        );
+    }
+    let _ = writeln!(r);
+    match steps.iter().rfind(|rr| rr.passes(s)) {
+        Some(b) => {
+            let _ = writeln!(
+                r,
+                "- Largest passing step: **{} subscribers** at {} kbit/s, {:.0} copies/s; relay process {:.2} cores, ksoftirqd {:.2} cores, {} → {:.0} subscribers per relay-process core.",
+                b.subs * s.rooms,
+                s.kbps,
+                b.outcome.received as f64 / b.outcome.wall.as_secs_f64(),
+                b.outcome.cores(),
+                cores(b.softirq_ns, b.outcome.wall),
+                busy_text(&b.busy),
+                (b.subs * s.rooms) as f64 / b.outcome.cores().max(0.01),
+            );
+        }
+        None => {
+            let _ = writeln!(r, "- No step passed.");
         }
     }
 }

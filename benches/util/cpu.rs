@@ -105,3 +105,26 @@ pub fn raise_nofile_limit() {
 pub fn cores(cpu_ns: u64, wall: Duration) -> f64 {
     cpu_ns as f64 / wall.as_nanos().max(1) as f64
 }
+
+/// Pids of the kernel's softirq threads (`ksoftirqd/N`). When softirq work piles up, the
+/// kernel moves it from the context of the task that raised it (charged to that task) to
+/// these threads (charged to nobody the bench watches), so a server's CPU per packet is
+/// only complete together with theirs.
+pub fn ksoftirqd_pids() -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.starts_with("ksoftirqd/"))
+        })
+        .collect()
+}
+
+/// On-CPU ns of all `ksoftirqd` threads together.
+pub fn ksoftirqd_ns(pids: &[String]) -> u64 {
+    pids.iter().map(|p| process_cpu_ns(p)).sum()
+}
