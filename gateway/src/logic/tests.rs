@@ -24,7 +24,7 @@ use super::{
 };
 use crate::{
     ice::{StunOutcome, CONSENT_TIMEOUT},
-    media::Identity,
+    media::{dtls::test_client, DtlsEvent, Identity, SrtpSession},
     room::RoomId,
     sdp::{self, Role},
     stats::ThreadStats,
@@ -32,6 +32,7 @@ use crate::{
 };
 
 const CHROME_WHIP: &str = include_str!("../sdp/testdata/chrome_whip.sdp");
+const CHROME_WHEP: &str = include_str!("../sdp/testdata/chrome_whep.sdp");
 
 struct Harness {
     core: ThreadCore,
@@ -386,4 +387,158 @@ fn an_idle_thread_sleeps_until_it_publishes_its_counters() {
         Some(h.t0 + super::core::PUBLISH_EVERY),
         "no session, no room: no protocol timer"
     );
+}
+
+/// The value of the first `a=<name>:` line of an SDP.
+fn sdp_attr<'a>(sdp: &'a str, name: &str) -> &'a str {
+    sdp.lines()
+        .find_map(|l| l.strip_prefix(&format!("a={name}:")))
+        .unwrap()
+        .trim()
+}
+
+/// A WHIP/WHEP session connected through the core the way the shell would connect it:
+/// offer (carrying the test client's certificate fingerprint), nominating ICE check from
+/// `from`, DTLS handshake with a webrtc-dtls client. Returns the client's SRTP context.
+/// DTLS runs on real time (webrtc-dtls's own timers), so this part reads the clock.
+fn connect_media(
+    h: &mut Harness,
+    room: &RoomId,
+    role: Role,
+    offer: &str,
+    from: SocketAddr,
+) -> SrtpSession {
+    let (client, fingerprint) = test_client::with_new_certificate();
+    let offer: String = offer
+        .lines()
+        .map(|l| match l.strip_prefix("a=fingerprint:sha-256 ") {
+            Some(_) => format!("a=fingerprint:sha-256 {fingerprint}\r\n"),
+            None => format!("{l}\r\n"),
+        })
+        .collect();
+    let (reply, mut rx) = tokio::sync::oneshot::channel();
+    h.command(
+        Instant::now(),
+        Command::CreateMediaSession {
+            room: room.clone(),
+            role,
+            offer: Box::new(sdp::parse_offer(&offer).unwrap()),
+            publisher: None,
+            reply,
+        },
+    );
+    let created: MediaCreated = rx.try_recv().unwrap().unwrap();
+    let ufrag = sdp_attr(&created.answer, "ice-ufrag");
+    let pwd = sdp_attr(&created.answer, "ice-pwd");
+    h.datagram(
+        Instant::now(),
+        from,
+        check(&format!("{ufrag}:cli"), Some(pwd), true),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !client.done.is_finished() {
+        assert!(Instant::now() < deadline, "no DTLS handshake within 10 s");
+        let now = Instant::now();
+        while let Ok(DtlsEvent::Transmit { mut datagram, .. }) = client.out.try_recv() {
+            // The client closes right after exporting its keys; its close_notify
+            // (an alert) would end the session this test wants to use.
+            if datagram.first() != Some(&21) {
+                h.core
+                    .handle_datagram(now, from, None, Arrival::Group, &mut datagram);
+            }
+        }
+        h.timeout(now);
+        for t in h.sent.drain(..).filter(|t| t.to == from) {
+            let _ = client.inbound.try_send(t.contents);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let material = client.done.join().unwrap().unwrap();
+    SrtpSession::new(&test_client::client_side_keys(&material)).unwrap()
+}
+
+/// A plaintext Opus RTP packet as the CHROME_WHIP publisher sends it.
+fn opus_rtp(seq: u16) -> Vec<u8> {
+    let mut p = vec![0x80, 111];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&(u32::from(seq) * 960).to_be_bytes());
+    p.extend_from_slice(&3_735_928_559u32.to_be_bytes());
+    p.extend_from_slice(&[0x5a; 160]);
+    p
+}
+
+/// Feed one SRTP packet from `from` through the core as the shell does (receive buffer,
+/// send, hand the buffer back); returns the datagrams sent to `to`.
+fn forward(
+    h: &mut Harness,
+    buf: &mut [u8],
+    packet: &[u8],
+    from: SocketAddr,
+    to: SocketAddr,
+) -> usize {
+    let data = &mut buf[..packet.len()];
+    data.copy_from_slice(packet);
+    h.core
+        .handle_datagram(h.t0, from, None, Arrival::Group, data);
+    let mut sent = 0;
+    while let Some(t) = h.core.poll_transmit() {
+        sent += usize::from(t.to == to);
+        h.core.handle_sent(t, Ok(()));
+    }
+    sent
+}
+
+#[test]
+fn forwarding_allocates_nothing_once_the_room_is_warm() {
+    let mut h = harness(ActiveMode::Ebpf, 0, 1);
+    let room = room_owned_by(0, 1);
+    let (publisher, subscriber) = (client(41000), client(41001));
+    let mut publisher_srtp = connect_media(&mut h, &room, Role::Publisher, CHROME_WHIP, publisher);
+    let mut subscriber_srtp =
+        connect_media(&mut h, &room, Role::Subscriber, CHROME_WHEP, subscriber);
+    let packets: Vec<Vec<u8>> = (0..800)
+        .map(|seq| {
+            let plain = opus_rtp(seq);
+            let mut out = vec![0; plain.len() + 16];
+            let n = publisher_srtp.protect_rtp_into(&plain, &mut out).unwrap();
+            out.truncate(n);
+            out
+        })
+        .collect();
+    let mut buf = vec![0u8; 2048];
+
+    // The subscriber gets the publisher's packet, decryptable with its own keys.
+    h.core.handle_datagram(
+        h.t0,
+        publisher,
+        None,
+        Arrival::Group,
+        &mut packets[0].clone(),
+    );
+    let copy = std::iter::from_fn(|| h.core.poll_transmit())
+        .find(|t| t.to == subscriber)
+        .expect("forwarded to the subscriber");
+    let mut received = copy.contents.clone();
+    let n = subscriber_srtp
+        .unprotect_rtp_in_place(&mut received)
+        .unwrap();
+    assert_eq!(received[1] & 0x7f, 111);
+    assert_eq!(&received[n - 160..n], &[0x5a; 160]);
+    h.core.handle_sent(copy, Ok(()));
+
+    // Warm: past the room's retransmission buffer (512 packets), which fills first.
+    let warm: usize = packets[1..600]
+        .iter()
+        .map(|p| forward(&mut h, &mut buf, p, publisher, subscriber))
+        .sum();
+    assert_eq!(warm, 599);
+
+    let before = crate::sfu::alloc_count::allocations();
+    let mut sent = 0;
+    for p in &packets[600..] {
+        sent += forward(&mut h, &mut buf, p, publisher, subscriber);
+    }
+    let allocations = crate::sfu::alloc_count::allocations() - before;
+    assert_eq!(sent, 200);
+    assert_eq!(allocations, 0, "heap allocations for 200 forwarded packets");
 }

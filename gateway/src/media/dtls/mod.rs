@@ -7,6 +7,8 @@
 mod filter;
 mod tokio;
 
+#[cfg(test)]
+pub(crate) use self::tokio::test_client;
 pub(crate) use self::tokio::FLIGHT_INTERVAL;
 pub use self::{
     filter::acceptable_after_handshake,

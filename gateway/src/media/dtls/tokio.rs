@@ -274,28 +274,27 @@ impl Conn for ChannelConn {
     }
 }
 
+/// A webrtc-dtls client for tests, on its own thread and runtime.
 #[cfg(test)]
-mod tests {
-    use std::time::Instant;
-
+pub(crate) mod test_client {
     use webrtc_dtls::crypto::Certificate;
 
     use super::*;
 
-    const SERVER: &str = "127.0.0.1:7000";
-    const CLIENT: &str = "127.0.0.1:50000";
+    pub const SERVER: &str = "127.0.0.1:7000";
+    pub const CLIENT: &str = "127.0.0.1:50000";
 
     /// A webrtc-dtls client on its own thread and runtime, wired to a server session of
     /// `driver` through in-memory queues (the logic thread's role is played by the test).
-    struct Client {
+    pub struct Client {
         /// Client -> server records (the client's ChannelConn emits Transmit events).
-        out: Receiver<DtlsEvent>,
+        pub out: Receiver<DtlsEvent>,
         /// Server -> client records.
-        inbound: tmpsc::Sender<Vec<u8>>,
-        done: std::thread::JoinHandle<Result<Vec<u8>, String>>,
+        pub inbound: tmpsc::Sender<Vec<u8>>,
+        pub done: std::thread::JoinHandle<Result<Vec<u8>, String>>,
     }
 
-    fn client(cert: Certificate) -> Client {
+    pub fn client(cert: Certificate) -> Client {
         let (events_tx, out) = mpsc::channel();
         let (inbound, inbound_rx) = tmpsc::channel(1024);
         let conn = Arc::new(ChannelConn {
@@ -334,6 +333,42 @@ mod tests {
         });
         Client { out, inbound, done }
     }
+
+    /// The client's side of the SRTP keys a test client exported (it offers only
+    /// AES_CM_128_HMAC_SHA1_80): local and remote swapped, so an `SrtpSession` built from
+    /// them protects as the client and unprotects what the server sent.
+    pub fn client_side_keys(material: &[u8]) -> SrtpKeys {
+        let (k, s) = (16, 14);
+        let mut swapped = Vec::with_capacity(material.len());
+        swapped.extend_from_slice(&material[k..2 * k]);
+        swapped.extend_from_slice(&material[..k]);
+        swapped.extend_from_slice(&material[2 * k + s..]);
+        swapped.extend_from_slice(&material[2 * k..2 * k + s]);
+        SrtpKeys {
+            profile: SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+            material: swapped,
+        }
+    }
+
+    /// A client with a fresh certificate, and that certificate's SDP fingerprint.
+    pub fn with_new_certificate() -> (Client, String) {
+        let cert = Certificate::generate_self_signed(vec!["client".into()]).unwrap();
+        let fingerprint = fingerprint_of(&cert);
+        (client(cert), fingerprint)
+    }
+
+    pub fn fingerprint_of(cert: &Certificate) -> String {
+        sha256_fingerprint(cert.certificate[0].as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use webrtc_dtls::crypto::Certificate;
+
+    use super::{test_client::*, *};
 
     /// Play the logic thread until the server reports an outcome for session 1.
     fn run(driver: &DtlsDriver, handle: &DtlsHandle, c: &Client) -> DtlsEvent {
@@ -401,10 +436,6 @@ mod tests {
             CLIENT.parse().unwrap(),
         );
         (driver, handle, client(cert))
-    }
-
-    fn fingerprint_of(cert: &Certificate) -> String {
-        sha256_fingerprint(cert.certificate[0].as_ref())
     }
 
     #[test]
