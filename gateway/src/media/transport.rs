@@ -258,3 +258,67 @@ impl Transport {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::media::Identity;
+
+    const WAIT: Duration = FLIGHT_INTERVAL.saturating_add(TIMER_SLACK);
+
+    /// A ClientHello-shaped record: enough to start a handshake task.
+    const RECORD: [u8; 16] = [22, 0xfe, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 1, 0, 0];
+
+    #[test]
+    fn a_live_handshake_asks_for_the_runtime_when_webrtc_dtls_timer_fires() {
+        let driver = DtlsDriver::new(Arc::new(Identity::generate().unwrap())).unwrap();
+        let (local, remote) = (
+            "127.0.0.1:7000".parse().unwrap(),
+            "192.0.2.1:4000".parse().unwrap(),
+        );
+        let mut t = Transport::new("00".into());
+        assert_eq!(t.poll_timeout(), None, "no handshake, no timer");
+        let t0 = Instant::now();
+        let input = t.handle_dtls(t0, &RECORD, &driver, 1, local, remote);
+        assert_eq!(input, DtlsInput::Started);
+        assert_eq!(t.poll_timeout(), Some(t0 + WAIT));
+
+        assert!(!t.handle_timeout(t0 + WAIT - Duration::from_millis(1)));
+        assert!(t.handle_timeout(t0 + WAIT), "the runtime must run");
+        assert_eq!(
+            t.poll_timeout(),
+            Some(t0 + WAIT + WAIT),
+            "webrtc-dtls re-arms while it waits"
+        );
+
+        let sent = t0 + Duration::from_secs(2);
+        t.handle_flight_sent(sent);
+        assert_eq!(t.poll_timeout(), Some(sent + WAIT), "a flight restarts it");
+        t.handle_flight_sent(t0 + HANDSHAKE_TIMEOUT - Duration::from_millis(100));
+        assert_eq!(
+            t.poll_timeout(),
+            Some(t0 + HANDSHAKE_TIMEOUT),
+            "the handshake deadline comes first"
+        );
+        assert!(!t.handshake_expired(t0 + HANDSHAKE_TIMEOUT - Duration::from_millis(1)));
+        assert!(t.handshake_expired(t0 + HANDSHAKE_TIMEOUT));
+    }
+
+    #[test]
+    fn no_srtp_before_the_handshake_finished() {
+        let mut t = Transport::new("00".into());
+        let mut packet = [0x80u8; 40];
+        assert_eq!(
+            t.unprotect_in_place(&mut packet, false),
+            Err(RecvError::NoKeys)
+        );
+        let mut out = vec![0x80; 40];
+        assert_eq!(
+            t.protect_in_place(&mut out, false),
+            Err(TransmitError::NoKeys)
+        );
+        assert_eq!(out.len(), 40, "left as it was");
+    }
+}

@@ -12,5 +12,5 @@ pub(crate) use self::tokio::test_client;
 pub(crate) use self::tokio::FLIGHT_INTERVAL;
 pub use self::{
     filter::acceptable_after_handshake,
-    tokio::{DtlsDriver, DtlsEvent, DtlsHandle, SrtpKeys},
+    tokio::{DtlsDriver, DtlsEvent, DtlsHandle, HandshakeError, SrtpKeys},
 };

@@ -48,9 +48,24 @@ pub enum DtlsEvent {
     /// Handshake done and the client's certificate matches the SDP fingerprint.
     Connected { id: u64, keys: SrtpKeys },
     /// Handshake failed (bad records, wrong fingerprint, no SRTP profile, ...).
-    Failed { id: u64, reason: String },
+    Failed { id: u64, reason: HandshakeError },
     /// The client closed the association (close_notify or fatal alert).
     Closed { id: u64 },
+}
+
+/// Why a handshake ended without keys.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("handshake: {0}")]
+    Dtls(#[source] webrtc_dtls::Error),
+    #[error("client presented no certificate")]
+    NoCertificate,
+    #[error("client certificate does not match the SDP fingerprint")]
+    FingerprintMismatch,
+    #[error("no usable SRTP profile ({0:?})")]
+    NoSrtpProfile(SrtpProtectionProfile),
+    #[error("keying material export: {0}")]
+    Export(#[source] webrtc_util::KeyingMaterialExporterError),
 }
 
 /// The negotiated SRTP profile and the exporter output (RFC 5764 4.2).
@@ -188,28 +203,27 @@ async fn handshake(
     conn: Arc<ChannelConn>,
     config: Config,
     remote_fingerprint: &str,
-) -> Result<(DTLSConn, SrtpKeys), String> {
+) -> Result<(DTLSConn, SrtpKeys), HandshakeError> {
     let dtls = DTLSConn::new(conn, config, false, None)
         .await
-        .map_err(|e| format!("handshake: {e}"))?;
+        .map_err(HandshakeError::Dtls)?;
     let state = dtls.connection_state().await;
     let presented = state
         .peer_certificates
         .first()
         .map(|der| sha256_fingerprint(der))
-        .ok_or("client presented no certificate")?;
+        .ok_or(HandshakeError::NoCertificate)?;
     if !presented.eq_ignore_ascii_case(remote_fingerprint) {
         // Whoever completed this handshake is not the peer that sent the offer.
         let _ = dtls.close().await;
-        return Err("client certificate does not match the SDP fingerprint".into());
+        return Err(HandshakeError::FingerprintMismatch);
     }
     let profile = dtls.selected_srtpprotection_profile();
-    let len =
-        material_len(profile).ok_or_else(|| format!("no usable SRTP profile ({profile:?})"))?;
+    let len = material_len(profile).ok_or(HandshakeError::NoSrtpProfile(profile))?;
     let material = state
         .export_keying_material(EXPORTER_LABEL, &[], len)
         .await
-        .map_err(|e| format!("keying material export: {e}"))?;
+        .map_err(HandshakeError::Export)?;
     Ok((dtls, SrtpKeys { profile, material }))
 }
 
@@ -468,7 +482,9 @@ mod tests {
         );
         let c = client(cert);
         match run(&driver, &handle, &c) {
-            DtlsEvent::Failed { reason, .. } => assert!(reason.contains("fingerprint"), "{reason}"),
+            DtlsEvent::Failed { reason, .. } => {
+                assert!(reason.to_string().contains("fingerprint"), "{reason}")
+            }
             other => panic!("expected Failed, got {other:?}"),
         }
     }
