@@ -1112,7 +1112,7 @@ fn main() {
             eprintln!("media bench: janus baseline");
             janus::run(s.rooms, s.subs, s.secs, s.kbps).map_err(|e| e.to_string())
         });
-    let report = report(
+    let own = report(
         &s,
         &results,
         &capacity,
@@ -1120,9 +1120,48 @@ fn main() {
         &relay_capacity,
         janus.as_ref(),
     );
-    println!("{report}");
+    println!("{own}");
+    let report = merged_report(&s, &own);
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-media.md");
     std::fs::write(&out, &report).expect("write target/bench-media.md");
+}
+
+const HEADING: &str = "## Media forwarding (`cargo xtask bench media`)";
+/// Starts the capacity part of the section, so that a steady run and a capacity run, each
+/// recorded by `cargo xtask bench media [--capacity]`, keep each other in BENCHMARKS.md.
+const CAPACITY_MARKER: &str = "<!-- media capacity -->";
+
+/// The report this run writes: its own part, plus the other kind's part as recorded in
+/// BENCHMARKS.md (xtask replaces the whole `## Media forwarding` section with it).
+fn merged_report(s: &Settings, own: &str) -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let recorded = std::fs::read_to_string(root.join("BENCHMARKS.md")).unwrap_or_default();
+    let section = recorded.find(HEADING).map_or("", |start| {
+        let rest = &recorded[start..];
+        rest[1..].find("\n## ").map_or(rest, |end| &rest[..end + 1])
+    });
+    // xtask appends this line to every section it records; it is added again.
+    let section: String = section
+        .lines()
+        .filter(|l| !l.starts_with("Run as root (eBPF steering"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let (steady, capacity) = match section.find(CAPACITY_MARKER) {
+        Some(i) => (&section[..i], &section[i..]),
+        None => (section.as_str(), ""),
+    };
+    if s.capacity {
+        let steady = if steady.trim().is_empty() {
+            format!("{HEADING}\n\n")
+        } else {
+            format!("{}\n\n", steady.trim_end())
+        };
+        format!("{steady}{own}")
+    } else if capacity.is_empty() {
+        own.to_owned()
+    } else {
+        format!("{}\n\n{}", own.trim_end(), capacity.trim_end())
+    }
 }
 
 fn command_line() -> String {
@@ -1155,7 +1194,14 @@ fn report(
 ) -> String {
     let mut r = String::new();
     let stream_pps = s.stream_pps();
-    let _ = writeln!(r, "## Media forwarding (`cargo xtask bench media`)\n");
+    if s.capacity {
+        let _ = writeln!(
+            r,
+            "{CAPACITY_MARKER}\n### Capacity (`cargo xtask bench media --capacity`)\n"
+        );
+    } else {
+        let _ = writeln!(r, "{HEADING}\n");
+    }
     let _ = writeln!(
         r,
         "Machine: {}. Command: `{}` (release build, as root).\n",
@@ -1518,7 +1564,7 @@ fn capacity_section(r: &mut String, s: &Settings, steps: &[Outcome], relay: &[Re
     let mode = &first.mode;
     let _ = writeln!(
         r,
-        "\n### Capacity, {mode} mode ({} logic thread{}; steps x{} subscribers per room until loss > {:.2}% or p99 > {:.0} ms)\n",
+        "\n#### roomgate, {mode} mode ({} logic thread{}; steps x{} subscribers per room until loss > {:.2}% or p99 > {:.0} ms)\n",
         s.threads,
         if s.threads == 1 { "" } else { "s" },
         s.growth,
@@ -1625,7 +1671,7 @@ fn relay_capacity_section(r: &mut String, s: &Settings, steps: &[RelayRun]) {
     let Some(first) = steps.first() else { return };
     let _ = writeln!(
         r,
-        "\n### Capacity, {} (same steps, bounds, pinning and load generator)\n",
+        "\n#### {} (same steps, bounds, pinning and load generator)\n",
         first.outcome.name
     );
     let _ = writeln!(
