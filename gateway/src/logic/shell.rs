@@ -138,7 +138,7 @@ impl Shell {
             peers,
             stats,
             stop,
-            batch: RecvBatch::default(),
+            batch: RecvBatch::new(),
             pending: Vec::new(),
         })
     }
@@ -213,7 +213,7 @@ impl Shell {
             let now = Instant::now();
             let arrival = self.sockets.arrival(via);
             let mut datagrams = 0u64;
-            let mut batch = std::mem::take(&mut self.batch);
+            let mut batch = std::mem::replace(&mut self.batch, RecvBatch::empty());
             batch.for_each(n, |d| {
                 // A bug reachable from one datagram (here or in a protocol library)
                 // must cost that datagram, not the thread and every room on it.

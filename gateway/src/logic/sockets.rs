@@ -60,21 +60,6 @@ pub struct Sockets {
     buffers: net::BufferSizes,
 }
 
-/// One recvmmsg batch: receive buffers for [`BATCH_SIZE`] datagrams and their metadata.
-pub struct RecvBatch {
-    buf: Box<[u8]>,
-    meta: [RecvMeta; BATCH_SIZE],
-}
-
-impl Default for RecvBatch {
-    fn default() -> Self {
-        RecvBatch {
-            buf: vec![0u8; MAX_DATAGRAM * BATCH_SIZE].into_boxed_slice(),
-            meta: [RecvMeta::default(); BATCH_SIZE],
-        }
-    }
-}
-
 /// One received datagram.
 pub struct Datagram<'a> {
     pub from: SocketAddr,
@@ -82,7 +67,29 @@ pub struct Datagram<'a> {
     pub data: &'a mut [u8],
 }
 
+/// One recvmmsg batch: receive buffers for [`BATCH_SIZE`] datagrams and their metadata.
+pub struct RecvBatch {
+    buf: Box<[u8]>,
+    meta: [RecvMeta; BATCH_SIZE],
+}
+
 impl RecvBatch {
+    pub fn new() -> Self {
+        RecvBatch {
+            buf: vec![0u8; MAX_DATAGRAM * BATCH_SIZE].into_boxed_slice(),
+            meta: [RecvMeta::default(); BATCH_SIZE],
+        }
+    }
+
+    /// A placeholder holding no buffer (allocates nothing), for while the real batch is
+    /// lent out.
+    pub fn empty() -> Self {
+        RecvBatch {
+            buf: Box::default(),
+            meta: [RecvMeta::default(); BATCH_SIZE],
+        }
+    }
+
     /// The `n` datagrams of the last receive. GRO is off, so one slot holds one
     /// datagram; a stride is honoured anyway.
     pub fn for_each(&mut self, n: usize, mut f: impl FnMut(Datagram<'_>)) {

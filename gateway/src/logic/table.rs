@@ -410,6 +410,68 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ice::{Credentials, IceSession};
+
+    fn session(table: &mut Table, room: &RoomId, ufrag: &str) -> SessionId {
+        let room = table.room_or_insert(room);
+        table.insert(Session {
+            participant: ufrag.into(),
+            room,
+            ice: IceSession::new(
+                Credentials {
+                    ufrag: ufrag.into(),
+                    pwd: "p".into(),
+                },
+                Instant::now(),
+            ),
+            pinned: Vec::new(),
+            reply: None,
+            valid_checks: 0,
+            rx_datagrams: 0,
+            rx_bytes: 0,
+            tx_datagrams: 0,
+            media: None,
+            armed: None,
+        })
+    }
+
+    #[test]
+    fn the_index_follows_inserts_pins_and_removals() {
+        let mut table = Table::default();
+        let room = RoomId::parse("r").unwrap();
+        let a = session(&mut table, &room, "ra");
+        let b = session(&mut table, &room, "rb");
+        let addr: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        assert!(table.pin(a, addr, Some(ConnId(3))));
+        assert!(!table.pin(b, addr, None), "one session per address");
+        assert_eq!(table.by_addr(&addr), Some(a));
+
+        let removed = table.remove(a).unwrap();
+        assert_eq!(
+            removed.pinned,
+            [Pin {
+                addr,
+                conn: Some(ConnId(3))
+            }]
+        );
+        assert_eq!(table.by_addr(&addr), None, "its pins leave the index");
+        assert_eq!(table.by_ufrag("ra"), None);
+        assert!(table.get(a).is_none());
+        let key = table.room_key(&room).unwrap();
+        assert_eq!(table.room(key).unwrap().sessions, [b]);
+        assert!(
+            table.remove_room_if_empty(key).is_none(),
+            "b is still in it"
+        );
+
+        assert!(table.pin(b, addr, None), "the address is free again");
+        assert_eq!(table.unpin(b, addr), Some(Pin { addr, conn: None }));
+        assert_eq!(table.by_addr(&addr), None);
+        table.remove(b).unwrap();
+        assert!(table.remove_room_if_empty(key).is_some());
+        assert_eq!(table.room_key(&room), None);
+        assert_eq!((table.session_count(), table.room_count()), (0, 0));
+    }
 
     #[test]
     fn a_stale_handle_finds_nothing_after_its_slot_is_reused() {
