@@ -62,6 +62,17 @@ fn main() {
         b.cores(),
         b.ns_per_copy() / 1000.0
     );
+    let busy: Vec<String> = o
+        .busy
+        .iter()
+        .map(|b| format!("{:.0}%", b * 100.0))
+        .collect();
+    println!(
+        "  load generator {:.2} cores, ksoftirqd {:.2} cores, CPU busy {}",
+        o.client_cpu_ns as f64 / o.wall.as_nanos().max(1) as f64,
+        o.softirq_ns as f64 / o.wall.as_nanos().max(1) as f64,
+        busy.join(" / ")
+    );
     println!(
         "  added latency p50 {:.0} us, p99 {:.0} us; SRTP failures {}; Janus checks answered {}",
         o.p50_us, o.p99_us, o.srtp_failures, o.checks_answered

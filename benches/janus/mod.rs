@@ -30,6 +30,7 @@ use signal::Publisher;
 
 use crate::util::{
     baseline::BaselineOutcome,
+    cpu::{busy_between, cpu_jiffies, ksoftirqd_ns, ksoftirqd_pids, process_cpu_ns},
     netns::{self, VethNs},
 };
 
@@ -89,6 +90,12 @@ pub struct JanusOutcome {
     /// Janus's own connectivity checks (libnice sends them even when lite) that the
     /// clients answered, over the whole run.
     pub checks_answered: u64,
+    /// Over the window, measured as the media bench measures its roomgate runs: the load
+    /// generator's own CPU (this process), the ksoftirqd threads' CPU (softirq work no
+    /// process figure includes) and each CPU's busy share from /proc/stat.
+    pub client_cpu_ns: u64,
+    pub softirq_ns: u64,
+    pub busy: Vec<f64>,
 }
 
 impl JanusOutcome {
@@ -216,6 +223,10 @@ pub fn run(rooms: usize, subs: usize, secs: u64, kbps: u64) -> Result<JanusOutco
 
     let received0: u64 = subscribers.iter().map(|s| s.rtp_received()).sum();
     let cpu0 = janus.cpu_ns();
+    let client0 = process_cpu_ns("self");
+    let softirqd = ksoftirqd_pids();
+    let softirq0 = ksoftirqd_ns(&softirqd);
+    let jiffies0 = cpu_jiffies();
     let started = Instant::now();
     let (sent, send_drops) =
         schedule::send_for(&publishers, &mut streams, kbps, Duration::from_secs(secs));
@@ -224,6 +235,9 @@ pub fn run(rooms: usize, subs: usize, secs: u64, kbps: u64) -> Result<JanusOutco
     // Let in-flight copies land; Janus's CPU is read at the same moment.
     std::thread::sleep(Duration::from_millis(300));
     let cpu_ns = janus.cpu_ns().saturating_sub(cpu0);
+    let client_cpu_ns = process_cpu_ns("self").saturating_sub(client0);
+    let softirq_ns = ksoftirqd_ns(&softirqd).saturating_sub(softirq0);
+    let busy = busy_between(&jiffies0, &cpu_jiffies());
     let copies_received = subscribers.iter().map(|s| s.rtp_received()).sum::<u64>() - received0;
 
     let mut lat: Vec<u64> = subscribers
@@ -273,5 +287,8 @@ pub fn run(rooms: usize, subs: usize, secs: u64, kbps: u64) -> Result<JanusOutco
         srtp_profile,
         srtp_failures,
         checks_answered,
+        client_cpu_ns,
+        softirq_ns,
+        busy,
     })
 }
