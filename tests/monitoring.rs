@@ -23,7 +23,7 @@ use serde_json::Value;
 use support::*;
 
 /// Media-plane counters and gauges with a `thread` label only.
-const MEDIA_PER_THREAD: [&str; 26] = [
+const MEDIA_PER_THREAD: [&str; 27] = [
     "roomgate_dtls_closed_total",
     "roomgate_dtls_records_dropped_total",
     "roomgate_srtp_before_keys_total",
@@ -35,6 +35,7 @@ const MEDIA_PER_THREAD: [&str; 26] = [
     "roomgate_rtp_payload_type_mismatch_total",
     "roomgate_rtp_dropped_before_bind_total",
     "roomgate_rtcp_unknown_ssrc_total",
+    "roomgate_unknown_member_packets_total",
     "roomgate_rtcp_packets_received_total",
     "roomgate_rtcp_malformed_total",
     "roomgate_nacks_received_total",

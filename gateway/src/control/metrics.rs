@@ -29,7 +29,7 @@ type ThreadSeries = (
 type MediaSeries = (&'static str, &'static str, fn(&MediaStats) -> u64);
 
 /// Media-plane counters exposed one series per thread (`{thread}` only).
-const MEDIA_COUNTERS: [MediaSeries; 24] = [
+const MEDIA_COUNTERS: [MediaSeries; 25] = [
     (
         "roomgate_dtls_closed_total",
         "DTLS associations the client closed (close_notify or alert) after connecting.",
@@ -84,6 +84,11 @@ const MEDIA_COUNTERS: [MediaSeries; 24] = [
         "roomgate_rtcp_unknown_ssrc_total",
         "RTCP feedback naming an SSRC without a track or slot; ignored.",
         |m| m.rtcp_unknown_ssrc.get(),
+    ),
+    (
+        "roomgate_unknown_member_packets_total",
+        "RTP/RTCP from a session its room does not know as a member, or RTP from a non-publisher; dropped.",
+        |m| m.unknown_member.get(),
     ),
     (
         "roomgate_rtcp_packets_received_total",
