@@ -22,7 +22,6 @@ mod tests;
 #[cfg(test)]
 mod vectors;
 
-use bytes::Bytes;
 use webrtc_dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 
 use self::{
@@ -398,34 +397,6 @@ impl SrtpSession {
             }
         }
         Ok(len)
-    }
-
-    pub fn unprotect_rtp(&mut self, packet: &[u8]) -> Result<Bytes, UnprotectFailure> {
-        let mut buf = packet.to_vec();
-        let len = self.unprotect_rtp_in_place(&mut buf)?;
-        buf.truncate(len);
-        Ok(Bytes::from(buf))
-    }
-
-    pub fn unprotect_rtcp(&mut self, packet: &[u8]) -> Result<Bytes, UnprotectFailure> {
-        let mut buf = packet.to_vec();
-        let len = self.unprotect_rtcp_in_place(&mut buf)?;
-        buf.truncate(len);
-        Ok(Bytes::from(buf))
-    }
-
-    pub fn protect_rtp(&mut self, packet: &[u8]) -> Result<Bytes, ProtectError> {
-        let mut buf = vec![0; packet.len() + self.profile.rtp_overhead()];
-        let len = self.protect_rtp_into(packet, &mut buf)?;
-        buf.truncate(len);
-        Ok(Bytes::from(buf))
-    }
-
-    pub fn protect_rtcp(&mut self, packet: &[u8]) -> Result<Bytes, ProtectError> {
-        let mut buf = vec![0; packet.len() + self.profile.rtcp_overhead()];
-        let len = self.protect_rtcp_into(packet, &mut buf)?;
-        buf.truncate(len);
-        Ok(Bytes::from(buf))
     }
 }
 
