@@ -60,7 +60,7 @@ use std::{
 use support::{eventually, require_root, sum_threads, Gateway};
 use util::{
     baseline::BaselineOutcome,
-    counting::Counter,
+    counting::{unregister_everywhere, Counter},
     cpu::{
         busy_between, cores, cpu_jiffies, ksoftirqd_ns, ksoftirqd_pids, pin_current_thread,
         process_cpu_ns, raise_nofile_limit,
@@ -492,7 +492,9 @@ impl Subscribers {
             } => {
                 // One loop for every socket: stop it, add the new ones, start it again.
                 counter.take();
-                peers.extend(new.into_iter().map(Peer::detach));
+                let added: Vec<DetachedPeer> = new.into_iter().map(Peer::detach).collect();
+                unregister_everywhere(&added.iter().map(|p| p.fd).collect::<Vec<_>>());
+                peers.extend(added);
                 let fds = peers.iter().map(|p| p.fd).collect();
                 let samplers: Vec<DatagramSampler> =
                     peers.iter().map(|p| p.sampler.clone()).collect();

@@ -10,11 +10,16 @@ use std::{
         Arc,
     },
     thread::JoinHandle,
+    time::{Duration, Instant},
 };
 
 const BATCH: usize = 64;
 const BUF: usize = 2048;
-const EVENTS: usize = 256;
+const EVENTS: usize = 1024;
+/// When sampling (`sample_every` > 1), the loop wakes at most this often, so that one
+/// wake-up drains many sockets (each subscriber gets only ~120 datagrams/s); latency
+/// samples may then be late by as much.
+const MIN_WAKE_INTERVAL: Duration = Duration::from_micros(500);
 
 /// Called with (socket index, datagram) for every `sample_every`-th RTP datagram.
 pub type Sampler = Box<dyn FnMut(usize, &[u8]) + Send>;
@@ -126,7 +131,13 @@ fn receive_loop(
     }
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS];
     let mut seen = 0u64;
+    let interval = if sample_every > 1 {
+        MIN_WAKE_INTERVAL
+    } else {
+        Duration::ZERO
+    };
     while !stop.load(Ordering::Relaxed) {
+        let woke = Instant::now();
         // SAFETY: events has EVENTS entries.
         let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), EVENTS as i32, 50) };
         for ev in events.iter().take(n.max(0) as usize) {
@@ -163,6 +174,36 @@ fn receive_loop(
                     break;
                 }
             }
+        }
+        let rest = interval.saturating_sub(woke.elapsed());
+        if (n.max(0) as usize) < EVENTS && !rest.is_zero() {
+            std::thread::sleep(rest);
+        }
+    }
+}
+
+/// Remove `fds` from every epoll instance of this process. The client runtime (tokio)
+/// keeps a detached peer's socket registered edge-triggered, so every datagram would wake
+/// one of its threads for nothing, costing the load generator as much as counting. Call
+/// it while no [`Counter`] runs (its epoll would lose them too). Tokio's own sends keep
+/// working: the socket's write readiness is already known, and UDP sends do not block.
+pub fn unregister_everywhere(fds: &[RawFd]) {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let epolls: Vec<RawFd> = dir
+        .filter_map(Result::ok)
+        .filter(|e| {
+            std::fs::read_link(e.path())
+                .is_ok_and(|l| l.to_string_lossy() == "anon_inode:[eventpoll]")
+        })
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    for ep in epolls {
+        for &fd in fds {
+            // SAFETY: EPOLL_CTL_DEL ignores the event argument; an fd not in this epoll
+            // fails with ENOENT, which is fine.
+            unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) };
         }
     }
 }

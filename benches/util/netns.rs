@@ -23,6 +23,8 @@ pub enum NetnsError {
     Ip { args: String, stderr: String },
     #[error("running `ip`: {0}")]
     Spawn(#[from] std::io::Error),
+    #[error("namespace {NS} is in use by processes {0} (another bench run?)")]
+    InUse(String),
 }
 
 fn ip(args: &[&str]) -> Result<(), NetnsError> {
@@ -45,7 +47,16 @@ pub struct VethNs {
 
 impl VethNs {
     /// Create [`NS`] with the veth pair, replacing what a crashed earlier run left behind.
+    /// A namespace that still has processes belongs to a run in progress and is left alone.
     pub fn create() -> Result<VethNs, NetnsError> {
+        let pids = Command::new("ip").args(["netns", "pids", NS]).output()?;
+        let pids = String::from_utf8_lossy(&pids.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        if !pids.is_empty() {
+            return Err(NetnsError::InUse(pids));
+        }
         remove_leftovers();
         // The guard exists before the first step so a failure halfway is cleaned up too.
         let guard = VethNs { _private: () };
