@@ -62,8 +62,8 @@ use util::{
     baseline::BaselineOutcome,
     counting::{unregister_everywhere, Counter},
     cpu::{
-        busy_between, cores, cpu_jiffies, ksoftirqd_ns, ksoftirqd_pids, pin_current_thread,
-        process_cpu_ns, raise_nofile_limit,
+        busy_between, cores, cpu_jiffies, keep_pinned, ksoftirqd_ns, ksoftirqd_pids,
+        pin_current_thread, process_cpu_ns, raise_nofile_limit,
     },
     cpu_ns, machine,
     netns::{pin_wrapper, Path, VethNs, NS},
@@ -1112,7 +1112,18 @@ fn main() {
     let janus: Option<Result<janus::JanusOutcome, String>> =
         (s.janus && !s.capacity && s.path == Path::Veth).then(|| {
             eprintln!("media bench: janus baseline");
-            janus::run(s.rooms, s.subs, s.secs, s.kbps).map_err(|e| e.to_string())
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            std::thread::scope(|scope| {
+                if let Some(cpu) = s.server_cpu() {
+                    // janus::run starts Janus without a CPU option; it would inherit the
+                    // load generator's.
+                    let stop = &stop;
+                    scope.spawn(move || keep_pinned("janus", cpu, stop));
+                }
+                let r = janus::run(s.rooms, s.subs, s.secs, s.kbps).map_err(|e| e.to_string());
+                stop.store(true, Relaxed);
+                r
+            })
         });
     let own = report(
         &s,
@@ -1424,7 +1435,7 @@ fn baselines(
             r,
             "- {}: {} rooms x (1 + {}), setup {:.1} s, {} threads while media flowed, SRTP {}; \
              {} send drops, {} SRTP failures at the subscribers, {} of Janus's connectivity \
-             checks answered by the clients. Janus is not pinned by `--pin`; its load generator is.",
+             checks answered by the clients. With `--pin`, Janus is kept on the server CPU like the others.",
             o.name,
             o.rooms,
             o.subs,

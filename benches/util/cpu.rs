@@ -128,3 +128,43 @@ pub fn ksoftirqd_pids() -> Vec<String> {
 pub fn ksoftirqd_ns(pids: &[String]) -> u64 {
     pids.iter().map(|p| process_cpu_ns(p)).sum()
 }
+
+/// Pin thread `tid` (any process's, as root) to `cpu`.
+pub fn pin_thread(tid: u32, cpu: usize) -> std::io::Result<()> {
+    // SAFETY: as in pin_current_thread, for another thread id.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(tid as i32, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Until `stop`, keep every thread of every process named `comm` on `cpu`: for a server
+/// that a helper starts without a CPU option (and that would otherwise inherit the load
+/// generator's CPU). Threads it creates later inherit the pinning of their creator.
+pub fn keep_pinned(comm: &str, cpu: usize, stop: &std::sync::atomic::AtomicBool) {
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for pid in dir.filter_map(Result::ok) {
+                let path = pid.path();
+                let is_it =
+                    std::fs::read_to_string(path.join("comm")).is_ok_and(|c| c.trim_end() == comm);
+                if !is_it {
+                    continue;
+                }
+                let Ok(tasks) = std::fs::read_dir(path.join("task")) else {
+                    continue;
+                };
+                for t in tasks.filter_map(Result::ok) {
+                    if let Some(tid) = t.file_name().to_str().and_then(|s| s.parse().ok()) {
+                        let _ = pin_thread(tid, cpu);
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
