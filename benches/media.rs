@@ -1398,7 +1398,7 @@ fn baselines(
             let j = o.baseline();
             let _ = writeln!(
                 r,
-                "| {} | {} | {} | {} | {:.2}% | {:.2} | {:.0} | {:.0} / {:.0} µs | | | |",
+                "| {} | {} | {} | {} | {:.2}% | {:.2} | {:.0} | {:.0} / {:.0} µs | {:.2} | {:.2} | {} |",
                 j.name,
                 j.sent,
                 j.copies_expected,
@@ -1407,7 +1407,10 @@ fn baselines(
                 j.cores(),
                 j.ns_per_copy(),
                 o.p50_us,
-                o.p99_us
+                o.p99_us,
+                cores(o.client_cpu_ns, o.wall),
+                cores(o.softirq_ns, o.wall),
+                busy_text(&o.busy)
             );
         }
         Some(Err(e)) => {
