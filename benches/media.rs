@@ -587,6 +587,9 @@ struct Outcome {
     srtp_failures: u64,
     gateway_unprotect_failures: u64,
     rcvbuf_errors: Option<u64>,
+    /// The gateway's own receive-drop and send-error counters over the window.
+    gateway_drops: Option<u64>,
+    send_errors: Option<u64>,
     burst: Option<Burst>,
 }
 
@@ -638,24 +641,36 @@ struct Burst {
     gateway_drops: Option<u64>,
 }
 
-/// Sum of a per-thread counter in /api/status when the gateway reports it (kernel-side
-/// receive drops, being added by issue 8), searched at the thread level and in `media`.
-fn status_drops(st: &serde_json::Value) -> Option<u64> {
+/// Sum over the threads of a per-thread counter of /api/status that is a number or an
+/// object of numbers (e.g. `socket_receive_drops: {group, connected}`, `send_errors: {errno:
+/// n}`); `None` when the gateway does not report it.
+fn thread_sum(st: &serde_json::Value, key: &str) -> Option<u64> {
     let ts = st["threads"].as_array()?;
     let mut found = false;
     let mut sum = 0;
-    for t in ts {
-        for v in [
-            &t["socket_receive_drops"],
-            &t["media"]["socket_receive_drops"],
-        ] {
-            if let Some(n) = v.as_u64() {
-                found = true;
-                sum += n;
-            }
+    for v in ts.iter().map(|t| &t[key]) {
+        let values: Vec<&serde_json::Value> = match v.as_object() {
+            Some(m) => m.values().collect(),
+            None => vec![v],
+        };
+        for n in values.iter().filter_map(|v| v.as_u64()) {
+            found = true;
+            sum += n;
         }
     }
     found.then_some(sum)
+}
+
+fn delta(after: Option<u64>, before: Option<u64>) -> Option<u64> {
+    after.zip(before).map(|(a, b)| a.saturating_sub(b))
+}
+
+fn opt(v: Option<u64>) -> String {
+    v.map_or("n/a".into(), |n| n.to_string())
+}
+
+fn status_drops(st: &serde_json::Value) -> Option<u64> {
+    thread_sum(st, "socket_receive_drops")
 }
 
 /// `total` datagrams, split across the publishers and sent back to back (pre-protected,
@@ -802,6 +817,11 @@ fn measure(
             .udp_rcvbuf_errors()
             .zip(rcv0)
             .map(|(a, b)| a.saturating_sub(b)),
+        gateway_drops: delta(status_drops(&after), status_drops(&before)),
+        send_errors: delta(
+            thread_sum(&after, "send_errors"),
+            thread_sum(&before, "send_errors"),
+        ),
         burst: None,
     }
 }
@@ -1320,7 +1340,8 @@ fn steady_table(r: &mut String, results: &[Outcome]) {
             "- {}: setup of {} sessions took {:.2} s; sent {} packets ({} send drops), expected \
              {} deliveries, forwarded {} (gateway counter), received {} (subscribers, {} \
              decrypted, {} latency samples); handoffs {}, misdelivered {}, SRTP unprotect failures: gateway {}, \
-             subscribers {}; kernel UdpRcvbufErrors in the gateway's namespace during the window: {}.",
+             subscribers {}; receive drops during the window: kernel UdpRcvbufErrors in the \
+             gateway's namespace {}, gateway counter {}; gateway send errors {}.",
             o.mode,
             o.sessions,
             o.setup.as_secs_f64(),
@@ -1335,7 +1356,9 @@ fn steady_table(r: &mut String, results: &[Outcome]) {
             o.misdelivered,
             o.gateway_unprotect_failures,
             o.srtp_failures,
-            o.rcvbuf_errors.map_or("n/a".into(), |n| n.to_string()),
+            opt(o.rcvbuf_errors),
+            opt(o.gateway_drops),
+            opt(o.send_errors),
         );
     }
 }
@@ -1589,7 +1612,7 @@ fn capacity_section(r: &mut String, s: &Settings, steps: &[Outcome], relay: &[Re
     );
     let _ = writeln!(
         r,
-        "| subscribers/room | subscribers | setup (s) | sent pkt/s | forwarded pkt/s | loss | p50 / p99 | gateway CPU (cores) | ns/fwd pkt | load-generator CPU (cores) | ksoftirqd (cores) | CPU busy | kernel rcvbuf drops | result |"
+        "| subscribers/room | subscribers | setup (s) | sent pkt/s | forwarded pkt/s | loss | p50 / p99 | gateway CPU (cores) | ns/fwd pkt | load-generator CPU (cores) | ksoftirqd (cores) | CPU busy | receive drops (kernel / gateway) | result |"
     );
     let _ = writeln!(
         r,
@@ -1598,7 +1621,7 @@ fn capacity_section(r: &mut String, s: &Settings, steps: &[Outcome], relay: &[Re
     for o in steps {
         let _ = writeln!(
             r,
-            "| {} | {} | {:.1} | {:.0} | {:.0} | {:.3}% | {:.1} / {:.1} ms | {:.2} | {:.0} | {:.2} | {:.2} | {} | {} | {} |",
+            "| {} | {} | {:.1} | {:.0} | {:.0} | {:.3}% | {:.1} / {:.1} ms | {:.2} | {:.0} | {:.2} | {:.2} | {} | {} / {} | {} |",
             o.subs,
             o.subs * s.rooms,
             o.setup.as_secs_f64(),
@@ -1612,7 +1635,8 @@ fn capacity_section(r: &mut String, s: &Settings, steps: &[Outcome], relay: &[Re
             o.client_cores(),
             o.softirq_cores(),
             busy_text(&o.busy),
-            o.rcvbuf_errors.map_or("n/a".into(), |n| n.to_string()),
+            opt(o.rcvbuf_errors),
+            opt(o.gateway_drops),
             if o.passes(s) { "pass" } else { "**fail**" }
         );
     }
