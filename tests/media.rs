@@ -936,3 +936,93 @@ fn limits_and_auth() {
     assert_eq!(p.delete_with(None), 401, "DELETE needs the token too");
     assert_eq!(p.delete(), 200);
 }
+
+// ---------------------------------------------------------------------------------------
+// Sending bursts with UDP GSO
+// ---------------------------------------------------------------------------------------
+
+/// A burst of one frame (20 video packets of one size) fanned out to two subscribers.
+/// The gateway is stopped (SIGSTOP) while the publisher sends, as a descheduled thread
+/// would be, so the whole burst is in its socket when it resumes and is read in one
+/// batch: with GSO each subscriber gets its 20 datagrams in one send, without it in 20.
+/// Either way every packet arrives intact and in order.
+fn burst_to_two_subscribers(steering: &str, gso: &str) {
+    const FRAME: usize = 20;
+    let gw = start(steering, &[("--gso", gso)]);
+    let base = base_url(&gw);
+    let room = "gso-room";
+    let publisher = publish(&base, room, PeerConfig::publisher());
+    let subs = [
+        subscribe(
+            &base,
+            room,
+            Some(&publisher.participant),
+            PeerConfig::subscriber(),
+        ),
+        subscribe(
+            &base,
+            room,
+            Some(&publisher.participant),
+            PeerConfig::subscriber().only_profile(CM),
+        ),
+    ];
+    wait_connected(&gw, room, &[&publisher, &subs[0], &subs[1]]);
+    let mut video = Stream::for_peer(&publisher, Kind::Video);
+    // Warm-up: both subscribers bound and receiving.
+    let warm = video.next(1000, 1);
+    publisher.send_rtp(&warm);
+    for s in &subs {
+        assert!(
+            s.recv_rtp(WAIT).is_some(),
+            "warm-up packet\n{}",
+            log_tail(&gw)
+        );
+    }
+    // Forwarding counters fold in every 500 ms: let the warm-up's land first.
+    std::thread::sleep(Duration::from_millis(700));
+    let before = gw.status();
+    let frame: Vec<RtpPacket> = (0..FRAME).map(|_| video.next(1000, FRAME as u32)).collect();
+    // SAFETY: signals to our own child process.
+    unsafe { libc::kill(gw.pid() as i32, libc::SIGSTOP) };
+    for p in &frame {
+        publisher.send_rtp(p);
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    // SAFETY: as above.
+    unsafe { libc::kill(gw.pid() as i32, libc::SIGCONT) };
+    let sent = HashMap::from([(Kind::Video, frame)]);
+    assert_received("first subscriber", &subs[0], &sent);
+    assert_received("second subscriber (AES-CM)", &subs[1], &sent);
+    assert_media_delta(&gw, &before, "rtp_forwarded", 2 * FRAME as u64);
+    let after = gw.status();
+    let delta = |k: &str| sum_threads(&after, k) - sum_threads(&before, k);
+    if gso == "on" {
+        assert_eq!(
+            delta("tx_gso_sends"),
+            2,
+            "one GSO send per subscriber: {after}"
+        );
+        assert_eq!(delta("tx_gso_datagrams"), 2 * FRAME as u64, "{after}");
+    } else {
+        assert_eq!(delta("tx_gso_sends"), 0, "{after}");
+        assert_eq!(delta("tx_gso_datagrams"), 0, "{after}");
+    }
+}
+
+#[test]
+fn gso_sends_a_burst_to_each_subscriber_at_once_ebpf() {
+    if !support::require_root() {
+        return;
+    }
+    burst_to_two_subscribers("ebpf", "on");
+}
+
+#[test]
+fn gso_sends_a_burst_to_each_subscriber_at_once_connected() {
+    burst_to_two_subscribers("connected", "on");
+}
+
+#[test]
+fn without_gso_a_burst_leaves_datagram_by_datagram() {
+    burst_to_two_subscribers(preferred_mode(), "off");
+}

@@ -119,6 +119,7 @@ async fn run_async(config: Config) -> Result<(), StartError> {
             candidates: candidates.clone(),
             limits: limits.clone(),
             buffers: config.buffers,
+            gso: config.gso,
         });
     }
     let (handles, joins) = logic::spawn_all(setups).map_err(StartError::Threads)?;

@@ -110,6 +110,11 @@ pub struct Cli {
     /// net.core.wmem_max without CAP_NET_ADMIN. [default: 4M]
     #[arg(long, value_name = "BYTES")]
     pub send_buffer: Option<String>,
+
+    /// Send runs of same-sized datagrams to one client (a burst fanned out) as one UDP GSO
+    /// send: on or off. Off sends every datagram on its own. [default: on]
+    #[arg(long, value_name = "on|off")]
+    pub gso: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,6 +133,7 @@ struct FileConfig {
     max_participants_per_room: Option<toml::Value>,
     recv_buffer: Option<toml::Value>,
     send_buffer: Option<toml::Value>,
+    gso: Option<toml::Value>,
 }
 
 /// The validated configuration.
@@ -145,6 +151,7 @@ pub struct Config {
     pub max_sessions: usize,
     pub max_participants_per_room: usize,
     pub buffers: BufferSizes,
+    pub gso: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -294,7 +301,22 @@ impl Config {
                 crate::net::buffers::DEFAULT_SEND_BUFFER,
             )?,
         };
+        let gso = match cli.gso.or(file.gso.map(toml_scalar)) {
+            None => true,
+            Some(raw) => match raw.trim() {
+                "on" | "true" => true,
+                "off" | "false" => false,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        option: "--gso",
+                        value: raw,
+                        reason: "expected on or off".into(),
+                    })
+                }
+            },
+        };
         Ok(Config {
+            gso,
             buffers,
             auth_token,
             max_sessions,
@@ -482,6 +504,7 @@ mod tests {
             (&["--recv-buffer", "lots"][..], "--recv-buffer"),
             (&["--recv-buffer", "2G"][..], "--recv-buffer"),
             (&["--send-buffer", "100"][..], "--send-buffer"),
+            (&["--gso", "maybe"][..], "--gso"),
         ] {
             let err = Config::from_cli(cli(args)).expect_err("must be rejected");
             let msg = err.to_string();

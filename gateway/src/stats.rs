@@ -53,6 +53,10 @@ pub struct ThreadStats {
     pub rx_bytes: Counter,
     pub tx_datagrams: Counter,
     pub tx_bytes: Counter,
+    /// Sends that carried several datagrams with UDP GSO, and the datagrams they carried
+    /// (also counted in `tx_datagrams`).
+    pub tx_gso_sends: Counter,
+    pub tx_gso_datagrams: Counter,
     /// Datagrams this thread passed to the owning thread (connected mode only).
     pub handoffs: Counter,
     /// Handoffs dropped because the owner's queue was full (never blocks the media path).

@@ -220,7 +220,17 @@ pub fn render(state: &ApiState) -> Result<String, prometheus::Error> {
         .set(i64::from(state.steering.fallback_reason.is_some()));
     collectors.push(Box::new(fallback));
 
-    let per_thread: [ThreadSeries; 11] = [
+    let per_thread: [ThreadSeries; 13] = [
+        (
+            "roomgate_tx_gso_sends_total",
+            "Sends that carried several datagrams to one client with UDP GSO.",
+            |s| s.tx_gso_sends.get(),
+        ),
+        (
+            "roomgate_tx_gso_datagrams_total",
+            "Datagrams sent inside UDP GSO sends (also in roomgate_tx_datagrams_total).",
+            |s| s.tx_gso_datagrams.get(),
+        ),
         (
             "roomgate_datagram_panics_total",
             "Datagrams whose handling panicked (a bug): caught, counted and dropped.",

@@ -232,6 +232,8 @@ async fn status(State(state): State<Arc<ApiState>>) -> Json<Value> {
                 "rx_bytes": s.rx_bytes.get(),
                 "tx_datagrams": s.tx_datagrams.get(),
                 "tx_bytes": s.tx_bytes.get(),
+                "tx_gso_sends": s.tx_gso_sends.get(),
+                "tx_gso_datagrams": s.tx_gso_datagrams.get(),
                 "handoffs": s.handoffs.get(),
                 "handoffs_received": s.handoffs_received.get(),
                 "handoff_failures": s.handoff_failures.get(),

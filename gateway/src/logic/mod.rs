@@ -22,6 +22,7 @@ mod sockets;
 mod stats;
 mod stun;
 mod table;
+mod transmit;
 #[cfg(test)]
 mod tests;
 

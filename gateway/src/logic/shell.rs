@@ -18,7 +18,7 @@ use tracing::{debug, trace, warn};
 
 use crate::{
     media::Identity,
-    net::{self, SendErrno},
+    net,
     stats::ThreadStats,
     steering::{ebpf::FlowTable, ActiveMode},
 };
@@ -28,6 +28,7 @@ use super::{
     core::{Action, CoreConfig, ThreadCore},
     pinning::Pinning,
     sockets::{RecvBatch, Sockets, Via, WAKER},
+    transmit::TransmitBatch,
 };
 
 /// Bound on queued commands and handoffs per thread; beyond it we shed, never block.
@@ -35,6 +36,10 @@ const QUEUE_DEPTH: usize = 4096;
 /// recvmmsg batches per socket per wake-up. A flood on one socket must not starve the
 /// others, the command queue or the timers; the rest is read on the next pass.
 const MAX_BATCHES_PER_WAKE: usize = 64;
+/// Transmits held back for GSO before they are sent even mid-batch: bounds the room
+/// buffers in flight (the pool keeps at most 1,024) while leaving runs long enough to
+/// coalesce.
+const SEND_AT: usize = 512;
 
 /// Everything a thread needs, built on the main thread before spawning so that every
 /// thread can hold every other thread's handle (for connected-mode handoffs).
@@ -51,6 +56,8 @@ pub struct ThreadSetup {
     pub limits: Limits,
     /// Kernel buffer sizes for the connected sockets this thread opens.
     pub buffers: net::BufferSizes,
+    /// Coalesce runs of datagrams to one destination with UDP GSO.
+    pub gso: bool,
 }
 
 pub fn spawn_all(setups: Vec<ThreadSetup>) -> io::Result<(Vec<ThreadHandle>, Vec<JoinHandle<()>>)> {
@@ -102,6 +109,9 @@ struct Shell {
     /// Sockets left readable because a wake-up hit MAX_BATCHES_PER_WAKE (edge-triggered
     /// epoll will not report them again until new data arrives).
     pending: Vec<Via>,
+    /// What the core queued to send, sent once per receive batch.
+    tx: TransmitBatch,
+    gso: bool,
 }
 
 impl Shell {
@@ -140,6 +150,8 @@ impl Shell {
             stop,
             batch: RecvBatch::new(),
             pending: Vec::new(),
+            tx: TransmitBatch::default(),
+            gso: setup.gso,
         })
     }
 
@@ -225,9 +237,15 @@ impl Shell {
                     self.stats.datagram_panics.inc();
                     warn!(thread = self.index, from = %d.from, "a datagram caused a panic; dropped it");
                 }
-                self.flush();
+                // Pins take effect before the next datagram; sends wait for the batch's
+                // end so that runs to one destination can leave together.
+                self.collect();
+                if self.tx.len() >= SEND_AT {
+                    self.send_collected();
+                }
                 datagrams += 1;
             });
+            self.send_collected();
             self.batch = batch;
             if let Some(each) = (now.elapsed().as_nanos() as u64).checked_div(datagrams) {
                 self.stats.processing.observe_n(each, datagrams);
@@ -247,9 +265,26 @@ impl Shell {
         }
     }
 
-    /// Carry out what the core asked for, then send what it queued. A pin is answered
-    /// before the core sees anything else.
+    /// Carry out what the core asked for, then send what it queued.
     fn flush(&mut self) {
+        self.collect();
+        self.send_collected();
+    }
+
+    fn send_collected(&mut self) {
+        if self.tx.is_empty() {
+            return;
+        }
+        let core = &mut self.core;
+        self.tx
+            .send_all(&self.sockets, self.gso, &self.stats, |t, r| {
+                core.handle_sent(t, r)
+            });
+    }
+
+    /// Carry out what the core asked for and take what it queued to send. A pin is
+    /// answered before the core sees anything else.
+    fn collect(&mut self) {
         while let Some(action) = self.core.poll_action() {
             match action {
                 Action::Pin(req) => {
@@ -271,8 +306,7 @@ impl Shell {
             }
         }
         while let Some(t) = self.core.poll_transmit() {
-            let result = self.sockets.send(&t).map_err(|e| SendErrno::of(&e));
-            self.core.handle_sent(t, result);
+            self.tx.push(t);
         }
     }
 

@@ -197,6 +197,40 @@ impl Sockets {
         }
     }
 
+    /// Datagrams one send may carry with UDP GSO on the group socket (1: no GSO).
+    pub fn max_gso_segments(&self) -> usize {
+        self.group_state.max_gso_segments()
+    }
+
+    /// Send `contents`, `segment` bytes per datagram (the last may be shorter), to where
+    /// `head` goes, in one `sendmsg` with `UDP_SEGMENT`.
+    pub fn send_segments(
+        &self,
+        head: &Transmit,
+        contents: &[u8],
+        segment: usize,
+    ) -> io::Result<()> {
+        let transmit = |src_ip| UdpTransmit {
+            destination: head.to,
+            ecn: None,
+            contents,
+            segment_size: Some(segment),
+            src_ip,
+        };
+        let connected = head
+            .conn
+            .and_then(|id| self.conn(id))
+            .filter(|c| c.peer == canonical(head.to));
+        match connected {
+            Some(c) => c
+                .state
+                .try_send(UdpSockRef::from(&c.socket), &transmit(None)),
+            None => self
+                .group_state
+                .try_send(UdpSockRef::from(&self.group), &transmit(head.src_ip)),
+        }
+    }
+
     /// The connected socket of canonical `peer`, if it has one.
     pub fn conn_of(&self, peer: &SocketAddr) -> Option<ConnId> {
         self.by_peer.get(peer).copied()

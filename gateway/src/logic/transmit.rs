@@ -1,0 +1,146 @@
+//! Sending what one receive batch produced, with UDP GSO where it pays.
+//!
+//! Fan-out makes one datagram per subscriber per packet. When a batch holds several packets
+//! of one publisher (a frame, a keyframe burst), each subscriber gets several datagrams of
+//! the same size in a row. Grouped by destination, such a run leaves in one `sendmsg` with
+//! `UDP_SEGMENT`: the kernel walks the socket, route and UDP/IP output path once for the
+//! run and cuts it into datagrams at the device, instead of once per datagram.
+use std::net::{IpAddr, SocketAddr};
+
+use crate::{net::SendErrno, stats::ThreadStats};
+
+use super::{core::Transmit, sockets::Sockets};
+
+/// Segments per GSO send; the kernel's own limit (UDP_MAX_SEGMENTS) is 64 on 5.x.
+const MAX_SEGMENTS: usize = 64;
+/// A GSO send must fit one UDP datagram before segmentation.
+const MAX_GSO_BYTES: usize = 65_000;
+/// Only MTU-sized datagrams are coalesced: a segment larger than the path MTU would make
+/// the whole run fail where the single datagram would merely be fragmented.
+const MAX_SEGMENT: usize = 1_472;
+
+/// Transmits collected over one receive batch, and what sending them needs. Every
+/// vector keeps its capacity, so a warm thread sends without allocating.
+#[derive(Default)]
+pub struct TransmitBatch {
+    txs: Vec<Transmit>,
+    /// Send order: destination first, then queue position, so each destination's
+    /// datagrams stay in the order the core produced them.
+    order: Vec<(SocketAddr, Option<IpAddr>, Option<u32>, u32)>,
+    results: Vec<Result<(), SendErrno>>,
+    gso_buf: Vec<u8>,
+}
+
+impl TransmitBatch {
+    pub fn push(&mut self, t: Transmit) {
+        self.txs.push(t);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.txs.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.txs.len()
+    }
+
+    /// Send everything collected; `done` gets every transmit back with its result, in
+    /// queue order.
+    pub fn send_all(
+        &mut self,
+        sockets: &Sockets,
+        gso: bool,
+        stats: &ThreadStats,
+        mut done: impl FnMut(Transmit, Result<(), SendErrno>),
+    ) {
+        let segments = if gso {
+            sockets.max_gso_segments().min(MAX_SEGMENTS)
+        } else {
+            1
+        };
+        self.results.clear();
+        self.results.resize(self.txs.len(), Ok(()));
+        if segments < 2 || self.txs.len() < 2 {
+            for (t, r) in self.txs.iter().zip(self.results.iter_mut()) {
+                *r = sockets.send(t).map_err(|e| SendErrno::of(&e));
+            }
+        } else {
+            self.send_grouped(sockets, segments, stats);
+        }
+        for (t, r) in self.txs.drain(..).zip(self.results.drain(..)) {
+            done(t, r);
+        }
+    }
+
+    fn send_grouped(&mut self, sockets: &Sockets, segments: usize, stats: &ThreadStats) {
+        self.order.clear();
+        self.order.extend(
+            self.txs
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.to, t.src_ip, t.conn.map(|c| c.0), i as u32)),
+        );
+        // Unstable sort on a key that ends in the queue position: stable where it matters,
+        // and it sorts in place.
+        self.order.sort_unstable();
+        let mut start = 0;
+        while start < self.order.len() {
+            let run = self.run_len(start, segments);
+            let first = self.order[start].3 as usize;
+            if run == 1 {
+                self.results[first] = sockets
+                    .send(&self.txs[first])
+                    .map_err(|e| SendErrno::of(&e));
+                start += 1;
+                continue;
+            }
+            self.gso_buf.clear();
+            for &(.., i) in &self.order[start..start + run] {
+                self.gso_buf
+                    .extend_from_slice(&self.txs[i as usize].contents);
+            }
+            let head = &self.txs[first];
+            let result = sockets
+                .send_segments(head, &self.gso_buf, head.contents.len())
+                .map_err(|e| SendErrno::of(&e));
+            if result.is_ok() {
+                stats.tx_gso_sends.inc();
+                stats.tx_gso_datagrams.add(run as u64);
+            }
+            for &(.., i) in &self.order[start..start + run] {
+                self.results[i as usize] = result;
+            }
+            start += run;
+        }
+    }
+
+    /// How many transmits from `start` (in send order) can leave in one GSO send: one
+    /// destination, one source, one socket, equal sizes except a shorter last one.
+    fn run_len(&self, start: usize, segments: usize) -> usize {
+        let (to, src, conn, first) = self.order[start];
+        let size = self.txs[first as usize].contents.len();
+        if size == 0 || size > MAX_SEGMENT {
+            return 1;
+        }
+        let mut bytes = size;
+        let mut run = 1;
+        for &(t, s, c, i) in &self.order[start + 1..] {
+            let len = self.txs[i as usize].contents.len();
+            if run == segments
+                || (t, s, c) != (to, src, conn)
+                || len > size
+                || len == 0
+                || bytes + len > MAX_GSO_BYTES
+            {
+                break;
+            }
+            bytes += len;
+            run += 1;
+            if len < size {
+                // Only the last segment may be short.
+                break;
+            }
+        }
+        run
+    }
+}
