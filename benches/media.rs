@@ -104,6 +104,11 @@ struct Settings {
     pin: bool,
     sample: u64,
     burst: u64,
+    /// Send each video frame's packets back to back at the frame time (an encoder
+    /// without a pacer), instead of spreading them evenly.
+    frame_bursts: bool,
+    /// The gateway's --gso.
+    gso: String,
     janus: bool,
     capacity: bool,
     growth: f64,
@@ -175,6 +180,12 @@ impl Settings {
             pin: yes("--pin", capacity) && cores >= 2,
             sample: num("--sample", "", if capacity { 16.0 } else { 1.0 }).max(1.0) as u64,
             burst: num("--burst", "", 2000.0) as u64,
+            frame_bursts: match get("--frames", "").as_deref() {
+                None | Some("paced") => false,
+                Some("burst") => true,
+                Some(v) => panic!("--frames: paced or burst, not {v:?}"),
+            },
+            gso: get("--gso", "").unwrap_or_else(|| "on".into()),
             janus: yes("--janus", janus_available()),
             capacity,
             growth: num("--growth", "", 1.5).max(1.01),
@@ -266,9 +277,17 @@ fn send_schedule(
     duration: Duration,
     mut send: impl FnMut(usize, Kind, u32) -> bool,
 ) -> (u64, u64) {
-    let video_every = Duration::from_secs_f64(1.0 / settings.video_pps());
-    let audio_every = Duration::from_secs_f64(1.0 / AUDIO_PPS);
     let per_frame = (settings.video_pps() / FPS).ceil().max(1.0) as u32;
+    // With frame bursts a video "tick" is one frame of `per_frame` packets.
+    let (video_every, video_per_tick) = if settings.frame_bursts {
+        (
+            Duration::from_secs_f64(f64::from(per_frame) / settings.video_pps()),
+            per_frame,
+        )
+    } else {
+        (Duration::from_secs_f64(1.0 / settings.video_pps()), 1)
+    };
+    let audio_every = Duration::from_secs_f64(1.0 / AUDIO_PPS);
     let start = Instant::now();
     let n = sources.max(1) as u32;
     let mut state: Vec<(Instant, Instant)> = (0..sources)
@@ -288,15 +307,17 @@ fn send_schedule(
         }
         let mut earliest = end;
         for (i, (next_v, next_a)) in state.iter_mut().enumerate() {
-            for (next, every, kind) in [
-                (&mut *next_v, video_every, Kind::Video),
-                (&mut *next_a, audio_every, Kind::Audio),
+            for (next, every, kind, per_tick) in [
+                (&mut *next_v, video_every, Kind::Video, video_per_tick),
+                (&mut *next_a, audio_every, Kind::Audio, 1),
             ] {
                 while *next <= now {
-                    if send(i, kind, per_frame) {
-                        sent += 1;
-                    } else {
-                        drops += 1;
+                    for _ in 0..per_tick {
+                        if send(i, kind, per_frame) {
+                            sent += 1;
+                        } else {
+                            drops += 1;
+                        }
                     }
                     *next += every;
                 }
@@ -406,6 +427,7 @@ fn start_gateway(mode: &str, s: &Settings, net: &Net, max_per_room: usize) -> Ga
         .set("--http-bind", format!("{ip}:0"))
         .set("--public-ip", ip)
         .set("--log-level", "warn")
+        .set("--gso", s.gso.as_str())
         .set(
             "--max-participants-per-room",
             (max_per_room + 1).max(64).to_string(),
@@ -1253,6 +1275,11 @@ fn report(
     } else {
         "not pinned".into()
     };
+    let frames = if s.frame_bursts {
+        "each video frame's packets sent back to back (`--frames burst`)"
+    } else {
+        "video packets spread evenly (`--frames paced`)"
+    };
     let receive = if s.sample > 1 {
         format!("subscribers count every datagram with recvmmsg and decrypt 1 in {} (latency, integrity)", s.sample)
     } else {
@@ -1264,7 +1291,7 @@ fn report(
          {} kbit/s of video ({:.0} packets/s of {VIDEO_PAYLOAD}-byte payloads, {FPS:.0} frames/s) + \
          {AUDIO_PPS:.0} packets/s of {AUDIO_PAYLOAD}-byte audio = {stream_pps:.0} packets/s per \
          stream, {} s per window, over WHIP/WHEP + ICE + DTLS + SRTP (AEAD-AES-128-GCM), {path}; {pin}; \
-         {receive}. CPU is the on-CPU time of the server's own process (schedstat of all its threads); cpuN columns are each CPU's \
+         {receive}; {frames}; gateway `--gso {}`. CPU is the on-CPU time of the server's own process (schedstat of all its threads); cpuN columns are each CPU's \
          busy share (user+system+irq+softirq) from /proc/stat, the whole machine.\n",
         s.rooms,
         s.subs,
@@ -1272,7 +1299,8 @@ fn report(
         s.threads,
         s.kbps,
         s.video_pps(),
-        s.secs
+        s.secs,
+        s.gso,
     );
     if !results.is_empty() {
         steady_table(&mut r, results);

@@ -947,6 +947,10 @@ fn limits_and_auth() {
 /// batch: with GSO each subscriber gets its 20 datagrams in one send, without it in 20.
 /// Either way every packet arrives intact and in order.
 fn burst_to_two_subscribers(steering: &str, gso: &str) {
+    burst_of_size(steering, gso, 1000);
+}
+
+fn burst_of_size(steering: &str, gso: &str, size: usize) {
     const FRAME: usize = 20;
     let gw = start(steering, &[("--gso", gso)]);
     let base = base_url(&gw);
@@ -981,9 +985,8 @@ fn burst_to_two_subscribers(steering: &str, gso: &str) {
     // Forwarding counters fold in every 500 ms: let the warm-up's land first.
     std::thread::sleep(Duration::from_millis(700));
     let before = gw.status();
-    let frame: Vec<RtpPacket> = (0..FRAME).map(|_| video.next(1000, FRAME as u32)).collect();
-    // SAFETY: signals to our own child process.
-    unsafe { libc::kill(gw.pid() as i32, libc::SIGSTOP) };
+    let frame: Vec<RtpPacket> = (0..FRAME).map(|_| video.next(size, FRAME as u32)).collect();
+    stop_all_threads(gw.pid());
     for p in &frame {
         publisher.send_rtp(p);
     }
@@ -991,6 +994,26 @@ fn burst_to_two_subscribers(steering: &str, gso: &str) {
     // SAFETY: as above.
     unsafe { libc::kill(gw.pid() as i32, libc::SIGCONT) };
     let sent = HashMap::from([(Kind::Video, frame)]);
+    if size >= 1400 {
+        // Sockets are DF (quinn-udp sets IP_PMTUDISC_PROBE, as WebRTC wants no IP
+        // fragments): past the path MTU every datagram is refused, alone or in a GSO run,
+        // and every one of them is counted.
+        let all_counted = eventually(WAIT, || {
+            let now = gw.status();
+            sum_emsgsize(&now) - sum_emsgsize(&before) == 2 * FRAME as u64
+        });
+        let after = gw.status();
+        assert!(
+            all_counted,
+            "every refused datagram counted as emsgsize: {after}"
+        );
+        let delta = |k: &str| sum_threads(&after, k) - sum_threads(&before, k);
+        assert_eq!(delta("tx_gso_sends"), 0, "{after}");
+        let refused_runs = if gso == "on" { 2 } else { 0 };
+        assert_eq!(delta("tx_gso_fallbacks"), refused_runs, "{after}");
+        assert_nothing("first subscriber", &subs[0], Duration::from_millis(300));
+        return;
+    }
     assert_received("first subscriber", &subs[0], &sent);
     assert_received("second subscriber (AES-CM)", &subs[1], &sent);
     assert_media_delta(&gw, &before, "rtp_forwarded", 2 * FRAME as u64);
@@ -1025,4 +1048,65 @@ fn gso_sends_a_burst_to_each_subscriber_at_once_connected() {
 #[test]
 fn without_gso_a_burst_leaves_datagram_by_datagram() {
     burst_to_two_subscribers(preferred_mode(), "off");
+}
+
+/// SIGSTOP `pid` and wait until every one of its threads has stopped: kill() returns
+/// before the signal took effect, and a thread still running could read part of the burst.
+fn stop_all_threads(pid: u32) {
+    // SAFETY: a signal to our own child process.
+    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+    let stopped = eventually(WAIT, || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|tasks| {
+                tasks.flatten().all(|t| {
+                    std::fs::read_to_string(t.path().join("stat"))
+                        .ok()
+                        .and_then(|st| {
+                            st.rsplit_once(')')
+                                .map(|(_, r)| r.trim_start().starts_with('T'))
+                        })
+                        .unwrap_or(true)
+                })
+            })
+            .unwrap_or(false)
+    });
+    assert!(stopped, "roomgate did not stop");
+}
+
+fn sum_emsgsize(status: &Value) -> u64 {
+    status["threads"]
+        .as_array()
+        .expect("threads")
+        .iter()
+        .map(|t| t["send_errors"]["emsgsize"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// Loopback with a 1,300-byte MTU, in a namespace of this test's own, and a frame of
+/// 1,400-byte packets: a GSO run the kernel refuses is retried datagram by datagram, and
+/// what the path cannot carry is counted, never lost silently.
+fn past_the_path_mtu(gso: &str) {
+    let ns = support::netns::TestNetns::enter(&format!("mtu{gso}"));
+    let out = std::process::Command::new("ip")
+        .args(["-n", &ns.name, "link", "set", "lo", "mtu", "1300"])
+        .output()
+        .expect("ip link");
+    assert!(out.status.success(), "{out:?}");
+    burst_of_size("ebpf", gso, 1400);
+}
+
+#[test]
+fn datagrams_past_the_path_mtu_are_counted_with_gso() {
+    if !support::require_root() {
+        return;
+    }
+    past_the_path_mtu("on");
+}
+
+#[test]
+fn datagrams_past_the_path_mtu_are_counted_without_gso() {
+    if !support::require_root() {
+        return;
+    }
+    past_the_path_mtu("off");
 }

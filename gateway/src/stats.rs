@@ -57,6 +57,9 @@ pub struct ThreadStats {
     /// (also counted in `tx_datagrams`).
     pub tx_gso_sends: Counter,
     pub tx_gso_datagrams: Counter,
+    /// GSO sends the kernel refused (EMSGSIZE past the path MTU, EIO/EINVAL without
+    /// offload) whose datagrams were then sent one by one.
+    pub tx_gso_fallbacks: Counter,
     /// Datagrams this thread passed to the owning thread (connected mode only).
     pub handoffs: Counter,
     /// Handoffs dropped because the owner's queue was full (never blocks the media path).

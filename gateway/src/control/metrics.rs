@@ -220,7 +220,12 @@ pub fn render(state: &ApiState) -> Result<String, prometheus::Error> {
         .set(i64::from(state.steering.fallback_reason.is_some()));
     collectors.push(Box::new(fallback));
 
-    let per_thread: [ThreadSeries; 13] = [
+    let per_thread: [ThreadSeries; 14] = [
+        (
+            "roomgate_tx_gso_fallbacks_total",
+            "GSO sends the kernel refused (path MTU, no offload); their datagrams went one by one.",
+            |s| s.tx_gso_fallbacks.get(),
+        ),
         (
             "roomgate_tx_gso_sends_total",
             "Sends that carried several datagrams to one client with UDP GSO.",

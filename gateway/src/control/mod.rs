@@ -234,6 +234,7 @@ async fn status(State(state): State<Arc<ApiState>>) -> Json<Value> {
                 "tx_bytes": s.tx_bytes.get(),
                 "tx_gso_sends": s.tx_gso_sends.get(),
                 "tx_gso_datagrams": s.tx_gso_datagrams.get(),
+                "tx_gso_fallbacks": s.tx_gso_fallbacks.get(),
                 "handoffs": s.handoffs.get(),
                 "handoffs_received": s.handoffs_received.get(),
                 "handoff_failures": s.handoff_failures.get(),

@@ -195,6 +195,8 @@ impl Shell {
         }
         self.core.release_all(Instant::now());
         self.flush();
+        // The group socket's drops since the last publication, before it closes.
+        self.sockets.poll_receive_drops(&self.stats);
         debug!(thread = self.index, "logic thread stopped");
     }
 

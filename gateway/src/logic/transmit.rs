@@ -7,6 +7,8 @@
 //! run and cuts it into datagrams at the device, instead of once per datagram.
 use std::net::{IpAddr, SocketAddr};
 
+use tracing::warn;
+
 use crate::{net::SendErrno, stats::ThreadStats};
 
 use super::{core::Transmit, sockets::Sockets};
@@ -29,6 +31,9 @@ pub struct TransmitBatch {
     order: Vec<(SocketAddr, Option<IpAddr>, Option<u32>, u32)>,
     results: Vec<Result<(), SendErrno>>,
     gso_buf: Vec<u8>,
+    /// Set once a GSO send failed for a reason that sending datagram by datagram does not
+    /// have (a route that refuses segmentation offload): from then on, no GSO.
+    gso_refused: bool,
 }
 
 impl TransmitBatch {
@@ -53,7 +58,7 @@ impl TransmitBatch {
         stats: &ThreadStats,
         mut done: impl FnMut(Transmit, Result<(), SendErrno>),
     ) {
-        let segments = if gso {
+        let segments = if gso && !self.gso_refused {
             sockets.max_gso_segments().min(MAX_SEGMENTS)
         } else {
             1
@@ -103,12 +108,37 @@ impl TransmitBatch {
             let result = sockets
                 .send_segments(head, &self.gso_buf, head.contents.len())
                 .map_err(|e| SendErrno::of(&e));
-            if result.is_ok() {
-                stats.tx_gso_sends.inc();
-                stats.tx_gso_datagrams.add(run as u64);
-            }
-            for &(.., i) in &self.order[start..start + run] {
-                self.results[i as usize] = result;
+            match result {
+                Ok(()) => {
+                    stats.tx_gso_sends.inc();
+                    stats.tx_gso_datagrams.add(run as u64);
+                    for &(.., i) in &self.order[start..start + run] {
+                        self.results[i as usize] = Ok(());
+                    }
+                }
+                // A full buffer refuses single datagrams just the same.
+                Err(e @ (SendErrno::WouldBlock | SendErrno::NoBufs)) => {
+                    for &(.., i) in &self.order[start..start + run] {
+                        self.results[i as usize] = Err(e);
+                    }
+                }
+                // EMSGSIZE (a run larger than the path MTU allows, where a single datagram
+                // is fragmented) or EIO/EINVAL (no segmentation offload on this route):
+                // the datagrams themselves are fine, so send them one by one.
+                Err(e) => {
+                    stats.tx_gso_fallbacks.inc();
+                    if !matches!(e, SendErrno::MsgSize) {
+                        self.gso_refused = true;
+                        warn!(
+                            ?e,
+                            "UDP GSO send refused; sending datagram by datagram from now on"
+                        );
+                    }
+                    for &(.., i) in &self.order[start..start + run] {
+                        let t = &self.txs[i as usize];
+                        self.results[i as usize] = sockets.send(t).map_err(|e| SendErrno::of(&e));
+                    }
+                }
             }
             start += run;
         }
