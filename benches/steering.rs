@@ -10,6 +10,13 @@
 //! thread on loopback, for the same time. CPU is the on-CPU time of the receiving
 //! threads from /proc/<pid>/task/<tid>/schedstat (ns). The program's own cost comes from
 //! the kernel's BPF statistics (run_time_ns / run_cnt in the program's fdinfo).
+//!
+//! Then the scaling run (`steering/scaling.rs`): 128 to 16,384 pinned clients, both modes.
+//! Flags (after `--`): `--scaling` runs only the scaling part; `--clients 128,1024`,
+//! `--modes ebpf,connected`, `--secs 4` shape it; `--label TEXT` names the kernel it runs
+//! on in the report's heading (the QEMU runs of `cargo xtask bench steering --kernel 5.10`).
+#[path = "steering/scaling.rs"]
+mod scaling;
 #[path = "../tests/support/mod.rs"]
 mod support;
 mod util;
@@ -294,8 +301,14 @@ fn reuseport_socket(addr: SocketAddr) -> UdpSocket {
     UdpSocket::from(s)
 }
 
+/// Marker lines around the scaling report on stdout: a run inside a QEMU guest can only
+/// hand its report back through the console.
+pub const REPORT_BEGIN: &str = "----- steering scaling report begin -----";
+pub const REPORT_END: &str = "----- steering scaling report end -----";
+
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--list") {
         return;
     }
     if !require_root() {
@@ -304,7 +317,30 @@ fn main() {
     let stats_path = "/proc/sys/kernel/bpf_stats_enabled";
     let old_stats = std::fs::read_to_string(stats_path).unwrap_or_else(|_| "0".into());
     let _ = std::fs::write(stats_path, "1");
+    if !args.iter().any(|a| a == "--scaling") {
+        comparison();
+    }
+    let opts = scaling::Options::from_args(&args, THREADS);
+    let rows = scaling::run(&opts);
+    let _ = std::fs::write(stats_path, old_stats.trim());
+    let label = args
+        .iter()
+        .position(|a| a == "--label")
+        .and_then(|i| args.get(i + 1));
+    let heading = match label {
+        Some(l) => format!("## Steering scaling, {l}"),
+        None => "## Steering scaling".to_owned(),
+    };
+    let report = scaling::report(&rows, &opts, &machine(), &heading);
+    println!("{REPORT_BEGIN}\n{report}{REPORT_END}");
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/bench-steering-scaling.md");
+    let _ = std::fs::write(&out, &report);
+    println!("written to {}", out.display());
+}
 
+/// The four designs under one load (the table of the "Steering" section).
+fn comparison() {
     let (ebpf, prog) = gateway_run("ebpf", "(a) roomgate, eBPF steering");
     let floor = std::env::var("ROOMGATE_EBPF_FLOOR_OBJECT")
         .ok()
@@ -319,7 +355,6 @@ fn main() {
         .collect();
     let handoff = handoff_baseline(&clients, &owners);
     let plain = plain_reuseport_baseline(&clients, &owners);
-    let _ = std::fs::write(stats_path, old_stats.trim());
 
     let results = [&ebpf, &connected, &handoff, &plain];
     let mut table = String::new();

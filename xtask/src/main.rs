@@ -11,6 +11,7 @@
 //! - `bench steering`: the steering benchmark; writes its table to stdout and BENCHMARKS.md.
 mod bench;
 mod build;
+mod qemu;
 mod setup;
 
 use std::process::{Command, ExitCode};
