@@ -166,6 +166,7 @@ pub fn run_in_kernel(kernel: &KernelSpec, command: &[String], timeout: Duration)
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    let _ = std::fs::remove_file(&initramfs);
     let console = String::from_utf8_lossy(&reader.join().unwrap_or_default())
         // The serial line turns "\n" into "\r\n".
         .replace("\r\n", "\n");
@@ -332,9 +333,12 @@ poweroff -f
         command = quoted.join(" "),
     );
     files.push(("init".into(), 0o100755, init.into_bytes()));
-    let out = workspace_root()
-        .join("target/kernels")
-        .join(format!("initramfs-{}.cpio", kernel.name));
+    // One per process: two runs at once must not boot each other's command.
+    let out = workspace_root().join("target/kernels").join(format!(
+        "initramfs-{}-{}.cpio",
+        kernel.name,
+        std::process::id()
+    ));
     std::fs::write(&out, newc_archive(&files)).context("writing the initramfs")?;
     Ok(out)
 }
