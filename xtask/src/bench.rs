@@ -1,4 +1,4 @@
-//! `cargo xtask bench steering|metrics|media`: run a benchmark (release build, eBPF object
+//! `cargo xtask bench steering|metrics|media|alloc`: run a benchmark (release build, eBPF object
 //! embedded) and record its table in BENCHMARKS.md together with the command.
 //! `cargo xtask bench media --rooms 8 --subs 50 --secs 20` passes its flags to the bench.
 use std::process::Command;
@@ -31,7 +31,16 @@ pub fn bench(args: &[String]) -> Result<()> {
                 &args[1..],
             )
         }
-        Some(other) => bail!("unknown benchmark {other:?}; available: steering, metrics, media"),
+        Some("alloc") => run_bench(
+            "alloc",
+            "Heap allocations per forwarded packet",
+            "target/bench-alloc.md",
+            false,
+            &args[1..],
+        ),
+        Some(other) => {
+            bail!("unknown benchmark {other:?}; available: steering, metrics, media, alloc")
+        }
     }
 }
 
