@@ -15,6 +15,7 @@
 mod admission;
 mod api;
 mod core;
+mod multi_send;
 mod pinning;
 mod session;
 mod shell;
@@ -22,9 +23,9 @@ mod sockets;
 mod stats;
 mod stun;
 mod table;
-mod transmit;
 #[cfg(test)]
 mod tests;
+mod transmit;
 
 pub use api::{
     Command, CreateRefused, Limits, MediaCreated, ParticipantCreated, ParticipantView, RoomView,

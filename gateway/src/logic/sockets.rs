@@ -57,6 +57,11 @@ pub struct Sockets {
     group: UdpSocket,
     group_state: UdpSocketState,
     group_drops: net::DropTracker,
+    /// The group is IPv6 (dual stack): IPv4 clients are v4-mapped on it.
+    group_v6: bool,
+    /// The group is bound to one address, so every reply leaves from it without an
+    /// IP_PKTINFO source (and the kernel parses no cmsg per datagram).
+    group_fixed_source: bool,
     conns: Vec<Option<ConnSocket>>,
     free: Vec<u32>,
     /// Pin and unpin time only; the hot path carries the `ConnId`.
@@ -127,6 +132,7 @@ impl Sockets {
         buffers: net::BufferSizes,
     ) -> io::Result<Self> {
         let group_state = UdpSocketState::new(UdpSockRef::from(&socket))?;
+        let local = socket.local_addr()?;
         net::disable_gro(&socket);
         let mut group = UdpSocket::from_std(socket);
         registry.register(&mut group, GROUP, Interest::READABLE)?;
@@ -135,6 +141,8 @@ impl Sockets {
             group,
             group_state,
             group_drops: net::DropTracker::default(),
+            group_v6: local.is_ipv6(),
+            group_fixed_source: !local.ip().is_unspecified(),
             conns: Vec::new(),
             free: Vec::new(),
             by_peer: HashMap::new(),
@@ -184,11 +192,7 @@ impl Sockets {
     /// client sent to (IP_PKTINFO): on a multi-homed host routing might otherwise pick
     /// another source and the ICE agent would drop the reply.
     pub fn send(&self, t: &Transmit) -> io::Result<()> {
-        let connected = t
-            .conn
-            .and_then(|id| self.conn(id))
-            .filter(|c| c.peer == canonical(t.to));
-        match connected {
+        match self.connected(t) {
             Some(c) => c.socket.send(&t.contents).map(|_| ()),
             None => self.group_state.try_send(
                 UdpSockRef::from(&self.group),
@@ -197,10 +201,55 @@ impl Sockets {
                     ecn: None,
                     contents: &t.contents,
                     segment_size: None,
-                    src_ip: t.src_ip,
+                    src_ip: self.source(t),
                 },
             ),
         }
+    }
+
+    /// The client's connected socket, if `t` leaves on one.
+    fn connected(&self, t: &Transmit) -> Option<&ConnSocket> {
+        t.conn
+            .and_then(|id| self.conn(id))
+            .filter(|c| c.peer == canonical(t.to))
+    }
+
+    /// `t` leaves on the group socket (no connected socket of its client).
+    pub fn on_group(&self, t: &Transmit) -> bool {
+        self.connected(t).is_none()
+    }
+
+    /// The IP_PKTINFO source for `t` on the group socket, if one is needed.
+    pub fn source(&self, t: &Transmit) -> Option<std::net::IpAddr> {
+        if self.group_fixed_source {
+            None
+        } else {
+            t.src_ip
+        }
+    }
+
+    /// Send group-socket transmits `n` at a time with one `sendmmsg`.
+    pub fn send_many<'a>(
+        &self,
+        multi: &mut super::multi_send::MultiSend,
+        n: usize,
+        item: impl Fn(usize) -> &'a Transmit,
+        result: impl FnMut(usize, Option<i32>),
+    ) {
+        multi.send(
+            &self.group,
+            self.group_v6,
+            n,
+            |i| {
+                let t = item(i);
+                super::multi_send::Item {
+                    to: t.to,
+                    src_ip: self.source(t),
+                    contents: &t.contents,
+                }
+            },
+            result,
+        );
     }
 
     /// Datagrams one send may carry with UDP GSO on the group socket (1: no GSO).
@@ -223,17 +272,13 @@ impl Sockets {
             segment_size: Some(segment),
             src_ip,
         };
-        let connected = head
-            .conn
-            .and_then(|id| self.conn(id))
-            .filter(|c| c.peer == canonical(head.to));
-        match connected {
+        match self.connected(head) {
             Some(c) => c
                 .state
                 .try_send(UdpSockRef::from(&c.socket), &transmit(None)),
             None => self
                 .group_state
-                .try_send(UdpSockRef::from(&self.group), &transmit(head.src_ip)),
+                .try_send(UdpSockRef::from(&self.group), &transmit(self.source(head))),
         }
     }
 

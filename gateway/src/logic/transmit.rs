@@ -11,7 +11,11 @@ use tracing::warn;
 
 use crate::{net::SendErrno, stats::ThreadStats};
 
-use super::{core::Transmit, sockets::Sockets};
+use super::{
+    core::Transmit,
+    multi_send::{MultiSend, MAX_BATCH},
+    sockets::Sockets,
+};
 
 /// Segments per GSO send; the kernel's own limit (UDP_MAX_SEGMENTS) is 64 on 5.x.
 const MAX_SEGMENTS: usize = 64;
@@ -31,6 +35,9 @@ pub struct TransmitBatch {
     order: Vec<(SocketAddr, Option<IpAddr>, Option<u32>, u32)>,
     results: Vec<Result<(), SendErrno>>,
     gso_buf: Vec<u8>,
+    /// Queue positions of datagrams waiting to leave on the group socket together.
+    pending: Vec<u32>,
+    multi: MultiSend,
     /// Set once a GSO send failed for a reason that sending datagram by datagram does not
     /// have (a route that refuses segmentation offload): from then on, no GSO.
     gso_refused: bool,
@@ -65,19 +72,17 @@ impl TransmitBatch {
         };
         self.results.clear();
         self.results.resize(self.txs.len(), Ok(()));
-        if segments < 2 || self.txs.len() < 2 {
-            for (t, r) in self.txs.iter().zip(self.results.iter_mut()) {
-                *r = sockets.send(t).map_err(|e| SendErrno::of(&e));
-            }
-        } else {
-            self.send_grouped(sockets, segments, stats);
-        }
+        self.send_ordered(sockets, segments, stats);
         for (t, r) in self.txs.drain(..).zip(self.results.drain(..)) {
             done(t, r);
         }
     }
 
-    fn send_grouped(&mut self, sockets: &Sockets, segments: usize, stats: &ThreadStats) {
+    /// Send in destination order: GSO runs where they form, the other datagrams on the
+    /// group socket in `sendmmsg` batches, the rest (connected sockets) one by one. The
+    /// pending batch goes out before anything else is sent, so each destination's
+    /// datagrams leave in the order the core produced them.
+    fn send_ordered(&mut self, sockets: &Sockets, segments: usize, stats: &ThreadStats) {
         self.order.clear();
         self.order.extend(
             self.txs
@@ -85,20 +90,35 @@ impl TransmitBatch {
                 .enumerate()
                 .map(|(i, t)| (t.to, t.src_ip, t.conn.map(|c| c.0), i as u32)),
         );
-        // Unstable sort on a key that ends in the queue position: stable where it matters,
-        // and it sorts in place.
-        self.order.sort_unstable();
+        if segments >= 2 {
+            // Unstable sort on a key that ends in the queue position: stable where it
+            // matters, and it sorts in place.
+            self.order.sort_unstable();
+        }
         let mut start = 0;
         while start < self.order.len() {
-            let run = self.run_len(start, segments);
+            let run = if segments >= 2 {
+                self.run_len(start, segments)
+            } else {
+                1
+            };
             let first = self.order[start].3 as usize;
             if run == 1 {
-                self.results[first] = sockets
-                    .send(&self.txs[first])
-                    .map_err(|e| SendErrno::of(&e));
+                if sockets.on_group(&self.txs[first]) {
+                    self.pending.push(first as u32);
+                    if self.pending.len() == MAX_BATCH {
+                        self.flush_pending(sockets);
+                    }
+                } else {
+                    self.flush_pending(sockets);
+                    self.results[first] = sockets
+                        .send(&self.txs[first])
+                        .map_err(|e| SendErrno::of(&e));
+                }
                 start += 1;
                 continue;
             }
+            self.flush_pending(sockets);
             self.gso_buf.clear();
             for &(.., i) in &self.order[start..start + run] {
                 self.gso_buf
@@ -142,6 +162,37 @@ impl TransmitBatch {
             }
             start += run;
         }
+        self.flush_pending(sockets);
+    }
+
+    /// Send the group-socket datagrams waiting for a `sendmmsg`.
+    fn flush_pending(&mut self, sockets: &Sockets) {
+        let Self {
+            txs,
+            pending,
+            results,
+            multi,
+            ..
+        } = self;
+        match pending.len() {
+            0 => {}
+            1 => {
+                let i = pending[0] as usize;
+                results[i] = sockets.send(&txs[i]).map_err(|e| SendErrno::of(&e));
+            }
+            n => sockets.send_many(
+                multi,
+                n,
+                |k| &txs[pending[k] as usize],
+                |k, errno| {
+                    results[pending[k] as usize] = match errno {
+                        None => Ok(()),
+                        Some(e) => Err(SendErrno::of(&std::io::Error::from_raw_os_error(e))),
+                    }
+                },
+            ),
+        }
+        pending.clear();
     }
 
     /// How many transmits from `start` (in send order) can leave in one GSO send: one
