@@ -24,6 +24,12 @@ use stun_rs::{
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_roomgate");
 
+/// The binary to start: `ROOMGATE_BIN` lets a benchmark compare another build (an older
+/// commit) under the same load; tests never set it.
+fn binary() -> String {
+    std::env::var("ROOMGATE_BIN").unwrap_or_else(|_| BIN.to_owned())
+}
+
 /// Privileged tests (eBPF, namespaces) need root. CI runs as root; elsewhere they fail
 /// loudly rather than pass vacuously, unless explicitly skipped.
 pub fn require_root() -> bool {
@@ -118,10 +124,10 @@ impl Gateway {
         let mut cmd = match wrapper.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
-                c.args(rest).arg(BIN);
+                c.args(rest).arg(binary());
                 c
             }
-            None => Command::new(BIN),
+            None => Command::new(binary()),
         };
         let mut child = cmd
             .args(&args)

@@ -217,13 +217,13 @@ fn steering(args: &[String]) -> Result<()> {
     }
     replace_section(
         &format!("{SCALING_HEADING}, {label}"),
-        &report,
         &format!(
-            "{}. Only the slope counts here: TCG runs about 10x slower than the host. Capped at \
-             4,096 clients (`KERNEL_CLIENTS` in xtask/src/bench.rs): pinning 4,096 connected \
+            "{}\n\nOnly the slope counts here: TCG runs about 10x slower than the host. Capped \
+             at 4,096 clients (`KERNEL_CLIENTS` in xtask/src/bench.rs): pinning 4,096 connected \
              clients alone takes about a minute under TCG.\n\n{KERNEL_NOTE}",
-            shown("")
+            report.trim_end()
         ),
+        &shown(""),
     )
 }
 
