@@ -7,6 +7,8 @@ mod support;
 mod webrtc;
 
 mod janus;
+#[path = "util/schedule.rs"]
+mod schedule;
 mod util;
 
 fn main() {

@@ -43,12 +43,17 @@
 //! `--max-p99-ms MS` (50). The client runtime's worker threads: ROOMGATE_CLIENT_THREADS
 //! (default 2).
 mod janus;
+#[path = "util/schedule.rs"]
+mod schedule;
 #[path = "../tests/support/mod.rs"]
 mod support;
 mod util;
 #[path = "../tests/support/webrtc.rs"]
 mod webrtc;
 
+use schedule::{
+    next_packet, send_schedule, Schedule, AUDIO_PAYLOAD, AUDIO_PPS, FPS, VIDEO_PAYLOAD,
+};
 use std::{
     fmt::Write as _,
     net::{IpAddr, SocketAddr, UdpSocket},
@@ -75,10 +80,6 @@ use webrtc::{
     PeerConfig, Stream,
 };
 
-const VIDEO_PAYLOAD: usize = 1100;
-const AUDIO_PAYLOAD: usize = 160;
-const AUDIO_PPS: f64 = 50.0;
-const FPS: f64 = 30.0;
 /// AEAD_AES_128_GCM tag: the relay's datagrams carry as many bytes as SRTP ones.
 const SRTP_TAG: usize = 16;
 /// With pinning, the server (gateway, relay) gets this CPU and the load generator the other.
@@ -196,7 +197,14 @@ impl Settings {
     }
 
     fn video_pps(&self) -> f64 {
-        self.kbps as f64 * 1000.0 / 8.0 / VIDEO_PAYLOAD as f64
+        schedule::video_pps(self.kbps)
+    }
+
+    fn schedule(&self) -> Schedule {
+        Schedule {
+            kbps: self.kbps,
+            frame_bursts: self.frame_bursts,
+        }
     }
 
     /// Packets per second one subscriber receives (video + audio).
@@ -267,79 +275,6 @@ impl Net {
     }
 }
 
-/// Pace `sources` senders: video packets spread evenly at the configured bitrate (frames
-/// of several packets, marker on the last), audio at 50 packets/s, staggered across
-/// senders. `send(i, kind, packets_per_frame)` sends one packet of sender `i` and says
-/// whether the socket took it. Returns (sent, drops).
-fn send_schedule(
-    sources: usize,
-    settings: &Settings,
-    duration: Duration,
-    mut send: impl FnMut(usize, Kind, u32) -> bool,
-) -> (u64, u64) {
-    let per_frame = (settings.video_pps() / FPS).ceil().max(1.0) as u32;
-    // With frame bursts a video "tick" is one frame of `per_frame` packets.
-    let (video_every, video_per_tick) = if settings.frame_bursts {
-        (
-            Duration::from_secs_f64(f64::from(per_frame) / settings.video_pps()),
-            per_frame,
-        )
-    } else {
-        (Duration::from_secs_f64(1.0 / settings.video_pps()), 1)
-    };
-    let audio_every = Duration::from_secs_f64(1.0 / AUDIO_PPS);
-    let start = Instant::now();
-    let n = sources.max(1) as u32;
-    let mut state: Vec<(Instant, Instant)> = (0..sources)
-        .map(|i| {
-            (
-                start + video_every * i as u32 / n,
-                start + audio_every * i as u32 / n,
-            )
-        })
-        .collect();
-    let (mut sent, mut drops) = (0u64, 0u64);
-    let end = start + duration;
-    loop {
-        let now = Instant::now();
-        if now >= end {
-            break;
-        }
-        let mut earliest = end;
-        for (i, (next_v, next_a)) in state.iter_mut().enumerate() {
-            for (next, every, kind, per_tick) in [
-                (&mut *next_v, video_every, Kind::Video, video_per_tick),
-                (&mut *next_a, audio_every, Kind::Audio, 1),
-            ] {
-                while *next <= now {
-                    for _ in 0..per_tick {
-                        if send(i, kind, per_frame) {
-                            sent += 1;
-                        } else {
-                            drops += 1;
-                        }
-                    }
-                    *next += every;
-                }
-                earliest = earliest.min(*next);
-            }
-        }
-        let wait = earliest.saturating_duration_since(Instant::now());
-        if !wait.is_zero() {
-            std::thread::sleep(wait);
-        }
-    }
-    (sent, drops)
-}
-
-fn next_packet(streams: &mut (Stream, Stream), kind: Kind, per_frame: u32) -> Vec<u8> {
-    match kind {
-        Kind::Video => streams.0.next(VIDEO_PAYLOAD, per_frame),
-        Kind::Audio => streams.1.next(AUDIO_PAYLOAD, 1),
-    }
-    .to_bytes()
-}
-
 /// The WebRTC publishers' sender: SRTP-protect and send without blocking.
 fn send_webrtc(
     publishers: &[Peer],
@@ -349,7 +284,7 @@ fn send_webrtc(
 ) -> (u64, u64) {
     send_schedule(
         publishers.len(),
-        settings,
+        settings.schedule(),
         duration,
         |i, kind, per_frame| {
             let p = &publishers[i];
@@ -1050,7 +985,7 @@ fn run_relay(send: SendMode, s: &Settings, net: &Net, subs: usize) -> RelayRun {
         .collect();
     let to = relay.addr;
     let mut send_for = |d: Duration| {
-        send_schedule(s.rooms, s, d, |i, kind, per_frame| {
+        send_schedule(s.rooms, s.schedule(), d, |i, kind, per_frame| {
             let mut pkt = next_packet(&mut streams[i], kind, per_frame);
             pkt.resize(pkt.len() + SRTP_TAG, 0);
             publishers[i].send_to(&pkt, to).is_ok()
