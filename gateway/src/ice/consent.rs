@@ -136,6 +136,18 @@ impl IceSession {
         }
     }
 
+    /// Take back addresses that [`Self::take_evicted`] handed out, for when the check that
+    /// evicted them could not be completed (its own address was not pinned): they are
+    /// still pinned, so ICE must keep tracking them. They return as the least recently
+    /// checked, within [`MAX_ADDRESSES`].
+    pub fn restore(&mut self, evicted: impl IntoIterator<Item = SocketAddr>) {
+        for addr in evicted {
+            if self.addresses.len() < MAX_ADDRESSES && !self.addresses.contains(&addr) {
+                self.addresses.insert(0, addr);
+            }
+        }
+    }
+
     /// Addresses evicted since the last call; the caller unpins each.
     pub fn take_evicted(&mut self) -> impl Iterator<Item = SocketAddr> + '_ {
         self.evicted.drain(..)
@@ -306,6 +318,24 @@ mod tests {
         assert!(s.addresses().any(|a| a == addr(100)));
         assert_eq!(s.selected(), Some(addr(100)));
         assert_eq!(s.take_evicted().count(), 0, "drained");
+    }
+
+    #[test]
+    fn a_refused_pin_gives_the_evicted_address_back() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        for i in 1..=MAX_ADDRESSES as u16 {
+            s.on_valid_check(addr(i), false, t0);
+        }
+        let before: Vec<SocketAddr> = s.addresses().collect();
+        let new = addr(100);
+        assert_eq!(s.on_valid_check(new, false, t0), Some(new));
+        let evicted: Vec<SocketAddr> = s.take_evicted().collect();
+        assert_eq!(evicted, [addr(1)]);
+        // The shell could not pin `new`: forget it and take the eviction back.
+        s.forget(new);
+        s.restore(evicted);
+        assert_eq!(s.addresses().collect::<Vec<_>>(), before);
     }
 
     #[test]

@@ -177,6 +177,8 @@ impl ThreadCore {
                 self.stats.pin_conflicts.inc();
                 if let Some(s) = self.table.get_mut(id) {
                     s.ice.forget(addr);
+                    // The evicted addresses are still pinned: keep tracking them.
+                    s.ice.restore(evicted);
                 }
                 debug!(thread = self.index, from = %addr, "address pinned to another session; refused");
             }
@@ -186,6 +188,7 @@ impl ThreadCore {
                 self.stats.pin_failures.inc();
                 if let Some(s) = self.table.get_mut(id) {
                     s.ice.forget(addr);
+                    s.ice.restore(evicted);
                 }
                 warn!(thread = self.index, from = %addr, error = %e, "pinning the flow failed");
             }
