@@ -369,6 +369,13 @@ impl Table {
             Some(p) => p.conn = conn,
             None => session.pinned.push(Pin { addr, conn }),
         }
+        // Media to a re-pinned address takes its new connected socket again, whatever
+        // check pinned it (only a nominating check moves the reply path itself).
+        if let Some(reply) = session.reply.as_mut() {
+            if SocketAddr::new(reply.to.ip().to_canonical(), reply.to.port()) == addr {
+                reply.conn = conn;
+            }
+        }
         true
     }
 
@@ -411,6 +418,7 @@ impl Table {
 mod tests {
     use super::*;
     use crate::ice::{Credentials, IceSession};
+    use crate::logic::session::ReplyPath;
 
     fn session(table: &mut Table, room: &RoomId, ufrag: &str) -> SessionId {
         let room = table.room_or_insert(room);
@@ -471,6 +479,24 @@ mod tests {
         assert!(table.remove_room_if_empty(key).is_some());
         assert_eq!(table.room_key(&room), None);
         assert_eq!((table.session_count(), table.room_count()), (0, 0));
+    }
+
+    #[test]
+    fn a_re_pinned_reply_address_sends_on_its_new_connected_socket() {
+        let mut table = Table::default();
+        let room = RoomId::parse("r").unwrap();
+        let a = session(&mut table, &room, "ra");
+        let addr: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        assert!(table.pin(a, addr, Some(ConnId(3))));
+        table.get_mut(a).unwrap().reply = Some(ReplyPath {
+            to: addr,
+            local_ip: None,
+            conn: Some(ConnId(3)),
+        });
+        table.unpin(a, addr);
+        assert_eq!(table.get(a).unwrap().reply.unwrap().conn, None);
+        assert!(table.pin(a, addr, Some(ConnId(5))));
+        assert_eq!(table.get(a).unwrap().reply.unwrap().conn, Some(ConnId(5)));
     }
 
     #[test]
