@@ -1,4 +1,4 @@
-//! `cargo xtask bench steering|metrics|media|alloc`: run a benchmark (release build, eBPF object
+//! `cargo xtask bench steering|metrics|media|alloc|srtp`: run a benchmark (release build, eBPF object
 //! embedded) and record its table in BENCHMARKS.md together with the command.
 //! `cargo xtask bench media --rooms 8 --subs 50 --secs 20` passes its flags to the bench.
 use std::process::Command;
@@ -38,8 +38,15 @@ pub fn bench(args: &[String]) -> Result<()> {
             false,
             &args[1..],
         ),
+        Some("srtp") => run_bench(
+            "srtp",
+            "SRTP per packet",
+            "target/bench-srtp.md",
+            false,
+            &args[1..],
+        ),
         Some(other) => {
-            bail!("unknown benchmark {other:?}; available: steering, metrics, media, alloc")
+            bail!("unknown benchmark {other:?}; available: steering, metrics, media, alloc, srtp")
         }
     }
 }

@@ -444,27 +444,6 @@ mod tests {
         assert!(!is_builtin(list, "9p"));
     }
 
-    /// Boots Debian's 5.10 kernel and runs `uname -r` in the host's root filesystem.
-    /// Needs root and the Debian mirror: `cargo test -p xtask -- --ignored boots_5_10`.
-    #[test]
-    #[ignore]
-    fn boots_5_10_and_runs_a_host_command() {
-        let kernel = kernel_spec("5.10").expect("known kernel");
-        let out = run_in_kernel(
-            kernel,
-            &["uname".into(), "-r".into()],
-            Duration::from_secs(120),
-        )
-        .expect("boot");
-        assert!(out.success(), "console:\n{}", out.console);
-        assert_eq!(
-            out.output.trim(),
-            kernel.release,
-            "console:\n{}",
-            out.console
-        );
-    }
-
     #[test]
     fn newc_archive_ends_with_the_trailer() {
         let a = newc_archive(&[("init".into(), 0o100755, b"x".to_vec())]);

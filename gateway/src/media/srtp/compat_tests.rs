@@ -1,7 +1,5 @@
 //! Byte-for-byte agreement with webrtc-srtp 0.17 (the implementation this one replaces),
-//! in both profiles and both directions, and a microbenchmark against it.
-use std::time::Instant;
-
+//! in both profiles and both directions (`cargo xtask bench srtp` compares their speed).
 use webrtc_dtls::extension::extension_use_srtp::SrtpProtectionProfile as P;
 use webrtc_srtp::{
     context::Context,
@@ -147,71 +145,5 @@ fn our_output_unprotects_in_webrtc_srtp() {
                 plain[..]
             );
         }
-    }
-}
-
-/// `cargo test -p gateway --release --lib srtp::compat_tests::microbench -- --ignored --nocapture`
-#[test]
-#[ignore = "timing, run by hand in release mode"]
-fn microbench() {
-    const PAYLOAD: usize = 1100 - 12;
-    const STREAM: u16 = 4096;
-    const ROUNDS: usize = 25;
-    let per_packet = |start: Instant, n: usize| start.elapsed().as_nanos() as f64 / n as f64;
-    for profile in PROFILES {
-        let n = usize::from(STREAM) * ROUNDS;
-        let plains: Vec<_> = (0..STREAM).map(|seq| rtp(seq, 42, PAYLOAD)).collect();
-
-        let mut ours = gateway(profile);
-        let mut out = vec![0u8; 1200];
-        let start = Instant::now();
-        for round in 0..ROUNDS {
-            for plain in &plains {
-                let len = ours.protect_rtp_into(plain, &mut out).expect("protect");
-                std::hint::black_box(&out[..len]);
-            }
-            std::hint::black_box(round);
-        }
-        let our_protect = per_packet(start, n);
-
-        let (_, mut reference) = contexts(profile, false);
-        let start = Instant::now();
-        for _ in 0..ROUNDS {
-            for plain in &plains {
-                std::hint::black_box(reference.encrypt_rtp(plain).expect("protect"));
-            }
-        }
-        let their_protect = per_packet(start, n);
-
-        let mut mirror = client(profile);
-        let wires: Vec<_> = plains
-            .iter()
-            .map(|p| protect(&mut mirror, p, false))
-            .collect();
-        let mut our_time = 0f64;
-        let mut their_time = 0f64;
-        for _ in 0..ROUNDS {
-            // Fresh receivers each round: the same packets again would be replays.
-            let mut ours = gateway(profile);
-            let start = Instant::now();
-            for wire in &wires {
-                let buf = &mut out[..wire.len()];
-                buf.copy_from_slice(wire);
-                std::hint::black_box(ours.unprotect_rtp_in_place(buf).expect("unprotect"));
-            }
-            our_time += start.elapsed().as_nanos() as f64;
-            let (mut reference, _) = contexts(profile, true);
-            let start = Instant::now();
-            for wire in &wires {
-                std::hint::black_box(reference.decrypt_rtp(wire).expect("unprotect"));
-            }
-            their_time += start.elapsed().as_nanos() as f64;
-        }
-        println!(
-            "{profile:?} 1100-byte RTP, ns/packet: protect ours {our_protect:.0} webrtc-srtp {their_protect:.0}; \
-             unprotect ours {:.0} webrtc-srtp {:.0}",
-            our_time / n as f64,
-            their_time / n as f64,
-        );
     }
 }
