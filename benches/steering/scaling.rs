@@ -475,23 +475,7 @@ fn udp_snmp() -> UdpSnmp {
 
 /// (run_time_ns, run_cnt) of the gateway's sk_reuseport program (kernel BPF statistics).
 fn program_run_stats(pid: u32) -> Option<(u64, u64)> {
-    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .ok()?
-        .flatten()
-    {
-        let Ok(text) = std::fs::read_to_string(e.path()) else {
-            continue;
-        };
-        let field = |k: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(k))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        };
-        if field("prog_type:") == Some(21) {
-            return Some((field("run_time_ns:")?, field("run_cnt:")?));
-        }
-    }
-    None
+    super::program_stats(pid).map(|(time, count, _)| (time, count))
 }
 
 /// The markdown section for these rows.

@@ -525,7 +525,7 @@ fn unmapped(addr: SocketAddr) -> SocketAddr {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::ice::test_crypto::{crc32, hmac_sha1};
 
@@ -561,11 +561,11 @@ mod tests {
         "[2001:db8::1:2]:50000".parse().unwrap()
     }
 
-    struct Req<'a> {
-        username: Option<&'a str>,
-        mi_pwd: Option<&'a str>,
-        fingerprint: bool,
-        use_candidate: bool,
+    pub(crate) struct Req<'a> {
+        pub username: Option<&'a str>,
+        pub mi_pwd: Option<&'a str>,
+        pub fingerprint: bool,
+        pub use_candidate: bool,
     }
 
     impl Default for Req<'_> {
@@ -580,7 +580,7 @@ mod tests {
     }
 
     /// A client check as a browser sends it, built with stun-rs's encoder.
-    fn request(r: Req<'_>) -> Vec<u8> {
+    pub(crate) fn request(r: Req<'_>) -> Vec<u8> {
         let mut b = StunMessageBuilder::new(BINDING, MessageClass::Request)
             .with_transaction_id(TransactionId::from(TID));
         if let Some(u) = r.username {

@@ -1,4 +1,5 @@
-//! Behaviour of [`ThreadCore`] on a virtual clock: no socket, no sleeping. The harness
+//! Behaviour of [`ThreadCore`] on a virtual clock: no socket, and no sleeping except
+//! while the media test waits for its real webrtc-dtls client's task. The harness
 //! plays the shell; the flow map it pins into is an in-memory map with the kernel map's
 //! rule (one holder per address).
 use std::{
@@ -8,22 +9,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use stun_rs::{
-    attributes::{
-        ice::{IceControlling, Priority, UseCandidate},
-        stun::{Fingerprint, MessageIntegrity, UserName},
-    },
-    methods::BINDING,
-    HMACKey, MessageClass, MessageEncoderBuilder, StunMessageBuilder,
-};
-
 use super::{
     api::{Command, Limits, MediaCreated, ParticipantCreated},
     core::{Action, Arrival, CoreConfig, ThreadCore, Transmit},
     pinning::PinError,
 };
 use crate::{
-    ice::{StunOutcome, CONSENT_TIMEOUT},
+    ice::{
+        stun::tests::{request, Req},
+        StunOutcome, CONSENT_TIMEOUT,
+    },
     media::{dtls::test_client, DtlsEvent, Identity, SrtpSession},
     room::RoomId,
     sdp::{self, Role},
@@ -94,24 +89,12 @@ fn client(port: u16) -> SocketAddr {
 
 /// A Binding Request as a browser sends it; `pwd: None` leaves out MESSAGE-INTEGRITY.
 fn check(username: &str, pwd: Option<&str>, use_candidate: bool) -> Vec<u8> {
-    let mut b = StunMessageBuilder::new(BINDING, MessageClass::Request)
-        .with_attribute(UserName::new(username).unwrap())
-        .with_attribute(Priority::new(0x6e7f_1eff))
-        .with_attribute(IceControlling::new(0x1122_3344_5566_7788));
-    if use_candidate {
-        b = b.with_attribute(UseCandidate::default());
-    }
-    if let Some(p) = pwd {
-        b = b.with_attribute(MessageIntegrity::new(HMACKey::new_short_term(p).unwrap()));
-    }
-    b = b.with_attribute(Fingerprint::default());
-    let mut buf = vec![0u8; 512];
-    let n = MessageEncoderBuilder::default()
-        .build()
-        .encode(&mut buf, &b.build())
-        .unwrap();
-    buf.truncate(n);
-    buf
+    request(Req {
+        username: Some(username),
+        mi_pwd: pwd,
+        fingerprint: true,
+        use_candidate,
+    })
 }
 
 impl Harness {
