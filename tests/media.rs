@@ -986,13 +986,11 @@ fn burst_of_size(steering: &str, gso: &str, size: usize) {
     std::thread::sleep(Duration::from_millis(700));
     let before = gw.status();
     let frame: Vec<RtpPacket> = (0..FRAME).map(|_| video.next(size, FRAME as u32)).collect();
-    stop_all_threads(gw.pid());
+    gw.freeze();
     for p in &frame {
         publisher.send_rtp(p);
     }
-    std::thread::sleep(Duration::from_millis(50));
-    // SAFETY: as above.
-    unsafe { libc::kill(gw.pid() as i32, libc::SIGCONT) };
+    gw.thaw();
     let sent = HashMap::from([(Kind::Video, frame)]);
     if size >= 1400 {
         // Sockets are DF (quinn-udp sets IP_PMTUDISC_PROBE, as WebRTC wants no IP
@@ -1048,29 +1046,6 @@ fn gso_sends_a_burst_to_each_subscriber_at_once_connected() {
 #[test]
 fn without_gso_a_burst_leaves_datagram_by_datagram() {
     burst_to_two_subscribers(preferred_mode(), "off");
-}
-
-/// SIGSTOP `pid` and wait until every one of its threads has stopped: kill() returns
-/// before the signal took effect, and a thread still running could read part of the burst.
-fn stop_all_threads(pid: u32) {
-    // SAFETY: a signal to our own child process.
-    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
-    let stopped = eventually(WAIT, || {
-        std::fs::read_dir(format!("/proc/{pid}/task"))
-            .map(|tasks| {
-                tasks.flatten().all(|t| {
-                    std::fs::read_to_string(t.path().join("stat"))
-                        .ok()
-                        .and_then(|st| {
-                            st.rsplit_once(')')
-                                .map(|(_, r)| r.trim_start().starts_with('T'))
-                        })
-                        .unwrap_or(true)
-                })
-            })
-            .unwrap_or(false)
-    });
-    assert!(stopped, "roomgate did not stop");
 }
 
 fn sum_emsgsize(status: &Value) -> u64 {

@@ -196,6 +196,37 @@ impl Gateway {
         self.child.as_ref().map_or(0, Child::id)
     }
 
+    /// SIGSTOP the gateway and wait until every one of its threads has stopped, as a
+    /// descheduled gateway would be: what is sent now queues in its sockets. kill()
+    /// returns before the signal took effect, hence the wait.
+    pub fn freeze(&self) {
+        let pid = self.pid();
+        // SAFETY: a signal to our own child process.
+        unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+        let stopped = eventually(Duration::from_secs(5), || {
+            std::fs::read_dir(format!("/proc/{pid}/task"))
+                .map(|tasks| {
+                    tasks.flatten().all(|t| {
+                        std::fs::read_to_string(t.path().join("stat"))
+                            .ok()
+                            .and_then(|st| {
+                                st.rsplit_once(')')
+                                    .map(|(_, r)| r.trim_start().starts_with('T'))
+                            })
+                            .unwrap_or(true)
+                    })
+                })
+                .unwrap_or(false)
+        });
+        assert!(stopped, "roomgate did not stop");
+    }
+
+    /// Undo [`Gateway::freeze`].
+    pub fn thaw(&self) {
+        // SAFETY: a signal to our own child process.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGCONT) };
+    }
+
     pub fn stderr(&self) -> String {
         self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
     }
