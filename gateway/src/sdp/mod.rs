@@ -11,6 +11,7 @@
 //! [`parse_offer`] -> [`negotiate`] -> [`build_answer`].
 
 mod answer;
+mod extmap;
 mod negotiate;
 mod parse;
 #[cfg(test)]
@@ -19,6 +20,7 @@ mod tests;
 use std::fmt;
 
 pub use answer::{build_answer, AnswerParams, OutboundTrack};
+pub use extmap::ExtensionKind;
 pub use negotiate::{negotiate, Negotiated, NegotiatedMedia};
 pub use parse::{parse_offer, Fingerprint, Offer, OfferedMedia, Setup};
 

@@ -24,6 +24,7 @@ pub mod rtp;
 mod rtx;
 #[cfg(test)]
 mod tests;
+pub mod transport_feedback;
 
 pub use forward::{
     ForwardConfig, ForwardError, ForwardStats, MemberId, Output, PublishedTrack, RoomCore,
