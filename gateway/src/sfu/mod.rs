@@ -22,6 +22,7 @@ mod pool;
 mod receive;
 pub mod rtcp;
 pub mod rtp;
+pub mod rtp_ext;
 mod rtx;
 #[cfg(test)]
 mod tests;
