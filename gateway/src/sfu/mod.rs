@@ -16,6 +16,7 @@
 /// `crate::sfu::alloc_count::allocations()`.
 #[cfg(test)]
 pub(crate) mod alloc_count;
+pub mod bwe;
 pub mod codec;
 mod forward;
 mod pool;
