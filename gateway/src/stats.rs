@@ -158,6 +158,25 @@ pub struct MediaStats {
     /// RTP/RTCP from a member the room does not know (or RTP from one that is not a
     /// publisher). Dropped.
     pub unknown_member: Counter,
+    /// RTP naming a simulcast RID the offer did not announce. Dropped.
+    pub rtp_unknown_rid: Counter,
+    /// RTP with an unusable header-extension block (truncated, wrong length, repeated
+    /// kind). Dropped.
+    pub rtp_bad_extension: Counter,
+    /// RTP whose extension block is not RFC 8285; forwarded without extensions.
+    pub rtp_foreign_extension: Counter,
+    /// Transport-wide congestion-control feedback sent to publishers / received from
+    /// subscribers.
+    pub twcc_feedback_sent: Counter,
+    pub twcc_feedback_received: Counter,
+    /// Simulcast layer switches, and the keyframe requests that target changes caused.
+    pub layer_switches: Counter,
+    pub switch_keyframe_requests: Counter,
+    /// Padding packets sent to probe subscribers' links.
+    pub probe_packets: Counter,
+    /// Subscribers' bandwidth estimates, sampled each layer interval (see
+    /// [`crate::sfu::ESTIMATE_BUCKETS_BPS`]).
+    pub estimates: EstimateHistogram,
     /// Sessions released by a timeout: never connected, handshake too slow, or consent lost.
     pub sessions_timed_out: Counter,
     /// WHIP/WHEP sessions currently alive on this thread, by role.
@@ -184,6 +203,24 @@ impl HandshakeHistogram {
         self.buckets[i].inc();
         self.sum_ms.add(ms);
         self.count.inc();
+    }
+}
+
+/// Subscribers' estimated bitrates, folded from the rooms' samples.
+#[derive(Default)]
+pub struct EstimateHistogram {
+    pub buckets: [Counter; crate::sfu::ESTIMATE_BUCKETS_BPS.len() + 1],
+    pub sum_bps: Counter,
+    pub count: Counter,
+}
+
+impl EstimateHistogram {
+    pub fn add(&self, samples: &crate::sfu::EstimateSamples) {
+        for (b, n) in self.buckets.iter().zip(samples.buckets) {
+            b.add(n);
+        }
+        self.sum_bps.add(samples.sum_bps);
+        self.count.add(samples.count);
     }
 }
 

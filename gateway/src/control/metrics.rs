@@ -15,6 +15,7 @@ use crate::{
     ice::StunOutcome,
     logic::STATE_NAMES,
     media::UnprotectFailure,
+    sfu::ESTIMATE_BUCKETS_BPS,
     stats::{Counter, MediaStats, HANDSHAKE_BUCKETS_MS, PROCESSING_BUCKETS_NS},
 };
 
@@ -29,7 +30,7 @@ type ThreadSeries = (
 type MediaSeries = (&'static str, &'static str, fn(&MediaStats) -> u64);
 
 /// Media-plane counters exposed one series per thread (`{thread}` only).
-const MEDIA_COUNTERS: [MediaSeries; 25] = [
+const MEDIA_COUNTERS: [MediaSeries; 33] = [
     (
         "roomgate_dtls_closed_total",
         "DTLS associations the client closed (close_notify or alert) after connecting.",
@@ -89,6 +90,46 @@ const MEDIA_COUNTERS: [MediaSeries; 25] = [
         "roomgate_unknown_member_packets_total",
         "RTP/RTCP from a session its room does not know as a member, or RTP from a non-publisher; dropped.",
         |m| m.unknown_member.get(),
+    ),
+    (
+        "roomgate_rtp_unknown_rid_total",
+        "RTP naming a simulcast RID the offer did not announce; dropped.",
+        |m| m.rtp_unknown_rid.get(),
+    ),
+    (
+        "roomgate_rtp_bad_extension_total",
+        "RTP with an unusable header-extension block (truncated, wrong length, repeated kind); dropped.",
+        |m| m.rtp_bad_extension.get(),
+    ),
+    (
+        "roomgate_rtp_foreign_extension_total",
+        "RTP whose extension block is not RFC 8285; forwarded without its extensions.",
+        |m| m.rtp_foreign_extension.get(),
+    ),
+    (
+        "roomgate_twcc_feedback_sent_total",
+        "Transport-wide congestion-control feedback packets sent to publishers.",
+        |m| m.twcc_feedback_sent.get(),
+    ),
+    (
+        "roomgate_twcc_feedback_received_total",
+        "Transport-wide congestion-control feedback packets received from subscribers.",
+        |m| m.twcc_feedback_received.get(),
+    ),
+    (
+        "roomgate_layer_switches_total",
+        "Simulcast layer switches done for subscribers (at a keyframe of the new layer).",
+        |m| m.layer_switches.get(),
+    ),
+    (
+        "roomgate_layer_switch_keyframe_requests_total",
+        "Keyframe requests sent to publishers because a subscriber's target layer changed.",
+        |m| m.switch_keyframe_requests.get(),
+    ),
+    (
+        "roomgate_probe_packets_total",
+        "Padding packets sent to probe subscribers' links for a higher layer.",
+        |m| m.probe_packets.get(),
     ),
     (
         "roomgate_rtcp_packets_received_total",
@@ -426,6 +467,7 @@ pub fn render(state: &ApiState) -> Result<String, prometheus::Error> {
     let mut text = String::from_utf8_lossy(&out).into_owned();
     processing_histogram(state, &mut text);
     handshake_histogram(&media, &mut text);
+    estimate_histogram(&media, &mut text);
     Ok(text)
 }
 
@@ -512,6 +554,21 @@ fn handshake_histogram(threads: &[&MediaStats], out: &mut String) {
         threads.iter().map(|m| {
             let hist = &m.dtls_handshake;
             (&hist.buckets[..], hist.sum_ms.get() as f64 / 1e3)
+        }),
+    );
+}
+
+/// Subscribers' estimated bandwidth, sampled every layer interval.
+fn estimate_histogram(threads: &[&MediaStats], out: &mut String) {
+    let bounds = ESTIMATE_BUCKETS_BPS.map(|b| b as f64);
+    fixed_histogram(
+        out,
+        "roomgate_estimated_bitrate_bps",
+        "Subscribers' congestion-control bandwidth estimates, sampled every layer interval.",
+        &bounds,
+        threads.iter().map(|m| {
+            let hist = &m.estimates;
+            (&hist.buckets[..], hist.sum_bps.get() as f64)
         }),
     );
 }

@@ -2,6 +2,7 @@
 //!
 //! It never touches a logic thread's data: commands go through the thread's bounded
 //! queue and answers come back on a oneshot; status reads the threads' counters.
+mod layer;
 mod metrics;
 mod signaling;
 
@@ -47,6 +48,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/api/rooms/{room}/participants/{participant}",
             delete(delete_participant),
         )
+        .merge(layer::routes())
         .merge(signaling::routes())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -21,6 +21,7 @@ use super::{ask, parse_room, ApiError, ApiState};
 use crate::{
     logic::{Command, CreateRefused},
     sdp::{self, Role},
+    sfu::LayerRequest,
 };
 
 /// Largest offer accepted; real offers are a few KiB.
@@ -47,6 +48,8 @@ pub fn routes() -> Router<Arc<ApiState>> {
 #[derive(Debug, Deserialize)]
 pub struct WhepQuery {
     publisher: Option<String>,
+    /// `high`, `mid`, `low` or `auto`: the simulcast layer this viewer receives.
+    layer: Option<String>,
 }
 
 async fn whip(
@@ -56,7 +59,16 @@ async fn whip(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|e| ApiError::new(e.status(), format!("request body: {e}")))?;
-    create(&state, &room, Role::Publisher, None, &headers, &body).await
+    create(
+        &state,
+        &room,
+        Role::Publisher,
+        None,
+        LayerRequest::Auto,
+        &headers,
+        &body,
+    )
+    .await
 }
 
 async fn whep(
@@ -67,11 +79,16 @@ async fn whep(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|e| ApiError::new(e.status(), format!("request body: {e}")))?;
+    let layer = match query.layer.as_deref() {
+        Some(text) => super::layer::parse_layer(text)?,
+        None => LayerRequest::Auto,
+    };
     create(
         &state,
         &room,
         Role::Subscriber,
         query.publisher,
+        layer,
         &headers,
         &body,
     )
@@ -83,6 +100,7 @@ async fn create(
     room: &str,
     role: Role,
     publisher: Option<String>,
+    layer: LayerRequest,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, ApiError> {
@@ -120,6 +138,7 @@ async fn create(
         role,
         offer: Box::new(offer),
         publisher,
+        layer,
         reply,
     })
     .await?;

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use crate::{
     room::RoomId,
     sdp::{self, Codec, Offer, Role},
-    sfu::{PublishedTrack, SubscribedSlot},
+    sfu::{rtp_ext::ExtensionIds, PublishedTrack, SubscribedSlot},
 };
 
 use super::api::{CreateRefused, Limits};
@@ -69,6 +69,9 @@ pub struct MediaPlan {
     pub slots: Vec<SubscribedSlot>,
     /// Per m-line: the stream roomgate sends on it (subscribers), for the answer.
     pub outbound: Vec<Option<sdp::OutboundTrack>>,
+    /// Header-extension IDs of the session's packets. BUNDLE makes them one map for
+    /// the whole transport (RFC 8843 9.2 forbids one ID meaning two things).
+    pub extensions: ExtensionIds,
 }
 
 /// Negotiate `offer` against the room's published codecs (`prefer`).
@@ -91,8 +94,11 @@ pub fn plan(negotiated: sdp::Negotiated, role: Role, participant: &str) -> Media
             match (role, m.direction) {
                 (Role::Publisher, sdp::Direction::RecvOnly) => tracks.push(PublishedTrack {
                     kind,
-                    ssrc: m.ssrcs.first().copied(),
+                    // Simulcast layers announce no SSRCs; they are bound by RID.
+                    ssrc: m.rids.is_empty().then(|| m.ssrcs.first().copied()).flatten(),
                     codec: codec.clone(),
+                    mid: m.mid.clone(),
+                    rids: m.rids.clone(),
                 }),
                 (Role::Subscriber, sdp::Direction::SendOnly) => {
                     let ssrc = random_ssrc();
@@ -100,6 +106,7 @@ pub fn plan(negotiated: sdp::Negotiated, role: Role, participant: &str) -> Media
                         kind,
                         out_ssrc: ssrc,
                         codec: codec.clone(),
+                        mid: m.mid.clone(),
                     });
                     out = Some(sdp::OutboundTrack {
                         ssrc,
@@ -113,11 +120,34 @@ pub fn plan(negotiated: sdp::Negotiated, role: Role, participant: &str) -> Media
         }
         outbound.push(out);
     }
+    let extensions = session_extensions(&negotiated);
     MediaPlan {
+        extensions,
         negotiated,
         tracks,
         slots,
         outbound,
+    }
+}
+
+/// The union of the accepted m-lines' extension maps. An offer that maps one ID to two
+/// extensions across m-lines gets none: guessing which one a packet means would corrupt
+/// whatever is passed through.
+fn session_extensions(negotiated: &sdp::Negotiated) -> ExtensionIds {
+    let mut pairs: Vec<(u8, sdp::ExtensionKind)> = Vec::new();
+    for m in negotiated.accepted() {
+        for &pair in &m.extensions {
+            if !pairs.contains(&pair) {
+                pairs.push(pair);
+            }
+        }
+    }
+    match ExtensionIds::new(&pairs) {
+        Ok(ids) => ids,
+        Err(e) => {
+            tracing::debug!(error = %e, "conflicting extension IDs across m-lines; none used");
+            ExtensionIds::default()
+        }
     }
 }
 

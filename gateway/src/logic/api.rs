@@ -15,6 +15,7 @@ use crate::{
     ice::RandomError,
     room::RoomId,
     sdp::{Offer, Role, SdpError},
+    sfu::LayerRequest,
     stats::ThreadStats,
 };
 
@@ -53,7 +54,16 @@ pub enum Command {
         offer: Box<Offer>,
         /// WHEP only: watch this participant instead of the room's earliest publisher.
         publisher: Option<String>,
+        /// WHEP only: the simulcast layer the viewer asked for.
+        layer: LayerRequest,
         reply: tokio::sync::oneshot::Sender<Result<MediaCreated, CreateRefused>>,
+    },
+    /// A viewer's simulcast layer request, live. Replies whether the subscriber exists.
+    SetLayer {
+        room: RoomId,
+        participant: String,
+        layer: LayerRequest,
+        reply: tokio::sync::oneshot::Sender<bool>,
     },
     /// Connected mode only: a first datagram that landed on a thread that does not own
     /// its room.
@@ -136,6 +146,24 @@ pub struct ParticipantView {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dtls_state: Option<&'static str>,
+    /// Subscribers: what each video m-line receives.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub video: Vec<VideoView>,
+}
+
+/// One video m-line of a subscriber, as `GET /api/rooms/{room}` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct VideoView {
+    pub mid: String,
+    /// `low`, `mid` or `high` among the publisher's active layers (`high` without
+    /// simulcast); `null` while nothing flows.
+    pub layer: Option<&'static str>,
+    /// `auto` or the layer the viewer asked for.
+    pub requested: &'static str,
+    /// The congestion controller's estimate of the viewer's link, when it sends
+    /// transport-wide feedback.
+    pub estimate_bps: Option<u64>,
+    pub simulcast: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]

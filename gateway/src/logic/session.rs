@@ -116,6 +116,7 @@ impl Session {
                 Some(_) => "subscriber",
             }),
             dtls_state: self.media.as_ref().map(|m| m.transport.state_name()),
+            video: Vec::new(),
         }
     }
 }

@@ -42,6 +42,15 @@ pub fn add_forward_stats(stats: &ThreadStats, d: &ForwardStats) {
         rtp_dropped_before_bind,
         unknown_member,
         rtcp_unknown_ssrc,
+        rtp_unknown_rid,
+        rtp_bad_extension,
+        rtp_foreign_extension,
+        twcc_feedback_sent,
+        twcc_feedback_received,
+        layer_switches,
+        switch_keyframe_requests,
+        probe_packets,
+        estimates,
     } = *d;
     let MediaStats {
         rtp_received: m_rtp_received,
@@ -64,6 +73,15 @@ pub fn add_forward_stats(stats: &ThreadStats, d: &ForwardStats) {
         sender_reports_forwarded: m_sender_reports_forwarded,
         codec_mismatch: m_codec_mismatch,
         unknown_member: m_unknown_member,
+        rtp_unknown_rid: m_rtp_unknown_rid,
+        rtp_bad_extension: m_rtp_bad_extension,
+        rtp_foreign_extension: m_rtp_foreign_extension,
+        twcc_feedback_sent: m_twcc_feedback_sent,
+        twcc_feedback_received: m_twcc_feedback_received,
+        layer_switches: m_layer_switches,
+        switch_keyframe_requests: m_switch_keyframe_requests,
+        probe_packets: m_probe_packets,
+        estimates: m_estimates,
         ..
     } = &stats.media;
     m_rtp_received.add(rtp_in);
@@ -86,6 +104,15 @@ pub fn add_forward_stats(stats: &ThreadStats, d: &ForwardStats) {
     m_sender_reports_forwarded.add(sr_forwarded);
     m_codec_mismatch.add(codec_mismatch);
     m_unknown_member.add(unknown_member);
+    m_rtp_unknown_rid.add(rtp_unknown_rid);
+    m_rtp_bad_extension.add(rtp_bad_extension);
+    m_rtp_foreign_extension.add(rtp_foreign_extension);
+    m_twcc_feedback_sent.add(twcc_feedback_sent);
+    m_twcc_feedback_received.add(twcc_feedback_received);
+    m_layer_switches.add(layer_switches);
+    m_switch_keyframe_requests.add(switch_keyframe_requests);
+    m_probe_packets.add(probe_packets);
+    m_estimates.add(&estimates);
 }
 
 #[cfg(test)]
@@ -116,6 +143,19 @@ mod tests {
             rtp_dropped_before_bind: 18,
             unknown_member: 19,
             rtcp_unknown_ssrc: 20,
+            rtp_unknown_rid: 21,
+            rtp_bad_extension: 22,
+            rtp_foreign_extension: 23,
+            twcc_feedback_sent: 24,
+            twcc_feedback_received: 25,
+            layer_switches: 26,
+            switch_keyframe_requests: 27,
+            probe_packets: 28,
+            estimates: crate::sfu::EstimateSamples {
+                buckets: [0, 0, 0, 0, 1, 0, 0, 0, 0],
+                sum_bps: 1_500_000,
+                count: 1,
+            },
         };
         add_forward_stats(&stats, &d);
         let m = &stats.media;
@@ -140,7 +180,18 @@ mod tests {
             m.rtp_dropped_before_bind.get(),
             m.unknown_member.get(),
             m.rtcp_unknown_ssrc.get(),
+            m.rtp_unknown_rid.get(),
+            m.rtp_bad_extension.get(),
+            m.rtp_foreign_extension.get(),
+            m.twcc_feedback_sent.get(),
+            m.twcc_feedback_received.get(),
+            m.layer_switches.get(),
+            m.switch_keyframe_requests.get(),
+            m.probe_packets.get(),
         ];
         assert_eq!(got, std::array::from_fn(|i| i as u64 + 1));
+        assert_eq!(m.estimates.buckets[4].get(), 1);
+        assert_eq!(m.estimates.sum_bps.get(), 1_500_000);
+        assert_eq!(m.estimates.count.get(), 1);
     }
 }

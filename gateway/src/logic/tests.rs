@@ -307,6 +307,7 @@ fn a_media_session_that_never_connects_times_out() {
             role: Role::Publisher,
             offer: Box::new(offer),
             publisher: None,
+            layer: crate::sfu::LayerRequest::Auto,
             reply,
         },
     );
@@ -407,6 +408,7 @@ fn connect_media(
             role,
             offer: Box::new(sdp::parse_offer(&offer).unwrap()),
             publisher: None,
+            layer: crate::sfu::LayerRequest::Auto,
             reply,
         },
     );

@@ -146,6 +146,22 @@ pub fn choose_layer(
     }
 }
 
+/// Rank (0 = lowest) of layer `index` among the active layers.
+pub fn rank_of(infos: &[LayerInfo], index: usize) -> usize {
+    let mut ranked = [0; 3];
+    let n = rank_layers(infos, &mut ranked);
+    ranked[..n].iter().position(|&i| i == index).unwrap_or(0)
+}
+
+/// The active layer ranked just above `current`.
+pub fn next_layer_up(infos: &[LayerInfo], current: usize) -> Option<usize> {
+    let mut ranked = [0; 3];
+    let n = rank_layers(infos, &mut ranked);
+    let at = ranked[..n].iter().position(|&i| i == current)?;
+    ranked[..n].get(at + 1).copied()
+}
+
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,7 +18,9 @@
 pub(crate) mod alloc_count;
 pub mod bwe;
 pub mod codec;
+mod congestion;
 mod forward;
+pub mod layers;
 mod pool;
 mod receive;
 pub mod rtcp;
@@ -26,10 +28,17 @@ pub mod rtp;
 pub mod rtp_ext;
 mod rtx;
 #[cfg(test)]
+mod simulcast_tests;
+mod sink;
+mod slot;
+#[cfg(test)]
 mod tests;
+mod track;
 pub mod transport_feedback;
+pub mod twcc;
 
 pub use forward::{
-    ForwardConfig, ForwardError, ForwardStats, MemberId, Output, PublishedTrack, RoomCore,
-    SubscribedSlot,
+    EstimateSamples, ForwardConfig, ForwardError, ForwardStats, MemberId, Output,
+    PublishedTrack, RoomCore, SlotView, SubscribedSlot, ESTIMATE_BUCKETS_BPS,
 };
+pub use layers::LayerRequest;

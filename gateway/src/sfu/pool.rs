@@ -27,13 +27,6 @@ impl BufferPool {
             .unwrap_or_else(|| Vec::with_capacity(NEW_BUFFER_CAPACITY))
     }
 
-    /// A buffer holding a copy of `data`.
-    pub(crate) fn copy_of(&mut self, data: &[u8]) -> Vec<u8> {
-        let mut buf = self.take();
-        buf.extend_from_slice(data);
-        buf
-    }
-
     pub(crate) fn give(&mut self, mut buf: Vec<u8>) {
         // A small buffer (from a caller) would only regrow, which is the allocation
         // the pool exists to avoid.
@@ -57,7 +50,8 @@ mod tests {
     #[test]
     fn reuses_capacity() {
         let mut pool = BufferPool::default();
-        let buf = pool.copy_of(&[1, 2, 3]);
+        let mut buf = pool.take();
+        buf.extend_from_slice(&[1, 2, 3]);
         let ptr = buf.as_ptr();
         pool.give(buf);
         let again = pool.take();

@@ -55,6 +55,8 @@ fn video(ssrc: Option<u32>) -> PublishedTrack {
         kind: MediaKind::Video,
         ssrc,
         codec: vp8(96),
+        mid: "1".into(),
+        rids: Vec::new(),
     }
 }
 
@@ -63,6 +65,8 @@ fn audio(ssrc: Option<u32>) -> PublishedTrack {
         kind: MediaKind::Audio,
         ssrc,
         codec: opus(111),
+        mid: "0".into(),
+        rids: Vec::new(),
     }
 }
 
@@ -71,6 +75,7 @@ fn video_slot(out_ssrc: u32, pt: u8) -> SubscribedSlot {
         kind: MediaKind::Video,
         out_ssrc,
         codec: vp8(pt),
+        mid: "1".into(),
     }
 }
 
@@ -79,6 +84,7 @@ fn audio_slot(out_ssrc: u32, pt: u8) -> SubscribedSlot {
         kind: MediaKind::Audio,
         out_ssrc,
         codec: opus(pt),
+        mid: "0".into(),
     }
 }
 
@@ -539,6 +545,8 @@ fn fir_becomes_pli_or_fir_for_fir_only_publishers() {
             kind: MediaKind::Video,
             ssrc: Some(B_VIDEO),
             codec: fir_codec,
+            mid: "1".into(),
+            rids: Vec::new(),
         }],
         t0,
     );
@@ -727,6 +735,7 @@ fn codec_mismatch_never_binds() {
     let h264 = SubscribedSlot {
         kind: MediaKind::Video,
         out_ssrc: OUT,
+        mid: "1".into(),
         codec: Codec {
             payload_type: 102,
             name: "H264".into(),

@@ -325,15 +325,16 @@ impl ThreadCore {
                 let _ = reply.send(found);
             }
             Command::GetRoom { room, reply } => {
-                let _ = reply.send(self.room_view(&room));
+                let _ = reply.send(self.room_view(&room, now));
             }
             Command::CreateMediaSession {
                 room,
                 role,
                 offer,
                 publisher,
+                layer,
                 reply,
-            } => match self.create_media_session(&room, role, &offer, publisher, now) {
+            } => match self.create_media_session(&room, role, &offer, publisher, layer, now) {
                 Ok((id, created)) => {
                     if reply.send(Ok(created)).is_err() {
                         self.remove_session(id, now);
@@ -343,6 +344,14 @@ impl ThreadCore {
                     let _ = reply.send(Err(refused));
                 }
             },
+            Command::SetLayer {
+                room,
+                participant,
+                layer,
+                reply,
+            } => {
+                let _ = reply.send(self.set_layer(&room, &participant, layer, now));
+            }
             Command::Handoff {
                 mut datagram,
                 from,

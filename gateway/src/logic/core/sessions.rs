@@ -9,12 +9,13 @@ use crate::{
     media::Transport,
     room::RoomId,
     sdp::{self, Offer, Role},
+    sfu::LayerRequest,
 };
 
 use super::{
     super::{
         admission::{self, Reservation},
-        api::{CreateRefused, MediaCreated, ParticipantCreated, RoomView},
+        api::{CreateRefused, MediaCreated, ParticipantCreated, RoomView, VideoView},
         session::{MediaSession, Session, CONNECT_TIMEOUT},
         stats::add_forward_stats,
         table::SessionId,
@@ -96,7 +97,7 @@ impl ThreadCore {
         self.update_gauges();
     }
 
-    pub(super) fn room_view(&self, room: &RoomId) -> Option<RoomView> {
+    pub(super) fn room_view(&self, room: &RoomId, now: Instant) -> Option<RoomView> {
         let r = self.table.room(self.table.room_key(room)?)?;
         let mut sessions: Vec<&Session> = r
             .sessions
@@ -107,7 +108,27 @@ impl ThreadCore {
         Some(RoomView {
             room: room.to_string(),
             thread: self.index,
-            participants: sessions.into_iter().map(Session::view).collect(),
+            participants: sessions
+                .into_iter()
+                .map(|s| {
+                    let mut view = s.view();
+                    if let Some(m) = s.media.as_ref().filter(|m| m.role == Role::Subscriber) {
+                        view.video = r
+                            .core
+                            .slot_views(m.member, now)
+                            .into_iter()
+                            .map(|v| VideoView {
+                                mid: v.mid,
+                                layer: v.layer,
+                                requested: v.requested.as_str(),
+                                estimate_bps: v.estimate_bps,
+                                simulcast: v.simulcast,
+                            })
+                            .collect();
+                    }
+                    view
+                })
+                .collect(),
         })
     }
 
@@ -194,6 +215,7 @@ impl ThreadCore {
         role: Role,
         offer: &Offer,
         publisher: Option<String>,
+        layer: LayerRequest,
         now: Instant,
     ) -> Result<(SessionId, MediaCreated), CreateRefused> {
         let room_key = self.table.room_key(room);
@@ -254,6 +276,10 @@ impl ThreadCore {
                     Role::Publisher => r.core.add_publisher(member, plan.tracks, now),
                     Role::Subscriber => r.core.add_subscriber(member, plan.slots, watch, now),
                 }
+                r.core.set_extensions(member, plan.extensions, now);
+                if role == Role::Subscriber {
+                    r.core.set_layer_request(member, layer, now);
+                }
             }
             self.forward_outputs(key);
             self.arm_room(key);
@@ -268,6 +294,38 @@ impl ThreadCore {
                 thread: self.index,
             },
         ))
+    }
+
+    /// A viewer's live layer request; `false` if no such subscriber is in the room.
+    pub(super) fn set_layer(
+        &mut self,
+        room: &RoomId,
+        participant: &str,
+        layer: LayerRequest,
+        now: Instant,
+    ) -> bool {
+        let ufrag = format!("{}{participant}", room.ufrag_part());
+        let Some(room_key) = self.table.room_key(room) else {
+            return false;
+        };
+        let Some(member) = self
+            .table
+            .by_ufrag(&ufrag)
+            .and_then(|id| self.table.get(id))
+            .filter(|s| s.room == room_key)
+            .and_then(|s| s.media.as_ref())
+            .filter(|m| m.role == Role::Subscriber)
+            .map(|m| m.member)
+        else {
+            return false;
+        };
+        let Some(r) = self.table.room_mut(room_key) else {
+            return false;
+        };
+        let found = r.core.set_layer_request(member, layer, now);
+        self.forward_outputs(room_key);
+        self.arm_room(room_key);
+        found
     }
 
     pub(super) fn delete_participant(

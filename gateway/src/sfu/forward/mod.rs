@@ -6,13 +6,26 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
-use crate::sdp::{Codec, MediaKind};
+use crate::sdp::{Codec, ExtensionKind, MediaKind};
 
+mod rewrite;
+mod stats;
+mod timers;
+
+pub use stats::{EstimateSamples, ForwardStats, SlotView, ESTIMATE_BUCKETS_BPS};
+
+use rewrite::{continue_picture_ids, forwarded, rewrite_picture_ids, set_stream, stamp};
+use super::codec::{self, CodecKind};
+use super::congestion::SubscriberCc;
+use super::layers::{choose_layer, rank_layers, rank_name, LayerInfo, LayerRequest};
 use super::pool::BufferPool;
-use super::receive::ReceiveStats;
-use super::rtcp::{self, FirEntry, Nack, ReportBlock, RtcpError, RtcpPacket, SenderReport};
-use super::rtp::{seq_newer, RtpError, RtpHeader, RtpHeaderMut};
-use super::rtx::{RtxBuffer, AUDIO_ENTRY_RESERVE, VIDEO_ENTRY_RESERVE};
+use super::rtcp::{self, Nack, ReportBlock, RtcpError, RtcpPacket, SenderReport};
+use super::rtp::{RtpError, RtpHeader};
+use super::rtp_ext::{self, ExtensionError, ExtensionIds, Extensions};
+use super::sink::Sink;
+use super::slot::{Binding, Slot};
+use super::track::{locate, SlotRef, Track, TrackKey, MAX_LAYERS};
+use super::twcc::TwccRecorder;
 
 /// Identifies a session inside a room; assigned by the logic thread.
 pub type MemberId = u32;
@@ -26,6 +39,10 @@ pub struct PublishedTrack {
     pub ssrc: Option<u32>,
     /// The publisher's payload type and format.
     pub codec: Codec,
+    /// The m-line's mid (placed by the `sdes:mid` extension when SSRCs are unsignaled).
+    pub mid: String,
+    /// Simulcast layers by RID (at most three); empty for a single stream.
+    pub rids: Vec<String>,
 }
 
 /// One receiving m-line of a subscriber.
@@ -36,6 +53,7 @@ pub struct SubscribedSlot {
     pub out_ssrc: u32,
     /// The subscriber's negotiated payload type and format.
     pub codec: Codec,
+    pub mid: String,
 }
 
 /// A plaintext packet to protect and send to a member. The `packet` buffer comes from
@@ -58,6 +76,10 @@ pub struct ForwardConfig {
     pub rr_interval: Duration,
     /// SSRC roomgate uses as the sender of its own RTCP.
     pub sender_ssrc: u32,
+    /// A subscriber's bandwidth estimate before any feedback arrived.
+    pub initial_estimate_bps: u64,
+    /// How often simulcast subscribers' layers are re-chosen.
+    pub layer_interval: Duration,
 }
 
 impl Default for ForwardConfig {
@@ -68,48 +90,10 @@ impl Default for ForwardConfig {
             rr_interval: Duration::from_secs(1),
             // "rmgt": any fixed value works as long as no slot uses it as out_ssrc.
             sender_ssrc: 0x726d_6774,
+            initial_estimate_bps: 1_000_000,
+            layer_interval: Duration::from_millis(250),
         }
     }
-}
-
-/// Counts since the last `take_stats`. Every dropped input lands in exactly one counter.
-#[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ForwardStats {
-    /// RTP datagrams handed to `handle_rtp`.
-    pub rtp_in: u64,
-    /// RTP packets emitted to subscribers (one per subscriber per input packet).
-    pub rtp_forwarded: u64,
-    /// From a publisher, but matching none of its tracks: dropped.
-    pub rtp_unknown_ssrc: u64,
-    pub rtp_malformed: u64,
-    pub rtcp_in: u64,
-    pub rtcp_malformed: u64,
-    /// NACK packets from subscribers (each may list many sequence numbers).
-    pub nacks_received: u64,
-    /// Packets re-sent from a retransmission buffer.
-    pub retransmissions: u64,
-    /// NACKed sequence numbers not (or no longer) in the buffer, or not ours to answer.
-    pub nack_misses: u64,
-    pub plis_received: u64,
-    pub firs_received: u64,
-    /// Keyframe requests sent to publishers (PLI, or FIR to a FIR-only publisher).
-    pub plis_sent: u64,
-    pub plis_rate_limited: u64,
-    pub rr_sent: u64,
-    /// SRs emitted to subscribers (one per subscriber per publisher SR).
-    pub sr_forwarded: u64,
-    /// Bind attempts that failed only because no same-kind track had a matching codec.
-    pub codec_mismatch: u64,
-    /// Added: RTP on a known SSRC but with a payload type other than the track's
-    /// negotiated one (RED/FEC/CN we did not negotiate): dropped rather than mislabelled.
-    pub rtp_payload_type_mismatch: u64,
-    /// Added: per-subscriber drops of a packet that arrived reordered from before the
-    /// point where the slot (re)bound; forwarding it would reuse an already-sent seq.
-    pub rtp_dropped_before_bind: u64,
-    /// Added: RTP/RTCP from a member that is not in the room (or not a publisher, for RTP).
-    pub unknown_member: u64,
-    /// Added: PLI/FIR/NACK/SR naming an SSRC the room does not know.
-    pub rtcp_unknown_ssrc: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +109,12 @@ pub enum ForwardError {
         member: MemberId,
         #[source]
         source: RtcpError,
+    },
+    #[error("RTP from member {member} with an unusable header extension: {source}")]
+    BadExtension {
+        member: MemberId,
+        #[source]
+        source: ExtensionError,
     },
     #[error("RTP from member {member}, which is not a publisher in this room")]
     NotAPublisher { member: MemberId },
@@ -155,142 +145,15 @@ impl Hasher for IdHasher {
 
 type IdMap<V> = HashMap<MemberId, V, BuildHasherDefault<IdHasher>>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct TrackKey {
-    publisher: MemberId,
-    index: usize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct SlotRef {
-    subscriber: MemberId,
-    slot: usize,
-}
-
-struct Track {
-    kind: MediaKind,
-    codec: Codec,
-    ssrc: Option<u32>,
-    /// Slots currently fed by this track.
-    bound: Vec<SlotRef>,
-    rtx: RtxBuffer,
-    recv: ReceiveStats,
-    /// LSR value (NTP middle 32 bits) and arrival time of the latest SR.
-    last_sr: Option<(u32, Instant)>,
-    last_keyframe_request: Option<Instant>,
-    fir_seq: u8,
-    /// Publisher offered `ccm fir` without `nack pli`: it may ignore PLIs.
-    fir_only: bool,
-}
-
 struct Publisher {
     tracks: Vec<Track>,
     /// Receives RTCP from us. Set by `set_ready`, or implied by its first packet: it
     /// cannot send SRTP before the keys exist.
     ready: bool,
-}
-
-/// How long after a (re)bind, in packets arrived on the track, and how far behind the
-/// binding's first seq a packet counts as a straggler from before the bind. Bounded both
-/// ways so that a long-running stream, whose seqs lap the 16-bit space, is never taken
-/// for a straggler.
-const REORDER_WINDOW: u16 = 512;
-
-#[derive(Debug, Clone, Copy)]
-struct Offsets {
-    seq: u16,
-    ts: u32,
-    /// Source seq of the first packet forwarded in this binding.
-    first_in_seq: u16,
-    /// Retransmission-buffer index of that packet; NACKs never reach further back.
-    first_index: u64,
-}
-
-impl Offsets {
-    /// A reordered packet from just before the bind point: its rewritten seq would
-    /// collide with one the slot already sent from its previous source.
-    fn predates(&self, seq: u16, index: u64) -> bool {
-        let behind = self.first_in_seq.wrapping_sub(seq);
-        let soon = index.saturating_sub(self.first_index) < u64::from(REORDER_WINDOW);
-        soon && behind != 0 && behind <= REORDER_WINDOW
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Binding {
-    track: TrackKey,
-    /// Fixed by the first packet forwarded after binding, since only then are the
-    /// source's seq and timestamp known.
-    offsets: Option<Offsets>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct LastOut {
-    seq: u16,
-    ts: u32,
-    at: Instant,
-}
-
-struct Slot {
-    kind: MediaKind,
-    out_ssrc: u32,
-    codec: Codec,
-    binding: Option<Binding>,
-    /// Newest packet sent on this slot, across bindings: the continuity anchor.
-    last_out: Option<LastOut>,
-}
-
-impl Slot {
-    /// Offsets for a packet about to go out, fixing them on the binding's first packet.
-    /// `None`: the packet predates the binding and must not be sent.
-    fn offsets_for(&mut self, seq: u16, ts: u32, index: u64, now: Instant) -> Option<Offsets> {
-        let last_out = self.last_out;
-        let clock_rate = self.codec.clock_rate;
-        let kind = self.kind;
-        let binding = self.binding.as_mut()?;
-        if let Some(off) = binding.offsets {
-            return (!off.predates(seq, index)).then_some(off);
-        }
-        let (seq_off, ts_off) = match last_out {
-            None => (0, 0),
-            Some(last) => {
-                let step = timestamp_step(kind, clock_rate, now.saturating_duration_since(last.at));
-                (
-                    last.seq.wrapping_add(1).wrapping_sub(seq),
-                    last.ts.wrapping_add(step).wrapping_sub(ts),
-                )
-            }
-        };
-        let off = Offsets {
-            seq: seq_off,
-            ts: ts_off,
-            first_in_seq: seq,
-            first_index: index,
-        };
-        binding.offsets = Some(off);
-        Some(off)
-    }
-
-    fn note_sent(&mut self, seq: u16, ts: u32, now: Instant) {
-        let newer = match self.last_out {
-            Some(last) => seq_newer(seq, last.seq),
-            None => true,
-        };
-        if newer {
-            self.last_out = Some(LastOut { seq, ts, at: now });
-        }
-    }
-}
-
-/// Timestamp advance across a source switch: the real elapsed time, but at least one
-/// frame (video) or one 20 ms packet (audio) so the new source never appears to go back.
-fn timestamp_step(kind: MediaKind, clock_rate: u32, elapsed: Duration) -> u32 {
-    let min = match kind {
-        MediaKind::Video => clock_rate / 30,
-        MediaKind::Audio => clock_rate / 50,
-    };
-    let elapsed = elapsed.as_nanos() * u128::from(clock_rate) / 1_000_000_000;
-    u32::try_from(elapsed).unwrap_or(u32::MAX).max(min)
+    /// Negotiated header-extension IDs of this member's packets.
+    extensions: ExtensionIds,
+    /// Arrivals to report in transport-wide feedback, when negotiated.
+    twcc: Option<TwccRecorder>,
 }
 
 struct Subscriber {
@@ -303,98 +166,17 @@ struct Subscriber {
     /// capped per window instead of amplifying one small packet into megabytes.
     rtx_window: Option<Instant>,
     rtx_in_window: u32,
+    /// Header-extension IDs the subscriber negotiated; only these are written.
+    extensions: ExtensionIds,
+    /// Congestion control, when the subscriber negotiated transport-wide feedback.
+    cc: Option<Box<SubscriberCc>>,
+    request: LayerRequest,
 }
 
 /// Retransmissions one subscriber may get per [`RTX_WINDOW`] (≈1,280 packets/s, far above
 /// what repairing a single video stream needs).
 const RTX_PER_WINDOW: u32 = 128;
 const RTX_WINDOW: Duration = Duration::from_millis(100);
-
-fn fir_only(codec: &Codec) -> bool {
-    let has = |fb: &str| {
-        codec
-            .rtcp_fb
-            .iter()
-            .any(|f| f.trim().eq_ignore_ascii_case(fb))
-    };
-    has("ccm fir") && !has("nack pli")
-}
-
-/// Copy `packet` into a pooled buffer and rewrite it into a subscriber's stream.
-fn rewritten(
-    pool: &mut BufferPool,
-    packet: &[u8],
-    ssrc: u32,
-    pt: u8,
-    seq: u16,
-    ts: u32,
-) -> Vec<u8> {
-    let mut out = pool.copy_of(packet);
-    // The packet parsed as RTP already, so the header is there.
-    if let Ok(mut h) = RtpHeaderMut::new(&mut out) {
-        h.set_ssrc(ssrc);
-        h.set_payload_type(pt);
-        h.set_sequence_number(seq);
-        h.set_timestamp(ts);
-    }
-    out
-}
-
-/// The parts of the room a keyframe request touches; split out so callers can hold
-/// borrows of the subscriber map at the same time.
-struct Sink<'a> {
-    config: &'a ForwardConfig,
-    out: &'a mut VecDeque<Output>,
-    stats: &'a mut ForwardStats,
-    pool: &'a mut BufferPool,
-}
-
-impl Sink<'_> {
-    /// Ask a publisher track for a keyframe, at most once per `pli_min_interval`.
-    /// Audio has no keyframes; an unready publisher or unlearned SSRC has nothing to
-    /// address (and its first packets will start with a keyframe anyway).
-    fn request_keyframe(&mut self, publishers: &mut IdMap<Publisher>, key: TrackKey, now: Instant) {
-        let Some(publisher) = publishers.get_mut(&key.publisher) else {
-            return;
-        };
-        if !publisher.ready {
-            return;
-        }
-        let Some(track) = publisher.tracks.get_mut(key.index) else {
-            return;
-        };
-        let Some(ssrc) = track.ssrc else { return };
-        if track.kind != MediaKind::Video {
-            return;
-        }
-        if let Some(last) = track.last_keyframe_request {
-            if now.saturating_duration_since(last) < self.config.pli_min_interval {
-                self.stats.plis_rate_limited += 1;
-                return;
-            }
-        }
-        track.last_keyframe_request = Some(now);
-        let mut packet = self.pool.take();
-        if track.fir_only {
-            track.fir_seq = track.fir_seq.wrapping_add(1);
-            rtcp::write_fir_into(
-                &mut packet,
-                self.config.sender_ssrc,
-                &[FirEntry {
-                    ssrc,
-                    seq_nr: track.fir_seq,
-                }],
-            );
-        } else {
-            rtcp::write_pli_into(&mut packet, self.config.sender_ssrc, ssrc);
-        }
-        self.out.push_back(Output::Rtcp {
-            to: key.publisher,
-            packet,
-        });
-        self.stats.plis_sent += 1;
-    }
-}
 
 /// One room's SFU: sans-IO, driven by `handle_*` and drained with `poll_output`.
 pub struct RoomCore {
@@ -411,6 +193,12 @@ pub struct RoomCore {
     pool: BufferPool,
     /// Scratch for one RR's blocks, kept so report generation reuses its capacity.
     rr_blocks: Vec<ReportBlock>,
+    /// Feedback and probe tick, while any member negotiated transport-wide-cc.
+    next_fast: Option<Instant>,
+    /// Layer re-selection tick, while the room has publishers and subscribers.
+    next_layers: Option<Instant>,
+    /// Origin of the abs-send-time roomgate writes.
+    epoch: Option<Instant>,
 }
 
 impl RoomCore {
@@ -427,6 +215,9 @@ impl RoomCore {
             next_rr: None,
             pool: BufferPool::default(),
             rr_blocks: Vec::new(),
+            next_fast: None,
+            next_layers: None,
+            epoch: None,
         }
     }
 
@@ -454,36 +245,22 @@ impl RoomCore {
         let capacity = self.config.rtx_buffer_packets;
         let tracks = tracks
             .into_iter()
-            .map(|t| Track {
-                rtx: RtxBuffer::new(
-                    capacity,
-                    match t.kind {
-                        MediaKind::Video => VIDEO_ENTRY_RESERVE,
-                        MediaKind::Audio => AUDIO_ENTRY_RESERVE,
-                    },
-                ),
-                kind: t.kind,
-                fir_only: fir_only(&t.codec),
-                codec: t.codec,
-                ssrc: t.ssrc,
-                bound: Vec::new(),
-                recv: ReceiveStats::default(),
-                last_sr: None,
-                last_keyframe_request: None,
-                fir_seq: 0,
-            })
+            .map(|t| Track::new(t.kind, t.codec, &t.mid, t.ssrc, &t.rids, capacity))
             .collect();
         self.publishers.insert(
             id,
             Publisher {
                 tracks,
                 ready: false,
+                extensions: ExtensionIds::default(),
+                twcc: None,
             },
         );
         self.publisher_order.push(id);
         if self.next_rr.is_none() {
             self.next_rr = Some(now + self.config.rr_interval);
         }
+        self.refresh_timers(now);
         for i in 0..self.subscriber_order.len() {
             let sub = self.subscriber_order[i];
             let wants = self
@@ -509,13 +286,7 @@ impl RoomCore {
         }
         let slots = slots
             .into_iter()
-            .map(|s| Slot {
-                kind: s.kind,
-                out_ssrc: s.out_ssrc,
-                codec: s.codec,
-                binding: None,
-                last_out: None,
-            })
+            .map(|s| Slot::new(s.kind, s.out_ssrc, s.codec, &s.mid))
             .collect();
         self.subscribers.insert(
             id,
@@ -525,10 +296,42 @@ impl RoomCore {
                 ready: false,
                 rtx_window: None,
                 rtx_in_window: 0,
+                extensions: ExtensionIds::default(),
+                cc: None,
+                request: LayerRequest::Auto,
             },
         );
         self.subscriber_order.push(id);
+        self.refresh_timers(now);
         self.bind_unbound(id, now);
+    }
+
+    /// The member's negotiated header extensions. With transport-wide-cc a publisher
+    /// gets feedback and a subscriber gets congestion control.
+    pub fn set_extensions(&mut self, id: MemberId, ids: ExtensionIds, now: Instant) {
+        let twcc = ids.id(ExtensionKind::TransportWideCc).is_some();
+        if let Some(p) = self.publishers.get_mut(&id) {
+            p.extensions = ids;
+            p.twcc = twcc.then(TwccRecorder::new);
+        }
+        if let Some(s) = self.subscribers.get_mut(&id) {
+            s.extensions = ids;
+            s.cc = twcc.then(|| Box::new(SubscriberCc::new(self.config.initial_estimate_bps, now)));
+        }
+        self.refresh_timers(now);
+    }
+
+    /// What a subscriber asks for; re-chosen at once. `false`: no such subscriber.
+    pub fn set_layer_request(&mut self, id: MemberId, request: LayerRequest, now: Instant) -> bool {
+        let Some(sub) = self.subscribers.get_mut(&id) else {
+            return false;
+        };
+        sub.request = request;
+        for slot in &mut sub.slots {
+            slot.upgrade_since = None;
+        }
+        self.evaluate_subscriber(id, now, false);
+        true
     }
 
     /// Bind every unbound slot of `sub` to the earliest-joined eligible publisher's
@@ -554,6 +357,7 @@ impl RoomCore {
         let Some(sub) = subscribers.get_mut(&sub_id) else {
             return;
         };
+        let estimate = sub.cc.as_ref().map(|c| c.estimate_bps());
         for slot_index in 0..sub.slots.len() {
             let slot = &sub.slots[slot_index];
             if slot.binding.is_some() {
@@ -596,22 +400,37 @@ impl RoomCore {
                 }
                 continue;
             };
-            let Some(track) = publishers
-                .get_mut(&key.publisher)
-                .and_then(|p| p.tracks.get_mut(key.index))
-            else {
+            let Some(publisher) = publishers.get_mut(&key.publisher) else {
+                continue;
+            };
+            let ready = publisher.ready;
+            let Some(track) = publisher.tracks.get_mut(key.index) else {
                 continue;
             };
             track.bound.push(SlotRef {
                 subscriber: sub_id,
                 slot: slot_index,
             });
-            sub.slots[slot_index].binding = Some(Binding {
+            // A plain track is forwarded from its first packet, as it always was; a
+            // simulcast slot waits for a keyframe of the layer chosen for it.
+            let (layer, target) = if track.is_simulcast() {
+                (None, target_layer(track, sub.request, estimate, None, true, now))
+            } else {
+                (Some(0), Some(0))
+            };
+            let slot = &mut sub.slots[slot_index];
+            slot.binding = Some(Binding {
                 track: key,
+                layer,
                 offsets: None,
             });
+            slot.target = target;
+            slot.upgrade_since = None;
+            slot.vp8_switched = true;
             if sub.ready {
-                sink.request_keyframe(publishers, key, now);
+                if let Some(t) = target {
+                    sink.request_keyframe(key.publisher, ready, track, t, now);
+                }
             }
         }
     }
@@ -645,8 +464,15 @@ impl RoomCore {
         }
         sub.ready = true;
         for slot in &sub.slots {
-            if let Some(b) = slot.binding {
-                sink.request_keyframe(publishers, b.track, now);
+            let Some(b) = slot.binding else { continue };
+            let Some(layer) = slot.target.or(b.layer) else {
+                continue;
+            };
+            if let Some(p) = publishers.get_mut(&b.track.publisher) {
+                let ready = p.ready;
+                if let Some(track) = p.tracks.get_mut(b.track.index) {
+                    sink.request_keyframe(b.track.publisher, ready, track, layer, now);
+                }
             }
         }
     }
@@ -654,6 +480,7 @@ impl RoomCore {
     pub fn remove_member(&mut self, id: MemberId, now: Instant) {
         self.remove_subscriber(id);
         self.remove_publisher(id, now);
+        self.refresh_timers(now);
     }
 
     fn remove_subscriber(&mut self, id: MemberId) {
@@ -689,6 +516,7 @@ impl RoomCore {
                     .and_then(|s| s.slots.get_mut(r.slot))
                 {
                     slot.binding = None;
+                    slot.target = None;
                 }
                 if !affected.contains(&r.subscriber) {
                     affected.push(r.subscriber);
@@ -708,7 +536,7 @@ impl RoomCore {
     }
 
     /// Forward one plaintext RTP packet from a publisher. Packets dropped by policy
-    /// (unknown SSRC, unexpected PT) return `Ok` and are counted.
+    /// (unknown SSRC or RID, unexpected PT) return `Ok` and are counted.
     pub fn handle_rtp(
         &mut self,
         from: MemberId,
@@ -731,24 +559,29 @@ impl RoomCore {
             return Err(ForwardError::NotAPublisher { member: from });
         };
         publisher.ready = true;
+        let ext = match rtp_ext::parse_extensions(&header, &publisher.extensions) {
+            Ok(ext) => ext,
+            Err(ExtensionError::UnknownProfile { .. }) => {
+                self.stats.rtp_foreign_extension += 1;
+                Extensions::default()
+            }
+            Err(source) => {
+                self.stats.rtp_bad_extension += 1;
+                return Err(ForwardError::BadExtension {
+                    member: from,
+                    source,
+                });
+            }
+        };
         let ssrc = header.ssrc();
         let pt = header.payload_type();
-        let index = match publisher.tracks.iter().position(|t| t.ssrc == Some(ssrc)) {
-            Some(i) => i,
-            None => match publisher
-                .tracks
-                .iter()
-                .position(|t| t.ssrc.is_none() && t.codec.payload_type == pt)
-            {
-                Some(i) => {
-                    publisher.tracks[i].ssrc = Some(ssrc);
-                    i
-                }
-                None => {
-                    self.stats.rtp_unknown_ssrc += 1;
-                    return Ok(());
-                }
-            },
+        // Transport-wide: every packet that arrived counts, whatever it carries.
+        if let (Some(seq), Some(twcc)) = (ext.transport_seq, publisher.twcc.as_mut()) {
+            twcc.on_packet(ssrc, seq, now);
+        }
+        let Some((index, layer)) = locate(&mut publisher.tracks, ssrc, pt, &ext, &mut self.stats)
+        else {
+            return Ok(());
         };
         let track = &mut publisher.tracks[index];
         if pt != track.codec.payload_type {
@@ -757,8 +590,18 @@ impl RoomCore {
         }
         let seq = header.sequence_number();
         let ts = header.timestamp();
-        track.recv.update(seq, ts, track.codec.clock_rate, now);
-        let stored_at = track.rtx.insert(seq, packet);
+        let clock_rate = track.codec.clock_rate;
+        let codec_kind = track.codec_kind;
+        let Some(source) = track.layers.get_mut(layer) else {
+            return Ok(());
+        };
+        source.recv.update(seq, ts, clock_rate, now);
+        let stored_at = source.rtx.insert(seq, packet);
+        source.on_packet(packet.len(), now);
+        let payload = header.payload();
+        let mut keyframe = None;
+        let epoch = *self.epoch.get_or_insert(now);
+        let abs_send_time = Some(rtp_ext::encode_abs_send_time(now - epoch));
 
         for r in &track.bound {
             let Some(sub) = self.subscribers.get_mut(&r.subscriber) else {
@@ -770,21 +613,48 @@ impl RoomCore {
             let Some(slot) = sub.slots.get_mut(r.slot) else {
                 continue;
             };
+            let Some(binding) = slot.binding else {
+                continue;
+            };
+            if binding.layer != Some(layer) {
+                // Another layer: only the target's keyframe may take over the slot.
+                if slot.target != Some(layer) {
+                    continue;
+                }
+                if !*keyframe.get_or_insert_with(|| codec::keyframe(codec_kind, payload)) {
+                    continue;
+                }
+                if binding.layer.is_some() {
+                    self.stats.layer_switches += 1;
+                }
+                slot.switch_to(layer);
+                if let Some(cc) = sub.cc.as_mut() {
+                    cc.layer_changed(now);
+                }
+            }
             let Some(off) = slot.offsets_for(seq, ts, stored_at, now) else {
                 self.stats.rtp_dropped_before_bind += 1;
                 continue;
             };
             let out_seq = seq.wrapping_add(off.seq);
             let out_ts = ts.wrapping_add(off.ts);
-            let out = rewritten(
+            let transport_seq = stamp(&mut sub.cc, &sub.extensions, packet.len(), now);
+            let mut out = forwarded(
                 &mut self.pool,
-                packet,
-                slot.out_ssrc,
-                slot.codec.payload_type,
-                out_seq,
-                out_ts,
+                &header,
+                &ext,
+                &sub.extensions,
+                transport_seq,
+                abs_send_time,
             );
+            if codec_kind == CodecKind::Vp8 && !continue_picture_ids(slot, &mut out) {
+                self.pool.give(out);
+                self.stats.rtp_dropped_before_bind += 1;
+                continue;
+            }
+            set_stream(&mut out, slot.out_ssrc, slot.codec.payload_type, out_seq, out_ts);
             slot.note_sent(out_seq, out_ts, now);
+            slot.frame_done = header.marker();
             self.out.push_back(Output::Rtp {
                 to: r.subscriber,
                 packet: out,
@@ -838,9 +708,15 @@ impl RoomCore {
                     self.stats.nacks_received += 1;
                     self.on_nack(from, &nack, now);
                 }
-                // RR, SDES, BYE, REMB, TWCC, APP, and feedback from the wrong role:
-                // consumed. Subscribers' reports describe our streams, not the
-                // publishers', so relaying them would mislead the publishers' estimators.
+                RtcpPacket::TransportFeedback(feedback) if is_subscriber => {
+                    self.stats.twcc_feedback_received += 1;
+                    if let Some(cc) = self.subscribers.get_mut(&from).and_then(|s| s.cc.as_mut()) {
+                        cc.handle_feedback(&feedback, now);
+                    }
+                }
+                // RR, SDES, BYE, REMB, APP, and feedback from the wrong role: consumed.
+                // Subscribers' reports describe our streams, not the publishers', so
+                // relaying them would mislead the publishers' estimators.
                 _ => {}
             }
         }
@@ -872,12 +748,19 @@ impl RoomCore {
         };
         // An unbound slot has no source to ask; nothing to count as a drop beyond the
         // request itself, which `plis_received`/`firs_received` already saw.
-        if let Some(b) = slot.binding {
-            sink.request_keyframe(publishers, b.track, now);
+        let Some(b) = slot.binding else { return };
+        let Some(layer) = b.layer.or(slot.target) else {
+            return;
+        };
+        if let Some(p) = publishers.get_mut(&b.track.publisher) {
+            let ready = p.ready;
+            if let Some(track) = p.tracks.get_mut(b.track.index) {
+                sink.request_keyframe(b.track.publisher, ready, track, layer, now);
+            }
         }
     }
 
-    /// Answer a subscriber's NACK from the bound track's buffer, in the subscriber's
+    /// Answer a subscriber's NACK from the bound layer's buffer, in the subscriber's
     /// sequence space.
     fn on_nack(&mut self, from: MemberId, nack: &Nack<'_>, now: Instant) {
         let Some(sub) = self.subscribers.get_mut(&from) else {
@@ -897,22 +780,20 @@ impl RoomCore {
         };
         let source = slot.binding.and_then(|b| {
             let off = b.offsets?;
-            let track = self
-                .publishers
-                .get(&b.track.publisher)?
-                .tracks
-                .get(b.track.index)?;
-            Some((off, track))
+            let publisher = self.publishers.get(&b.track.publisher)?;
+            let layer = publisher.tracks.get(b.track.index)?.layers.get(b.layer?)?;
+            Some((off, layer, &publisher.extensions))
         });
-        let Some((off, track)) = source.filter(|_| sub.ready) else {
+        let Some((off, layer, publisher_ids)) = source.filter(|_| sub.ready) else {
             self.stats.nack_misses += nack.lost_seqs().count() as u64;
             return;
         };
+        let abs_send_time = self.epoch.map(|e| rtp_ext::encode_abs_send_time(now - e));
         for out_seq in nack.lost_seqs() {
             let seq = out_seq.wrapping_sub(off.seq);
             // Only packets this binding forwarded: earlier ones belong to a different
             // stream position (or were never sent to this subscriber).
-            let hit = track
+            let hit = layer
                 .rtx
                 .get(seq)
                 .filter(|s| s.index >= off.first_index && !off.predates(seq, s.index));
@@ -924,14 +805,29 @@ impl RoomCore {
                 self.stats.nack_misses += 1;
                 continue;
             }
-            sub.rtx_in_window += 1;
             let Ok(h) = RtpHeader::parse(stored.data) else {
                 self.stats.nack_misses += 1;
                 continue;
             };
-            let packet = rewritten(
+            let ext = rtp_ext::parse_extensions(&h, publisher_ids).unwrap_or_default();
+            sub.rtx_in_window += 1;
+            let transport_seq = stamp(&mut sub.cc, &sub.extensions, stored.data.len(), now);
+            let mut packet = forwarded(
                 &mut self.pool,
-                stored.data,
+                &h,
+                &ext,
+                &sub.extensions,
+                transport_seq,
+                abs_send_time,
+            );
+            // The picture IDs of a retransmission must match the original's; the
+            // continuity map is idempotent for packets it already mapped.
+            if slot.codec_kind == CodecKind::Vp8 {
+                let mut ids = slot.picture_ids;
+                let _ = rewrite_picture_ids(&mut ids, false, &mut packet);
+            }
+            set_stream(
+                &mut packet,
                 slot.out_ssrc,
                 slot.codec.payload_type,
                 out_seq,
@@ -947,11 +843,15 @@ impl RoomCore {
             return;
         };
         let ssrc = sr.sender_ssrc();
-        let Some(track) = publisher.tracks.iter_mut().find(|t| t.ssrc == Some(ssrc)) else {
+        let found = publisher
+            .tracks
+            .iter_mut()
+            .find_map(|t| t.layer_by_ssrc(ssrc).map(|l| (t, l)));
+        let Some((track, layer)) = found else {
             self.stats.rtcp_unknown_ssrc += 1;
             return;
         };
-        track.last_sr = Some((sr.sender_info().ntp_middle(), now));
+        track.layers[layer].last_sr = Some((sr.sender_info().ntp_middle(), now));
         for r in &track.bound {
             let Some(sub) = self.subscribers.get(&r.subscriber) else {
                 continue;
@@ -960,8 +860,13 @@ impl RoomCore {
                 continue;
             };
             // Before the first forwarded packet the timestamp offset is unknown, and an
-            // SR with the wrong mapping would desync audio and video.
-            let Some(off) = slot.binding.and_then(|b| b.offsets) else {
+            // SR with the wrong mapping would desync audio and video. Only the layer the
+            // slot forwards has the slot's offsets.
+            let Some(off) = slot
+                .binding
+                .filter(|b| b.layer == Some(layer))
+                .and_then(|b| b.offsets)
+            else {
                 continue;
             };
             let mut packet = self.pool.take();
@@ -974,48 +879,16 @@ impl RoomCore {
         }
     }
 
-    /// Send due receiver reports.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        let Some(due) = self.next_rr else { return };
-        if now < due {
-            return;
-        }
-        self.next_rr = Some(now + self.config.rr_interval);
-        for &pid in &self.publisher_order {
-            let Some(publisher) = self.publishers.get_mut(&pid) else {
-                continue;
-            };
-            if !publisher.ready {
-                continue;
-            }
-            self.rr_blocks.clear();
-            self.rr_blocks.extend(
-                publisher
-                    .tracks
-                    .iter_mut()
-                    .filter(|t| t.recv.has_new())
-                    .filter_map(|t| {
-                        let ssrc = t.ssrc?;
-                        Some(t.recv.report(ssrc, t.last_sr, now))
-                    }),
-            );
-            if self.rr_blocks.is_empty() {
-                continue;
-            }
-            let mut packet = self.pool.take();
-            rtcp::write_rr_into(&mut packet, self.config.sender_ssrc, &self.rr_blocks);
-            self.out.push_back(Output::Rtcp { to: pid, packet });
-            self.stats.rr_sent += 1;
-        }
-    }
-
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()
     }
 
-    /// Next receiver-report time while any publisher exists.
+    /// The next time [`Self::handle_timeout`] has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.next_rr
+        [self.next_rr, self.next_fast, self.next_layers]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     pub fn take_stats(&mut self) -> ForwardStats {
@@ -1050,8 +923,8 @@ impl RoomCore {
         self.subscribers.len()
     }
 
-    /// The publisher track feeding a subscriber's slot, as (publisher, track SSRC if
-    /// known): for diagnostics and the control plane.
+    /// The publisher track feeding a subscriber's slot, as (publisher, SSRC of the layer
+    /// being forwarded, if known): for diagnostics and the control plane.
     pub fn slot_source(
         &self,
         subscriber: MemberId,
@@ -1063,49 +936,67 @@ impl RoomCore {
             .slots
             .iter()
             .find(|s| s.out_ssrc == out_ssrc)?;
-        let key = slot.binding?.track;
-        let track = self.publishers.get(&key.publisher)?.tracks.get(key.index)?;
-        Some((key.publisher, track.ssrc))
+        let b = slot.binding?;
+        let track = self.publishers.get(&b.track.publisher)?.tracks.get(b.track.index)?;
+        let layer = b.layer.or(slot.target).unwrap_or(0);
+        Some((b.track.publisher, track.layers.get(layer).and_then(|l| l.ssrc)))
+    }
+
+    /// What each video slot of a subscriber receives.
+    pub fn slot_views(&self, subscriber: MemberId, now: Instant) -> Vec<SlotView> {
+        let Some(sub) = self.subscribers.get(&subscriber) else {
+            return Vec::new();
+        };
+        let estimate_bps = sub.cc.as_ref().map(|c| c.estimate_bps());
+        sub.slots
+            .iter()
+            .filter(|s| s.kind == MediaKind::Video)
+            .map(|s| {
+                let track = s.binding.and_then(|b| {
+                    self.publishers.get(&b.track.publisher)?.tracks.get(b.track.index)
+                });
+                let layer = match (s.binding.and_then(|b| b.layer), track) {
+                    (Some(l), Some(t)) if t.is_simulcast() => {
+                        let mut infos = [LayerInfo {
+                            active: false,
+                            bitrate_bps: 0,
+                        }; MAX_LAYERS];
+                        let n = t.layer_infos(now, &mut infos);
+                        let mut ranked = [0; MAX_LAYERS];
+                        let count = rank_layers(&infos[..n], &mut ranked);
+                        ranked[..count]
+                            .iter()
+                            .position(|&i| i == l)
+                            .map(|rank| rank_name(rank, count))
+                    }
+                    (Some(_), Some(_)) => Some("high"),
+                    _ => None,
+                };
+                SlotView {
+                    mid: s.mid.to_string(),
+                    layer,
+                    requested: sub.request,
+                    estimate_bps,
+                    simulcast: track.is_some_and(|t| t.is_simulcast()),
+                }
+            })
+            .collect()
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn codec(name: &str, pt: u8, fmtp: Option<&str>) -> Codec {
-        Codec {
-            payload_type: pt,
-            name: name.into(),
-            clock_rate: 90_000,
-            channels: None,
-            fmtp: fmtp.map(Into::into),
-            rtcp_fb: vec![],
-        }
-    }
-
-    #[test]
-    fn fir_only_detection() {
-        let mut c = codec("VP8", 96, None);
-        c.rtcp_fb = vec!["ccm fir".into(), "nack".into()];
-        assert!(fir_only(&c));
-        c.rtcp_fb.push("nack pli".into());
-        assert!(!fir_only(&c));
-    }
-
-    #[test]
-    fn timestamp_step_is_at_least_one_frame() {
-        assert_eq!(
-            timestamp_step(MediaKind::Video, 90_000, Duration::ZERO),
-            3000
-        );
-        assert_eq!(
-            timestamp_step(MediaKind::Audio, 48_000, Duration::ZERO),
-            960
-        );
-        assert_eq!(
-            timestamp_step(MediaKind::Video, 90_000, Duration::from_secs(2)),
-            180_000
-        );
-    }
+/// A simulcast slot's target layer when it binds.
+fn target_layer(
+    track: &Track,
+    request: LayerRequest,
+    estimate: Option<u64>,
+    current: Option<usize>,
+    upgrade: bool,
+    now: Instant,
+) -> Option<usize> {
+    let mut infos = [LayerInfo {
+        active: false,
+        bitrate_bps: 0,
+    }; MAX_LAYERS];
+    let n = track.layer_infos(now, &mut infos);
+    choose_layer(request, &infos[..n], estimate, current, upgrade)
 }

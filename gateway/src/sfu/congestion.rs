@@ -1,0 +1,163 @@
+//! One subscriber's congestion control: transport-wide sequence numbers on everything
+//! sent to it, its transport-cc feedback turned into an estimate, and padding probes
+//! that find out whether its link would carry the next simulcast layer.
+//!
+//! Without probes an application-limited sender never learns that more would fit: a
+//! subscriber held on the low layer receives only the low layer's rate, and the
+//! estimator (rightly) will not grow far beyond what it has seen delivered.
+
+use std::time::{Duration, Instant};
+
+use super::bwe::{BweConfig, Estimator, ProbeOutcome};
+use super::transport_feedback::PacketResult;
+use super::twcc::{TransportFeedback, TwccHistory};
+
+/// A probe runs for this long: long enough for a delivered-rate measurement over a few
+/// feedback intervals, short enough that a link that cannot carry it only queues briefly.
+const PROBE_DURATION: Duration = Duration::from_millis(500);
+/// Padding goes out in bursts this far apart while a probe runs.
+pub(super) const PROBE_TICK: Duration = Duration::from_millis(20);
+/// Padding bytes per probe packet (RTP allows 255 padding bytes per packet).
+pub(super) const PADDING_BYTES: usize = 255;
+/// The first probe waits this long after joining or after a layer change; failures
+/// double the wait up to [`MAX_PROBE_BACKOFF`].
+const MIN_PROBE_BACKOFF: Duration = Duration::from_secs(3);
+const MAX_PROBE_BACKOFF: Duration = Duration::from_secs(30);
+/// Most padding packets in one burst, so one tick cannot flood a weak link.
+const MAX_BURST: usize = 16;
+
+struct ProbeRun {
+    /// Extra bit/s the padding adds on top of the media.
+    padding_bps: u64,
+    until: Instant,
+    next_tick: Instant,
+    first_seq: Option<u64>,
+    last_seq: Option<u64>,
+}
+
+pub(super) struct SubscriberCc {
+    history: TwccHistory,
+    estimator: Estimator,
+    results: Vec<PacketResult>,
+    probe: Option<ProbeRun>,
+    next_probe: Instant,
+    backoff: Duration,
+    /// Unwrapped transport-wide seq of the next packet (mirrors the history's counter so
+    /// a probe can name its range).
+    sent: u64,
+}
+
+impl SubscriberCc {
+    pub fn new(initial_bps: u64, now: Instant) -> Self {
+        Self {
+            history: TwccHistory::new(),
+            estimator: Estimator::new(BweConfig {
+                initial_bps,
+                min_bps: 30_000,
+                max_bps: 20_000_000,
+            }),
+            results: Vec::new(),
+            probe: None,
+            next_probe: now + MIN_PROBE_BACKOFF,
+            backoff: MIN_PROBE_BACKOFF,
+            sent: 0,
+        }
+    }
+
+    /// The transport-wide seq to stamp on the next packet, recorded as sent now.
+    pub fn stamp(&mut self, size: usize, now: Instant) -> u16 {
+        let seq = self.history.next_seq();
+        self.history.on_sent(seq, size, now);
+        self.sent += 1;
+        seq
+    }
+
+    /// Like [`Self::stamp`], for a padding packet of the running probe.
+    pub fn stamp_probe(&mut self, size: usize, now: Instant) -> u16 {
+        let unwrapped = self.sent;
+        if let Some(p) = self.probe.as_mut() {
+            if p.first_seq.is_none() {
+                p.first_seq = Some(unwrapped);
+            }
+            p.last_seq = Some(unwrapped);
+        }
+        self.stamp(size, now)
+    }
+
+    pub fn handle_feedback(&mut self, feedback: &TransportFeedback<'_>, now: Instant) {
+        self.results.clear();
+        self.history.on_feedback(feedback, &mut self.results);
+        if self.results.is_empty() {
+            return;
+        }
+        self.estimator.handle_feedback(&self.results, now);
+        if let Some(outcome) = self.estimator.poll_probe_result() {
+            self.backoff = match outcome {
+                ProbeOutcome::Success { .. } => MIN_PROBE_BACKOFF,
+                _ => (self.backoff * 2).min(MAX_PROBE_BACKOFF),
+            };
+            self.next_probe = now + self.backoff;
+        }
+    }
+
+    pub fn estimate_bps(&self) -> u64 {
+        self.estimator.estimate_bps()
+    }
+
+    /// The subscriber's layer changed: a probe now would measure the wrong thing, and
+    /// the next one starts from the short wait again.
+    pub fn layer_changed(&mut self, now: Instant) {
+        self.backoff = MIN_PROBE_BACKOFF;
+        self.next_probe = now + MIN_PROBE_BACKOFF;
+    }
+
+    /// Start a probe towards `target_bps` when one is due. `media_bps` is what the
+    /// subscriber already receives; the padding makes up the difference.
+    pub fn maybe_start_probe(&mut self, target_bps: u64, media_bps: u64, now: Instant) -> bool {
+        if self.probe.is_some() || self.estimator.probe_in_progress() || now < self.next_probe {
+            return false;
+        }
+        if target_bps <= self.estimate_bps() {
+            return false;
+        }
+        let padding_bps = target_bps.saturating_sub(media_bps);
+        if padding_bps == 0 {
+            return false;
+        }
+        self.estimator.start_probe(self.sent, target_bps);
+        self.probe = Some(ProbeRun {
+            padding_bps,
+            until: now + PROBE_DURATION,
+            next_tick: now,
+            first_seq: None,
+            last_seq: None,
+        });
+        // If feedback never answers, the next probe still waits.
+        self.backoff = (self.backoff * 2).min(MAX_PROBE_BACKOFF);
+        self.next_probe = now + PROBE_DURATION + self.backoff;
+        true
+    }
+
+    /// Padding packets to send now for the running probe (each [`PADDING_BYTES`]).
+    pub fn padding_due(&mut self, now: Instant) -> usize {
+        let Some(p) = self.probe.as_mut() else {
+            return 0;
+        };
+        if now >= p.until {
+            if let Some(last) = p.last_seq {
+                self.estimator.end_probe(last);
+            } else {
+                self.estimator.end_probe(self.sent.saturating_sub(1));
+            }
+            self.probe = None;
+            return 0;
+        }
+        if now < p.next_tick {
+            return 0;
+        }
+        let elapsed = now.saturating_duration_since(p.next_tick) + PROBE_TICK;
+        p.next_tick = now + PROBE_TICK;
+        let bytes = p.padding_bps as u128 * elapsed.as_micros() / 8 / 1_000_000;
+        ((bytes as usize).div_ceil(PADDING_BYTES)).min(MAX_BURST)
+    }
+}

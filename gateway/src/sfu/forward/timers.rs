@@ -1,0 +1,242 @@
+//! The room's periodic work: receiver reports, transport-wide feedback to publishers,
+//! simulcast layer selection with its keyframe requests and probes, and probe padding.
+
+use std::time::{Duration, Instant};
+
+use super::rewrite::{write_padding, PADDING_PACKET_LEN};
+use super::{MemberId, Output, RoomCore};
+use crate::sdp::{ExtensionKind, MediaKind};
+use crate::sfu::layers::{
+    choose_layer, next_layer_up, rank_of, LayerInfo, LayerRequest, UPGRADE_HEADROOM, UPGRADE_HOLD,
+};
+use crate::sfu::rtcp;
+use crate::sfu::sink::Sink;
+use crate::sfu::track::{Track, MAX_LAYERS};
+
+/// The room's periodic tick for transport-wide feedback and probe padding, while any
+/// member negotiated transport-wide-cc (feedback is due every 50 ms while packets flow).
+const FAST_TICK: Duration = Duration::from_millis(20);
+/// Room for one feedback packet in a pooled buffer.
+const FEEDBACK_CAPACITY: usize = 1200;
+impl RoomCore {
+    /// Arm or disarm the periodic work after membership changed: the layer tick while
+    /// simulcast tracks have subscribers or a subscriber runs congestion control, the
+    /// fast tick while any member uses transport-wide feedback.
+    pub(super) fn refresh_timers(&mut self, now: Instant) {
+        let simulcast = self
+            .publishers
+            .values()
+            .any(|p| p.tracks.iter().any(Track::is_simulcast));
+        let cc = self.subscribers.values().any(|s| s.cc.is_some());
+        let layers = cc || (simulcast && !self.subscribers.is_empty());
+        self.next_layers = match (layers, self.next_layers) {
+            (false, _) => None,
+            (true, Some(t)) => Some(t),
+            (true, None) => Some(now + self.config.layer_interval),
+        };
+        let fast = cc || self.publishers.values().any(|p| p.twcc.is_some());
+        self.next_fast = match (fast, self.next_fast) {
+            (false, _) => None,
+            (true, Some(t)) => Some(t),
+            (true, None) => Some(now + FAST_TICK),
+        };
+    }
+
+    /// Send due receiver reports and transport-wide feedback, re-choose simulcast
+    /// layers, and send probe padding.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.epoch.is_none() {
+            self.epoch = Some(now);
+        }
+        if self.next_rr.is_some_and(|due| now >= due) {
+            self.next_rr = Some(now + self.config.rr_interval);
+            self.send_receiver_reports(now);
+        }
+        if self.next_fast.is_some_and(|due| now >= due) {
+            self.next_fast = Some(now + FAST_TICK);
+            self.send_transport_feedback(now);
+            self.send_probe_padding(now);
+        }
+        if self.next_layers.is_some_and(|due| now >= due) {
+            self.next_layers = Some(now + self.config.layer_interval);
+            for i in 0..self.subscriber_order.len() {
+                let sid = self.subscriber_order[i];
+                self.evaluate_subscriber(sid, now, true);
+            }
+        }
+    }
+
+    fn send_receiver_reports(&mut self, now: Instant) {
+        for &pid in &self.publisher_order {
+            let Some(publisher) = self.publishers.get_mut(&pid) else {
+                continue;
+            };
+            if !publisher.ready {
+                continue;
+            }
+            self.rr_blocks.clear();
+            self.rr_blocks.extend(
+                publisher
+                    .tracks
+                    .iter_mut()
+                    .flat_map(|t| t.layers.iter_mut())
+                    .filter(|l| l.recv.has_new())
+                    .filter_map(|l| {
+                        let ssrc = l.ssrc?;
+                        Some(l.recv.report(ssrc, l.last_sr, now))
+                    }),
+            );
+            if self.rr_blocks.is_empty() {
+                continue;
+            }
+            let mut packet = self.pool.take();
+            rtcp::write_rr_into(&mut packet, self.config.sender_ssrc, &self.rr_blocks);
+            self.out.push_back(Output::Rtcp { to: pid, packet });
+            self.stats.rr_sent += 1;
+        }
+    }
+
+    fn send_transport_feedback(&mut self, now: Instant) {
+        for &pid in &self.publisher_order {
+            let Some(twcc) = self.publishers.get_mut(&pid).and_then(|p| p.twcc.as_mut()) else {
+                continue;
+            };
+            // Bounded: a recorder splits a backlog into several packets, each due now.
+            for _ in 0..8 {
+                let mut packet = self.pool.take();
+                packet.reserve(FEEDBACK_CAPACITY);
+                if !twcc.poll_feedback(now, self.config.sender_ssrc, &mut packet) {
+                    self.pool.give(packet);
+                    break;
+                }
+                self.out.push_back(Output::Rtcp { to: pid, packet });
+                self.stats.twcc_feedback_sent += 1;
+            }
+        }
+    }
+
+    /// Padding-only packets on each probing subscriber's first flowing video slot,
+    /// between frames, in the slot's own sequence space.
+    fn send_probe_padding(&mut self, now: Instant) {
+        for &sid in &self.subscriber_order {
+            let Some(sub) = self.subscribers.get_mut(&sid) else {
+                continue;
+            };
+            let Some(cc) = sub.cc.as_mut() else { continue };
+            let due = cc.padding_due(now);
+            if due == 0 || !sub.ready {
+                continue;
+            }
+            let Some(slot) = sub
+                .slots
+                .iter_mut()
+                .find(|s| s.kind == MediaKind::Video && s.frame_done && s.last_out.is_some())
+            else {
+                continue;
+            };
+            let Some(twcc_id) = sub.extensions.id(ExtensionKind::TransportWideCc) else {
+                continue;
+            };
+            for _ in 0..due {
+                let Some(last) = slot.last_out else { break };
+                let seq = last.seq.wrapping_add(1);
+                let size = PADDING_PACKET_LEN;
+                let transport_seq = cc.stamp_probe(size, now);
+                let mut packet = self.pool.take();
+                write_padding(
+                    &mut packet,
+                    slot.codec.payload_type,
+                    seq,
+                    last.ts,
+                    slot.out_ssrc,
+                    twcc_id,
+                    transport_seq,
+                );
+                slot.padded(seq, now);
+                self.out.push_back(Output::Rtp { to: sid, packet });
+                self.stats.probe_packets += 1;
+            }
+        }
+    }
+
+    /// Re-choose the layer of each of a subscriber's simulcast slots, ask the new
+    /// target for a keyframe, and start a probe when a higher layer might fit.
+    pub(super) fn evaluate_subscriber(&mut self, sid: MemberId, now: Instant, sample: bool) {
+        let Self {
+            config,
+            publishers,
+            subscribers,
+            out,
+            stats,
+            pool,
+            ..
+        } = self;
+        let mut sink = Sink {
+            config,
+            out,
+            stats,
+            pool,
+        };
+        let Some(sub) = subscribers.get_mut(&sid) else {
+            return;
+        };
+        let estimate = sub.cc.as_ref().map(|c| c.estimate_bps());
+        if let (true, Some(e)) = (sample, estimate) {
+            sink.stats.estimates.observe(e);
+        }
+        for slot in &mut sub.slots {
+            let Some(b) = slot.binding else { continue };
+            let Some(p) = publishers.get_mut(&b.track.publisher) else {
+                continue;
+            };
+            let ready = p.ready;
+            let Some(track) = p.tracks.get_mut(b.track.index) else {
+                continue;
+            };
+            if !track.is_simulcast() {
+                continue;
+            }
+            let mut infos = [LayerInfo {
+                active: false,
+                bitrate_bps: 0,
+            }; MAX_LAYERS];
+            let n = track.layer_infos(now, &mut infos);
+            let infos = &infos[..n];
+            let current = b.layer;
+            let eager = choose_layer(sub.request, infos, estimate, current, true);
+            let upgrading = match (eager, current) {
+                (Some(e), Some(c)) => rank_of(infos, e) > rank_of(infos, c),
+                _ => false,
+            };
+            if upgrading {
+                slot.upgrade_since.get_or_insert(now);
+            } else {
+                slot.upgrade_since = None;
+            }
+            let held = slot
+                .upgrade_since
+                .is_some_and(|t| now.saturating_duration_since(t) >= UPGRADE_HOLD);
+            let target = choose_layer(sub.request, infos, estimate, current, held);
+            slot.target = target;
+            let Some(target) = target else { continue };
+            if Some(target) != current
+                && sink.request_keyframe(b.track.publisher, ready, track, target, now)
+            {
+                sink.stats.switch_keyframe_requests += 1;
+            }
+            // Probe towards the next layer up when the estimate does not reach it.
+            let (Some(cc), Some(cur), LayerRequest::Auto) =
+                (sub.cc.as_mut(), current, sub.request)
+            else {
+                continue;
+            };
+            if target != cur {
+                continue;
+            }
+            if let Some(next) = next_layer_up(infos, cur) {
+                let want = (infos[next].bitrate_bps as f64 * UPGRADE_HEADROOM) as u64;
+                cc.maybe_start_probe(want, infos[cur].bitrate_bps, now);
+            }
+        }
+    }
+}
