@@ -82,7 +82,8 @@ impl LossBased {
             Some(f) if f > LOW_LOSS => {}
             _ => {
                 let secs = dt.as_secs_f64();
-                self.rate = self.rate * INCREASE_PER_SECOND.powf(secs) + INCREASE_BPS_PER_SECOND * secs;
+                self.rate =
+                    self.rate * INCREASE_PER_SECOND.powf(secs) + INCREASE_BPS_PER_SECOND * secs;
                 self.rate = self.rate.min(ceiling);
             }
         }
@@ -104,7 +105,13 @@ mod tests {
         l.update(10, 10, 2_000_000.0, rtt, t0 + Duration::from_millis(100));
         assert_eq!(l.rate(), 750_000.0, "too soon for a second cut");
         for i in 1..=200 {
-            l.update(0, 20, 900_000.0, rtt, t0 + Duration::from_millis(100 + 100 * i));
+            l.update(
+                0,
+                20,
+                900_000.0,
+                rtt,
+                t0 + Duration::from_millis(100 + 100 * i),
+            );
         }
         assert_eq!(l.rate(), 900_000.0);
     }

@@ -81,6 +81,9 @@ pub struct BweState {
 /// Until feedback gives a round-trip sample.
 const DEFAULT_RTT: Duration = Duration::from_millis(200);
 const MAX_RTT: Duration = Duration::from_secs(5);
+/// How long a probe result counts as a measure of the path, about the acked-rate
+/// window plus a feedback round trip.
+const PROBE_RESULT_VALIDITY: Duration = Duration::from_secs(1);
 /// The policy does not probe while the loss-based controller is not growing.
 const PROBE_MAX_LOSS: f64 = 0.02;
 
@@ -102,6 +105,9 @@ pub struct Estimator {
     outcome: Option<ProbeOutcome>,
     policy: ProbePolicy,
     last_now: Option<Instant>,
+    /// The latest successful probe's rate and when: right after a probe the acked
+    /// rate still reflects the old sending rate.
+    probed: Option<(Instant, f64)>,
 }
 
 impl Estimator {
@@ -124,6 +130,7 @@ impl Estimator {
             outcome: None,
             policy: ProbePolicy::default(),
             last_now: None,
+            probed: None,
         }
     }
 
@@ -155,10 +162,15 @@ impl Estimator {
             let Some(d) = self.inter_arrival.add(send_ms, arrival_ms) else {
                 continue;
             };
-            let trend = self.trendline.update(d.send_delta_ms, d.arrival_delta_ms, d.arrival_ms);
-            let usage =
-                self.detector
-                    .detect(trend, self.trendline.num_deltas(), d.send_delta_ms, d.arrival_ms);
+            let trend = self
+                .trendline
+                .update(d.send_delta_ms, d.arrival_delta_ms, d.arrival_ms);
+            let usage = self.detector.detect(
+                trend,
+                self.trendline.num_deltas(),
+                d.send_delta_ms,
+                d.arrival_ms,
+            );
             if usage == Usage::Overusing {
                 overuse_seen = true;
                 if let Some(p) = self.probe.as_mut() {
@@ -178,8 +190,21 @@ impl Estimator {
         }
         let rtt = self.rtt.unwrap_or(DEFAULT_RTT);
         if received > 0 {
-            let usage = if overuse_seen { Usage::Overusing } else { self.detector.usage() };
-            self.aimd.update(usage, self.acked.bps(), rtt, now);
+            let usage = if overuse_seen {
+                Usage::Overusing
+            } else {
+                self.detector.usage()
+            };
+            let acked = self.acked.bps();
+            let probed = self
+                .probed
+                .filter(|(t, _)| now.saturating_duration_since(*t) < PROBE_RESULT_VALIDITY)
+                .map(|(_, r)| r);
+            let measured = match (acked, probed) {
+                (Some(a), Some(p)) => Some(a.max(p)),
+                (a, p) => a.or(p),
+            };
+            self.aimd.update(usage, acked, measured, rtt, now);
         }
         if lost > 0 || received > 0 {
             self.loss.update(lost, received, self.aimd.rate(), rtt, now);
@@ -193,12 +218,16 @@ impl Estimator {
         let target_bps = p.target_bps;
         let outcome = if p.covered() {
             if p.overuse {
-                ProbeOutcome::Rejected { target_bps, reason: ProbeRejection::Overuse }
+                ProbeOutcome::Rejected {
+                    target_bps,
+                    reason: ProbeRejection::Overuse,
+                }
             } else {
                 match p.measure() {
                     Err(reason) => ProbeOutcome::Rejected { target_bps, reason },
                     Ok(delivered) => {
                         let raised = delivered.min(target_bps as f64);
+                        self.probed = Some((now, raised));
                         if raised > self.estimate() {
                             self.aimd.set_rate(raised, now);
                             self.loss.set_rate(raised);
@@ -212,7 +241,10 @@ impl Estimator {
                 }
             }
         } else if p.timed_out(now) {
-            ProbeOutcome::Rejected { target_bps, reason: ProbeRejection::Abandoned }
+            ProbeOutcome::Rejected {
+                target_bps,
+                reason: ProbeRejection::Abandoned,
+            }
         } else {
             return;
         };
@@ -222,7 +254,10 @@ impl Estimator {
     }
 
     fn estimate(&self) -> f64 {
-        self.aimd.rate().min(self.loss.rate()).clamp(self.min, self.max)
+        self.aimd
+            .rate()
+            .min(self.loss.rate())
+            .clamp(self.min, self.max)
     }
 
     /// The estimate: the lower of the delay-based and loss-based rates, within
@@ -277,7 +312,9 @@ impl Estimator {
             && self.detector.usage() == Usage::Normal
             && self.aimd.state() != RateControl::Decrease
             && self.loss.fraction().is_none_or(|f| f <= PROBE_MAX_LOSS);
-        let target = self.policy.next(self.estimate_bps(), self.max as u64, quiet, now)?;
+        let target = self
+            .policy
+            .next(self.estimate_bps(), self.max as u64, quiet, now)?;
         self.policy.on_start(now);
         Some(target)
     }

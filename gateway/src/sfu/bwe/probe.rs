@@ -34,8 +34,15 @@ pub enum ProbeRejection {
 pub enum ProbeOutcome {
     /// The path delivered `delivered_bps`; the estimate is now `estimate_bps`
     /// (at most the target; unchanged if it already was higher).
-    Success { target_bps: u64, delivered_bps: u64, estimate_bps: u64 },
-    Rejected { target_bps: u64, reason: ProbeRejection },
+    Success {
+        target_bps: u64,
+        delivered_bps: u64,
+        estimate_bps: u64,
+    },
+    Rejected {
+        target_bps: u64,
+        reason: ProbeRejection,
+    },
 }
 
 #[derive(Debug)]
@@ -122,7 +129,8 @@ impl Probe {
     }
 
     pub fn timed_out(&self, now: Instant) -> bool {
-        self.ended_at.is_some_and(|t| now.saturating_duration_since(t) > ABANDON_AFTER)
+        self.ended_at
+            .is_some_and(|t| now.saturating_duration_since(t) > ABANDON_AFTER)
     }
 
     /// The delivered rate, or why there is none. Overuse is judged by the caller.
@@ -137,9 +145,12 @@ impl Probe {
         if self.received < MIN_PACKETS {
             return Err(ProbeRejection::TooFewPackets);
         }
-        let (Some(fs), Some(ls), Some(fa), Some(la)) =
-            (self.first_sent, self.last_sent, self.first_arrival, self.last_arrival)
-        else {
+        let (Some(fs), Some(ls), Some(fa), Some(la)) = (
+            self.first_sent,
+            self.last_sent,
+            self.first_arrival,
+            self.last_arrival,
+        ) else {
             return Err(ProbeRejection::TooFewPackets);
         };
         let send_span = ls.saturating_duration_since(fs).as_secs_f64();
@@ -179,11 +190,11 @@ pub(crate) const PERIODIC: Duration = Duration::from_secs(5);
 impl ProbePolicy {
     pub fn on_outcome(&mut self, outcome: &ProbeOutcome) {
         self.continue_from = match *outcome {
-            ProbeOutcome::Success { target_bps, delivered_bps, estimate_bps }
-                if delivered_bps as f64 >= CONTINUE_RATIO * target_bps as f64 =>
-            {
-                Some(estimate_bps)
-            }
+            ProbeOutcome::Success {
+                target_bps,
+                delivered_bps,
+                estimate_bps,
+            } if delivered_bps as f64 >= CONTINUE_RATIO * target_bps as f64 => Some(estimate_bps),
             _ => None,
         };
     }
@@ -202,7 +213,10 @@ impl ProbePolicy {
             estimate.saturating_mul(INITIAL_FACTOR)
         } else if let Some(from) = self.continue_from.take() {
             from.max(estimate).saturating_mul(STEP_FACTOR)
-        } else if self.last_probe.is_none_or(|t| now.saturating_duration_since(t) >= PERIODIC) {
+        } else if self
+            .last_probe
+            .is_none_or(|t| now.saturating_duration_since(t) >= PERIODIC)
+        {
             estimate.saturating_mul(STEP_FACTOR)
         } else {
             return None;
