@@ -34,6 +34,8 @@ pub(crate) struct InterArrival {
     current: Option<Group>,
     previous: Option<Group>,
     reordered: u32,
+    /// Restarts so far, so that the caller can restart what depends on the clocks too.
+    resets: u64,
 }
 
 impl InterArrival {
@@ -108,7 +110,15 @@ impl InterArrival {
     }
 
     pub fn reset(&mut self) {
-        *self = Self::default();
+        let resets = self.resets + 1;
+        *self = Self {
+            resets,
+            ..Self::default()
+        };
+    }
+
+    pub fn resets(&self) -> u64 {
+        self.resets
     }
 }
 

@@ -51,9 +51,22 @@ impl LossBased {
         self.rate = rate.clamp(self.min, self.max);
     }
 
-    /// One feedback's counts. `ceiling` is the delay-based estimate: the loss-based rate
-    /// never runs above it, so that a loss cut acts on the rate actually in use.
-    pub fn update(&mut self, lost: u32, received: u32, ceiling: f64, rtt: Duration, now: Instant) {
+    /// Caps the rate at the delay-based estimate, so that a loss cut acts on the rate
+    /// actually in use.
+    pub fn cap(&mut self, ceiling: f64) {
+        self.rate = self.rate.min(ceiling).clamp(self.min, self.max);
+    }
+
+    /// One feedback's counts; `ceiling` as in [`Self::cap`]. Returns the loss fraction
+    /// when this feedback completed a new one.
+    pub fn update(
+        &mut self,
+        lost: u32,
+        received: u32,
+        ceiling: f64,
+        rtt: Duration,
+        now: Instant,
+    ) -> Option<f64> {
         self.lost = self.lost.saturating_add(lost);
         self.expected = self.expected.saturating_add(lost.saturating_add(received));
         let mut fresh = false;
@@ -88,6 +101,7 @@ impl LossBased {
             }
         }
         self.rate = self.rate.clamp(self.min, self.max);
+        self.fraction.filter(|_| fresh)
     }
 }
 

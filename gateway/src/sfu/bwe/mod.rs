@@ -12,7 +12,11 @@
 //!   the queue is stable, cuts to 85 % of the delivered rate ([`acked`]) on overuse, and
 //!   never increases beyond 1.5x the delivered rate + 10 kbit/s, so an
 //!   application-limited sender does not inflate its estimate;
-//! - loss-based ([`loss`]): grow below 2 % loss, hold up to 10 %, cut above.
+//! - loss-based ([`loss`]): grow below 2 % loss, hold up to 10 %, cut above;
+//! - and one addition to GCC ([`queue_delay`]): loss above 2 % while the one-way delay
+//!   sits 40 ms above its recent floor is a full drop-tail buffer, not random loss, and
+//!   counts as overuse. The trendline only sees a queue while it grows, so a slow
+//!   creep into a full buffer would otherwise settle in the 2-10 % hold band.
 //!
 //! Growing past what the sender actually sends takes a probe ([`probe`]): the SFU
 //! sends padding at a target rate between [`Estimator::start_probe`] and
@@ -31,6 +35,7 @@ mod inter_arrival;
 mod loss;
 mod overuse;
 mod probe;
+mod queue_delay;
 pub mod sim;
 #[cfg(test)]
 mod tests;
@@ -49,6 +54,7 @@ use inter_arrival::InterArrival;
 use loss::LossBased;
 use overuse::OveruseDetector;
 use probe::{Probe, ProbePolicy};
+use queue_delay::QueueDelay;
 use trendline::Trendline;
 
 mod trendline;
@@ -84,6 +90,10 @@ const MAX_RTT: Duration = Duration::from_secs(5);
 /// How long a probe result counts as a measure of the path, about the acked-rate
 /// window plus a feedback round trip.
 const PROBE_RESULT_VALIDITY: Duration = Duration::from_secs(1);
+/// Loss above this over a standing queue of more than `STANDING_QUEUE_MS` is treated
+/// as overuse.
+const CONGESTION_LOSS: f64 = 0.02;
+const STANDING_QUEUE_MS: f64 = 40.0;
 /// The policy does not probe while the loss-based controller is not growing.
 const PROBE_MAX_LOSS: f64 = 0.02;
 
@@ -99,6 +109,7 @@ pub struct Estimator {
     detector: OveruseDetector,
     aimd: Aimd,
     acked: AckedBitrate,
+    queue: QueueDelay,
     loss: LossBased,
     rtt: Option<Duration>,
     probe: Option<Probe>,
@@ -124,6 +135,7 @@ impl Estimator {
             detector: OveruseDetector::default(),
             aimd: Aimd::new(initial, min, max),
             acked: AckedBitrate::default(),
+            queue: QueueDelay::default(),
             loss: LossBased::new(initial, min, max),
             rtt: None,
             probe: None,
@@ -159,7 +171,13 @@ impl Estimator {
             let origin = *self.origin.get_or_insert(r.sent);
             let send_ms = r.sent.saturating_duration_since(origin).as_secs_f64() * 1000.0;
             let arrival_ms = arrival.as_secs_f64() * 1000.0;
-            let Some(d) = self.inter_arrival.add(send_ms, arrival_ms) else {
+            let resets = self.inter_arrival.resets();
+            let delta = self.inter_arrival.add(send_ms, arrival_ms);
+            if self.inter_arrival.resets() != resets {
+                self.queue.reset(); // the clocks jumped: the old floor means nothing
+            }
+            self.queue.add(arrival_ms - send_ms, send_ms);
+            let Some(d) = delta else {
                 continue;
             };
             let trend = self
@@ -189,8 +207,17 @@ impl Estimator {
             });
         }
         let rtt = self.rtt.unwrap_or(DEFAULT_RTT);
-        if received > 0 {
-            let usage = if overuse_seen {
+        let fresh_loss = if lost > 0 || received > 0 {
+            self.loss.update(lost, received, self.aimd.rate(), rtt, now)
+        } else {
+            None
+        };
+        // Loss over a standing queue: a full drop-tail buffer that the delay trend no
+        // longer sees. Random loss (no queue) stays in the loss controller's hold band.
+        let congestion_loss = fresh_loss.is_some_and(|f| f > CONGESTION_LOSS)
+            && self.queue.queue_ms().is_some_and(|q| q > STANDING_QUEUE_MS);
+        if received > 0 || congestion_loss {
+            let usage = if overuse_seen || congestion_loss {
                 Usage::Overusing
             } else {
                 self.detector.usage()
@@ -206,9 +233,7 @@ impl Estimator {
             };
             self.aimd.update(usage, acked, measured, rtt, now);
         }
-        if lost > 0 || received > 0 {
-            self.loss.update(lost, received, self.aimd.rate(), rtt, now);
-        }
+        self.loss.cap(self.aimd.rate());
         self.finish_probe(now);
     }
 
@@ -225,12 +250,16 @@ impl Estimator {
             } else {
                 match p.measure() {
                     Err(reason) => ProbeOutcome::Rejected { target_bps, reason },
-                    Ok(delivered) => {
-                        let raised = delivered.min(target_bps as f64);
-                        self.probed = Some((now, raised));
-                        if raised > self.estimate() {
-                            self.aimd.set_rate(raised, now);
-                            self.loss.set_rate(raised);
+                    Ok((delivered, saturated)) => {
+                        let rate = delivered.min(target_bps as f64);
+                        self.probed = Some((now, rate));
+                        // A saturated probe measured the capacity itself: an estimate
+                        // above it (say, the initial guess on a slow link, with an
+                        // app-limited sender that never filled it) is simply wrong.
+                        let current = self.estimate();
+                        if rate > current || (saturated && rate < current) {
+                            self.aimd.set_rate(rate, now);
+                            self.loss.set_rate(rate);
                         }
                         ProbeOutcome::Success {
                             target_bps,

@@ -32,8 +32,9 @@ pub enum ProbeRejection {
 /// The result of one probe, from [`super::Estimator::poll_probe_result`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ProbeOutcome {
-    /// The path delivered `delivered_bps`; the estimate is now `estimate_bps`
-    /// (at most the target; unchanged if it already was higher).
+    /// The path delivered `delivered_bps`; the estimate is now `estimate_bps`: raised
+    /// to the delivered rate (never above the target) if that is higher, lowered to it
+    /// if the probe saturated the path below the estimate, otherwise unchanged.
     Success {
         target_bps: u64,
         delivered_bps: u64,
@@ -133,8 +134,9 @@ impl Probe {
             .is_some_and(|t| now.saturating_duration_since(t) > ABANDON_AFTER)
     }
 
-    /// The delivered rate, or why there is none. Overuse is judged by the caller.
-    pub fn measure(&self) -> Result<f64, ProbeRejection> {
+    /// The delivered rate and whether the probe saturated the path (then the rate is
+    /// the path's capacity), or why there is none. Overuse is judged by the caller.
+    pub fn measure(&self) -> Result<(f64, bool), ProbeRejection> {
         let total = self.received + self.lost;
         if total > 0 {
             let loss = f64::from(self.lost) / f64::from(total);
@@ -162,9 +164,9 @@ impl Probe {
         let send_bps = (self.bytes - self.last_size) as f64 * 8.0 / send_span;
         let recv_bps = (self.bytes - self.first_size) as f64 * 8.0 / recv_span;
         Ok(if recv_bps < SATURATED_RATIO * send_bps {
-            SATURATED_FRACTION * recv_bps
+            (SATURATED_FRACTION * recv_bps, true)
         } else {
-            send_bps.min(recv_bps)
+            (send_bps.min(recv_bps), false)
         })
     }
 }

@@ -240,3 +240,32 @@ pub fn converge_time(
             reached.then(|| t - step_at)
         })
 }
+
+/// The benchmark's scenario: converge on `before_bps` for `warmup`, step the capacity
+/// to `after_bps`, and return [`converge_time`] within `observe` (default link: 25 ms
+/// propagation, 200 ms drop-tail buffer, no random loss; probing on).
+pub fn step_convergence(
+    before_bps: u64,
+    after_bps: u64,
+    warmup: Duration,
+    observe: Duration,
+    seed: u64,
+) -> Option<Duration> {
+    let config = BweConfig {
+        initial_bps: 300_000,
+        min_bps: 50_000,
+        max_bps: before_bps.max(after_bps).saturating_mul(5),
+    };
+    let link = LinkConfig {
+        capacity_bps: before_bps,
+        propagation: Duration::from_millis(25),
+        buffer: Duration::from_millis(200),
+        random_loss: 0.0,
+    };
+    let mut sim = Sim::new(config, link, seed);
+    sim.run_for(warmup);
+    let step = sim.now();
+    sim.set_capacity(after_bps);
+    sim.run_for(observe);
+    converge_time(&sim.trace, step, after_bps)
+}

@@ -388,3 +388,35 @@ fn probe_with_heavy_loss_or_overuse_is_rejected_and_clean_probe_raises() {
         "raised to the target, not to the 4.8 Mbit/s delivered"
     );
 }
+
+#[test]
+fn step_convergence_for_the_benchmark_measures_both_directions() {
+    let down = super::sim::step_convergence(2 * MBIT, 300 * KBIT, secs(10.0), secs(10.0), 7);
+    let up = super::sim::step_convergence(300 * KBIT, 2 * MBIT, secs(10.0), secs(15.0), 7);
+    eprintln!("step_convergence: 2M->300k {down:?}, 300k->2M {up:?}");
+    assert!(down.is_some_and(|d| d < secs(2.0)), "{down:?}");
+    assert!(up.is_some_and(|d| d < secs(7.0)), "{up:?}");
+}
+
+#[test]
+fn saturating_probe_corrects_an_estimate_above_capacity() {
+    // App-limited at 150 kbit/s, the 1 Mbit/s start is never tested by media on an
+    // 800 kbit/s link; the first probe (3 Mbit/s) saturates it and says so.
+    let cfg = BweConfig {
+        initial_bps: MBIT,
+        min_bps: 50 * KBIT,
+        max_bps: 5 * MBIT,
+    };
+    let mut sim = Sim::new(cfg, link(800 * KBIT), 8);
+    sim.app_limit_bps = Some(150 * KBIT);
+    sim.run_for(secs(10.0));
+    let max_late = window(&sim, secs(2.0), secs(10.0))
+        .max()
+        .unwrap_or(u64::MAX);
+    eprintln!(
+        "saturating probe: max after 2 s {max_late}, outcomes {:?}",
+        sim.outcomes
+    );
+    assert!(max_late <= 800 * KBIT, "{max_late}");
+    assert!(max_late >= 600 * KBIT, "{max_late}");
+}
