@@ -262,6 +262,7 @@ fn unknown_profile_is_its_own_error() {
         )
         .unwrap_err();
         assert_eq!(err, ExtensionError::UnknownProfile { profile });
+        assert_eq!(err.reason(), "unknown_profile");
     }
 }
 
