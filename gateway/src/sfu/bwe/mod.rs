@@ -6,28 +6,31 @@
 //! and the room's thread owns one [`Estimator`] per subscriber.
 //!
 //! Two controllers run side by side and the lower one wins:
-//! - delay-based: packets are grouped into send bursts ([`inter_arrival`]), the
-//!   growth of queueing delay is fitted over a window ([`trendline`]) and compared with
-//!   an adaptive threshold ([`overuse`]); an AIMD controller ([`aimd`]) increases while
-//!   the queue is stable, cuts to 85 % of the delivered rate ([`acked`]) on overuse, and
+//! - delay-based: packets are grouped into send bursts (`inter_arrival`), the
+//!   growth of queueing delay is fitted over a window (`trendline`) and compared with
+//!   an adaptive threshold (`overuse`); an AIMD controller (`aimd`) increases while
+//!   the queue is stable, cuts to 85 % of the delivered rate (`acked`) on overuse, and
 //!   never increases beyond 1.5x the delivered rate + 10 kbit/s, so an
 //!   application-limited sender does not inflate its estimate;
-//! - loss-based ([`loss`]): grow below 2 % loss, hold up to 10 %, cut above;
-//! - and one addition to GCC ([`queue_delay`]): loss above 2 % while the one-way delay
+//! - loss-based (`loss`): grow below 2 % loss, hold up to 10 %, cut above;
+//! - and one addition to GCC (`queue_delay`): loss above 2 % while the one-way delay
 //!   sits 40 ms above its recent floor is a full drop-tail buffer, not random loss, and
 //!   counts as overuse. The trendline only sees a queue while it grows, so a slow
 //!   creep into a full buffer would otherwise settle in the 2-10 % hold band.
 //!
-//! Growing past what the sender actually sends takes a probe ([`probe`]): the SFU
+//! Growing past what the sender actually sends takes a probe (`probe`): the SFU
 //! sends padding at a target rate between [`Estimator::start_probe`] and
 //! [`Estimator::end_probe`]; once feedback covers those packets the delivered rate
 //! (bytes over the receive span) becomes the estimate, unless the probe caused overuse
-//! or 10 % loss. [`Estimator::poll_probe_request`] offers a simple policy for when.
+//! or 10 % loss; a probe that saturated the path below the estimate lowers it. [`Estimator::poll_probe_request`] offers a simple policy for when.
 //!
 //! Nothing allocates: windows and rings are fixed-size arrays.
 //!
 //! Learned from libwebrtc's goog_cc and str0m's bwe (structure and constants of the
 //! trendline filter, adaptive threshold, AIMD and loss rules); written from scratch.
+//! No crate fit: str0m's estimator is internal to str0m, `goog_cc` (0.1) ports the
+//! whole libwebrtc controller with its field-trial and pacing surface, and the
+//! interceptor crates wrap theirs in their own RTCP pipelines.
 
 mod acked;
 mod aimd;
@@ -39,6 +42,7 @@ mod queue_delay;
 pub mod sim;
 #[cfg(test)]
 mod tests;
+mod trendline;
 
 use std::time::{Duration, Instant};
 
@@ -56,8 +60,6 @@ use overuse::OveruseDetector;
 use probe::{Probe, ProbePolicy};
 use queue_delay::QueueDelay;
 use trendline::Trendline;
-
-mod trendline;
 
 /// Limits and starting point, in bit/s. `max_bps` below `min_bps` is raised to it;
 /// `initial_bps` is clamped into the range.
