@@ -28,6 +28,7 @@ mod rtx;
 #[cfg(test)]
 mod tests;
 pub mod transport_feedback;
+pub mod twcc;
 
 pub use forward::{
     ForwardConfig, ForwardError, ForwardStats, MemberId, Output, PublishedTrack, RoomCore,
