@@ -299,7 +299,9 @@ impl Estimator {
 
     /// The SFU starts sending a probe at `target_bps`; `first_seq` is the first
     /// transport-wide sequence number that belongs to it. A probe still in progress
-    /// is abandoned.
+    /// is abandoned. Every packet sent until [`Self::end_probe`] counts (media and
+    /// padding); send at least ~10 packets over 15 ms or more, since receive-side jitter
+    /// on a shorter burst distorts the measured rate.
     pub fn start_probe(&mut self, first_seq: u64, target_bps: u64) {
         if let Some(old) = self.probe.take() {
             let outcome = ProbeOutcome::Rejected {
