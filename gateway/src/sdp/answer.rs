@@ -5,7 +5,7 @@
 use std::fmt::{self, Write as _};
 use std::net::SocketAddr;
 
-use super::{Direction, Negotiated, NegotiatedMedia, Offer, OfferedMedia};
+use super::{Direction, ExtensionKind, Negotiated, NegotiatedMedia, Offer, OfferedMedia};
 
 /// What roomgate sends on one m-line, announced with `a=msid` and `a=ssrc` so the
 /// client can map the RTP stream to a track before the first packet arrives.
@@ -52,8 +52,10 @@ const HOST_PRIORITY: u32 = 2_130_706_431;
 /// Writes roomgate's answer to `offer` as decided by `negotiated` (which must come from
 /// [`super::negotiate`] on the same offer). CRLF line endings.
 ///
-/// No `a=extmap` lines are written: roomgate forwards packets without header extensions
-/// being negotiated, so their IDs never need rewriting between publisher and subscriber.
+/// Header extensions are answered with the offerer's IDs (RFC 8285 §6), so each
+/// participant keeps its own ID space and the forwarder remaps IDs between publisher and
+/// subscriber. A simulcast publisher gets `a=rid:<id> recv` per accepted layer and
+/// `a=simulcast:recv` listing them, which tells it to send exactly those layers.
 pub fn build_answer(offer: &Offer, negotiated: &Negotiated, params: &AnswerParams<'_>) -> String {
     let mut out = String::with_capacity(1024 + 512 * negotiated.media.len());
     let mut line = |args: fmt::Arguments<'_>| {
@@ -74,6 +76,9 @@ pub fn build_answer(offer: &Offer, negotiated: &Negotiated, params: &AnswerParam
     if !bundle.is_empty() {
         line(format_args!("a=group:BUNDLE {}", bundle.join(" ")));
     }
+    if negotiated.extmap_allow_mixed {
+        line(format_args!("a=extmap-allow-mixed"));
+    }
     line(format_args!("a=msid-semantic: WMS *"));
 
     let ufrag = clean(params.ice_ufrag);
@@ -83,6 +88,7 @@ pub fn build_answer(offer: &Offer, negotiated: &Negotiated, params: &AnswerParam
     // (GStreamer's webrtcbin) refuse an answer in which any m-line lacks one.
     line(format_args!("a=fingerprint:sha-256 {fingerprint}"));
 
+    let session_allows_mixed = negotiated.extmap_allow_mixed;
     for (index, (offered, negotiated)) in offer.media.iter().zip(&negotiated.media).enumerate() {
         let codec = match &negotiated.codec {
             Some(codec) if negotiated.accepted => codec,
@@ -107,12 +113,30 @@ pub fn build_answer(offer: &Offer, negotiated: &Negotiated, params: &AnswerParam
             line(format_args!("a=rtcp-rsize"));
         }
         line(format_args!("a={}", negotiated.direction));
+        // Only where the session level did not already say it for every m-line.
+        if negotiated.extmap_allow_mixed && !session_allows_mixed {
+            line(format_args!("a=extmap-allow-mixed"));
+        }
+        for &(id, kind) in &negotiated.extensions {
+            extmap_line(&mut line, offered, id, kind);
+        }
         line(format_args!("a=rtpmap:{pt} {}", codec.rtpmap()));
         if let Some(fmtp) = &codec.fmtp {
             line(format_args!("a=fmtp:{pt} {fmtp}"));
         }
         for fb in &codec.rtcp_fb {
             line(format_args!("a=rtcp-fb:{pt} {fb}"));
+        }
+        if !negotiated.rids.is_empty() {
+            // RFC 8853 §5.3: the answer's recv list is what the offerer may send; it
+            // holds only RIDs also declared recv here.
+            for rid in &negotiated.rids {
+                line(format_args!("a=rid:{rid} recv"));
+            }
+            line(format_args!(
+                "a=simulcast:recv {}",
+                negotiated.rids.join(";")
+            ));
         }
         if let Some(Some(track)) = params.outbound.get(index) {
             let stream = msid_id(&track.stream_id);
@@ -138,6 +162,28 @@ pub fn build_answer(offer: &Offer, negotiated: &Negotiated, params: &AnswerParam
         line(format_args!("a=end-of-candidates"));
     }
     out
+}
+
+/// `a=extmap:<id>[/<direction>] <uri>`. An extension the offerer limited to one
+/// direction is answered with the mirror direction (RFC 8285 §6); negotiation already
+/// dropped those flowing the wrong way for roomgate's role.
+fn extmap_line(
+    line: &mut impl FnMut(fmt::Arguments<'_>),
+    offered: &OfferedMedia,
+    id: u8,
+    kind: ExtensionKind,
+) {
+    let offered_direction = offered
+        .extmaps
+        .iter()
+        .find(|e| e.id == id)
+        .and_then(|e| e.direction);
+    let uri = kind.uri();
+    match offered_direction {
+        Some(Direction::SendOnly) => line(format_args!("a=extmap:{id}/recvonly {uri}")),
+        Some(Direction::RecvOnly) => line(format_args!("a=extmap:{id}/sendonly {uri}")),
+        _ => line(format_args!("a=extmap:{id} {uri}")),
+    }
 }
 
 fn rejected_media(

@@ -14,15 +14,17 @@ mod answer;
 mod extmap;
 mod negotiate;
 mod parse;
+mod simulcast;
 #[cfg(test)]
 mod tests;
 
 use std::fmt;
 
 pub use answer::{build_answer, AnswerParams, OutboundTrack};
-pub use extmap::ExtensionKind;
-pub use negotiate::{negotiate, Negotiated, NegotiatedMedia};
+pub use extmap::{ExtMap, ExtensionKind};
+pub use negotiate::{negotiate, Negotiated, NegotiatedMedia, MAX_SIMULCAST_LAYERS};
 pub use parse::{parse_offer, Fingerprint, Offer, OfferedMedia, Setup};
+pub use simulcast::{Rid, RidDirection, Simulcast, SimulcastStream};
 
 /// Largest offer accepted, in bytes. A Chrome offer with audio, video and a data channel
 /// is about 6 KiB; the bound keeps a hostile body from costing more than a few

@@ -1,7 +1,14 @@
-//! Deciding, per offered m-line, whether roomgate takes it, in which direction and with
-//! which single codec. Pure function of the offer, the role and the room's codecs.
+//! Deciding, per offered m-line, whether roomgate takes it, in which direction, with
+//! which single codec, header extensions and simulcast layers. Pure function of the
+//! offer, the role and the room's codecs.
 
-use super::{Codec, Direction, MediaKind, Offer, OfferedMedia, Role, SdpError, Setup};
+use super::{
+    Codec, Direction, ExtensionKind, MediaKind, Offer, OfferedMedia, Role, SdpError, Setup,
+};
+
+/// Most simulcast layers roomgate receives on one video m-line: enough for low, mid and
+/// high, which is what per-subscriber layer selection chooses between.
+pub const MAX_SIMULCAST_LAYERS: usize = 3;
 
 /// The outcome for one offered m-line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -16,14 +23,38 @@ pub struct NegotiatedMedia {
     /// The direction written in the answer (roomgate's point of view).
     pub direction: Direction,
     /// The offer's media SSRCs for this m-line (what a publisher will send); empty for
-    /// rejected m-lines.
+    /// rejected m-lines. A simulcast publisher may announce none: its layers are bound
+    /// by [`NegotiatedMedia::rids`] instead.
     pub ssrcs: Vec<u32>,
+    /// Header extensions both sides use on this m-line, as `(offerer's ID, kind)` in
+    /// offer order, at most one ID per kind. The answer echoes the offerer's IDs
+    /// (RFC 8285 §6), so these IDs hold in both directions.
+    pub extensions: Vec<(u8, ExtensionKind)>,
+    /// The offer allows two-byte header extensions and IDs above 14 on this m-line
+    /// (`a=extmap-allow-mixed` at session or media level).
+    pub extmap_allow_mixed: bool,
+    /// Simulcast layers roomgate receives, as RIDs in the offerer's order (RFC 8853
+    /// lists them from its preferred stream down; browsers write them in `sendEncodings`
+    /// order). Empty without simulcast; at most [`MAX_SIMULCAST_LAYERS`].
+    pub rids: Vec<String>,
+}
+
+impl NegotiatedMedia {
+    /// The negotiated ID of `kind` on this m-line.
+    pub fn extension_id(&self, kind: ExtensionKind) -> Option<u8> {
+        self.extensions
+            .iter()
+            .find_map(|&(id, k)| (k == kind).then_some(id))
+    }
 }
 
 /// One [`NegotiatedMedia`] per offered m-line, in offer order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Negotiated {
     pub media: Vec<NegotiatedMedia>,
+    /// Session-level `a=extmap-allow-mixed` in the offer, echoed at session level in
+    /// the answer.
+    pub extmap_allow_mixed: bool,
 }
 
 impl Negotiated {
@@ -37,9 +68,12 @@ impl Negotiated {
 const PROTOCOLS: &[&str] = &["UDP/TLS/RTP/SAVPF", "RTP/SAVPF"];
 
 /// RTCP feedback roomgate acts on: it answers NACK from its retransmission buffer and
-/// forwards PLI/FIR to the publisher. REMB and transport-cc would promise bandwidth
-/// estimation it does not run.
+/// forwards PLI/FIR to the publisher. `transport-cc` is kept separately, only where the
+/// transport-wide sequence number extension is negotiated, since the feedback is
+/// meaningless without it. REMB would promise a receive-side estimate roomgate does not
+/// compute.
 const SUPPORTED_RTCP_FB: &[&str] = &["nack", "nack pli", "ccm fir"];
+const TRANSPORT_CC: &str = "transport-cc";
 
 /// Decides what roomgate answers to `offer`.
 ///
@@ -88,7 +122,10 @@ pub fn negotiate(offer: &Offer, role: Role, prefer: &[Codec]) -> Result<Negotiat
     if !media.iter().any(|m| m.accepted) {
         return Err(SdpError::NoSharedCodec);
     }
-    Ok(Negotiated { media })
+    Ok(Negotiated {
+        media,
+        extmap_allow_mixed: offer.extmap_allow_mixed,
+    })
 }
 
 fn negotiate_media(
@@ -104,6 +141,9 @@ fn negotiate_media(
         codec: None,
         direction: Direction::Inactive,
         ssrcs: Vec::new(),
+        extensions: Vec::new(),
+        extmap_allow_mixed: false,
+        rids: Vec::new(),
     };
     let Some(kind) = m.kind else {
         return rejected;
@@ -124,12 +164,20 @@ fn negotiate_media(
         (Role::Subscriber, Direction::RecvOnly | Direction::SendRecv) => Direction::SendOnly,
         _ => Direction::Inactive,
     };
+    let extensions = negotiate_extensions(m, kind, role);
+    let twcc = extensions
+        .iter()
+        .any(|(_, k)| *k == ExtensionKind::TransportWideCc);
     let rtcp_fb = codec
         .rtcp_fb
         .iter()
-        .filter(|fb| SUPPORTED_RTCP_FB.iter().any(|s| fb.eq_ignore_ascii_case(s)))
+        .filter(|fb| {
+            SUPPORTED_RTCP_FB.iter().any(|s| fb.eq_ignore_ascii_case(s))
+                || (twcc && fb.eq_ignore_ascii_case(TRANSPORT_CC))
+        })
         .cloned()
         .collect();
+    let rids = simulcast_layers(m, kind, direction, codec.payload_type, &extensions);
     NegotiatedMedia {
         mid: m.mid.clone(),
         kind: m.kind,
@@ -140,7 +188,80 @@ fn negotiate_media(
         }),
         direction,
         ssrcs: m.ssrcs.clone(),
+        extensions,
+        extmap_allow_mixed: m.extmap_allow_mixed,
+        rids,
     }
+}
+
+/// The offered extensions roomgate handles on an m-line of `kind` in `role`, first ID per
+/// kind. Anything else is stripped by the forwarder, so it must not be agreed to.
+fn negotiate_extensions(m: &OfferedMedia, kind: MediaKind, role: Role) -> Vec<(u8, ExtensionKind)> {
+    let mut out: Vec<(u8, ExtensionKind)> = Vec::new();
+    for ext in &m.extmaps {
+        let Some(ext_kind) = ext.kind() else {
+            continue;
+        };
+        // An extension limited to one direction must flow the way media does: toward
+        // roomgate from a publisher, from roomgate to a subscriber.
+        let flows = ext.direction.is_none_or(|d| match role {
+            Role::Publisher => d.sends(),
+            Role::Subscriber => d.receives(),
+        });
+        if flows && suits(ext_kind, kind, role) && !out.iter().any(|(_, k)| *k == ext_kind) {
+            out.push((ext.id, ext_kind));
+        }
+    }
+    out
+}
+
+/// Which extensions make sense on an m-line. RIDs only mean something on streams
+/// roomgate receives: it sends each subscriber one plain stream, whatever layer it is.
+fn suits(ext: ExtensionKind, kind: MediaKind, role: Role) -> bool {
+    use ExtensionKind::*;
+    match (kind, ext) {
+        (_, Mid | TransportWideCc | AbsSendTime) => true,
+        (MediaKind::Audio, AudioLevel) | (MediaKind::Video, VideoOrientation) => true,
+        (MediaKind::Video, RtpStreamId | RepairedRtpStreamId) => role == Role::Publisher,
+        (MediaKind::Audio, RtpStreamId | RepairedRtpStreamId | VideoOrientation)
+        | (MediaKind::Video, AudioLevel) => false,
+    }
+}
+
+/// The simulcast layers roomgate receives: the offer's non-paused send streams, in offer
+/// order, that can carry the chosen codec, at most [`MAX_SIMULCAST_LAYERS`].
+///
+/// Layers announce no SSRC, so without the rtp-stream-id extension roomgate could not
+/// tell them apart; it then answers without simulcast and the offerer falls back to one
+/// stream (RFC 8853 §5.3).
+fn simulcast_layers(
+    m: &OfferedMedia,
+    kind: MediaKind,
+    direction: Direction,
+    payload_type: u8,
+    extensions: &[(u8, ExtensionKind)],
+) -> Vec<String> {
+    let Some(simulcast) = &m.simulcast else {
+        return Vec::new();
+    };
+    let bindable = extensions
+        .iter()
+        .any(|(_, k)| *k == ExtensionKind::RtpStreamId);
+    if kind != MediaKind::Video || direction != Direction::RecvOnly || !bindable {
+        return Vec::new();
+    }
+    simulcast
+        .send
+        .iter()
+        .filter(|s| !s.paused)
+        .filter(|s| {
+            m.rids
+                .iter()
+                .any(|r| r.id == s.rid && r.allows_payload_type(payload_type))
+        })
+        .take(MAX_SIMULCAST_LAYERS)
+        .map(|s| s.rid.clone())
+        .collect()
 }
 
 /// Preference: the room's codecs, then opus; VP8, then H.264 packetization-mode 1 by

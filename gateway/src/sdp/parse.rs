@@ -8,8 +8,10 @@
 
 use std::fmt;
 
+use super::simulcast::{ParsedSimulcast, MAX_RIDS};
 use super::{
-    Codec, Direction, MediaKind, SdpError, MAX_CODECS, MAX_LINE_BYTES, MAX_MEDIA, MAX_SDP_BYTES,
+    Codec, Direction, ExtMap, MediaKind, Rid, SdpError, Simulcast, MAX_CODECS, MAX_LINE_BYTES,
+    MAX_MEDIA, MAX_SDP_BYTES,
 };
 
 /// Distinct SSRCs kept per m-line. Simulcast with RTX and FEC needs about ten.
@@ -20,6 +22,9 @@ const MAX_RTCP_FB: usize = 512;
 const MAX_FINGERPRINTS: usize = 8;
 /// RFC 8839 §5.4 caps ufrag and pwd at 256 characters.
 const MAX_ICE_CREDENTIAL: usize = 256;
+/// RFC 8285 §4.2: the one-byte header form has IDs 1 to 14 (15 is reserved); larger IDs
+/// need the two-byte form, which the offerer allows with `a=extmap-allow-mixed`.
+const MAX_ONE_BYTE_EXTENSION_ID: u8 = 14;
 
 /// `a=fingerprint` (RFC 8122).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,6 +100,18 @@ pub struct OfferedMedia {
     pub ssrcs: Vec<u32>,
     /// `a=msid` value (`<stream> <track>`), else the `msid:` of the first `a=ssrc`.
     pub msid: Option<String>,
+    /// Session-level `a=extmap` lines followed by this m-line's, one per ID, every ID
+    /// valid for [`OfferedMedia::extmap_allow_mixed`]. Unknown URIs are kept: the parser
+    /// does not decide what roomgate negotiates.
+    pub extmaps: Vec<ExtMap>,
+    /// `a=extmap-allow-mixed` at session or media level (RFC 8285 §6): one- and two-byte
+    /// header extensions may be mixed, and IDs up to 255 are valid.
+    pub extmap_allow_mixed: bool,
+    /// `a=rid` lines in the order written, IDs unique.
+    pub rids: Vec<Rid>,
+    /// `a=simulcast`; every RID it names has an `a=rid` of the same direction in
+    /// [`OfferedMedia::rids`].
+    pub simulcast: Option<Simulcast>,
 }
 
 /// A parsed WHIP/WHEP offer.
@@ -106,6 +123,9 @@ pub struct Offer {
     pub ice_pwd: String,
     /// Session-level `a=ice-lite`.
     pub ice_lite: bool,
+    /// Session-level `a=extmap-allow-mixed` (media-level ones are in
+    /// [`OfferedMedia::extmap_allow_mixed`]).
+    pub extmap_allow_mixed: bool,
     /// The sha-256 fingerprint if several were offered, else the first.
     pub fingerprint: Fingerprint,
     pub setup: Setup,
@@ -252,24 +272,24 @@ pub fn parse_offer(text: &str) -> Result<Offer, SdpError> {
         }
     }
 
-    let session_direction = session.direction;
     let media = media
         .into_iter()
-        .map(|m| m.finish(session_direction))
-        .collect();
+        .map(|m| m.finish(&session))
+        .collect::<Result<Vec<_>, _>>()?;
 
     Ok(Offer {
         bundle: session.bundle.unwrap_or_default(),
         ice_ufrag,
         ice_pwd,
         ice_lite: session.ice_lite,
+        extmap_allow_mixed: session.extmap_allow_mixed,
         fingerprint,
         setup,
         media,
     })
 }
 
-fn syntax(line: usize, reason: impl Into<String>) -> SdpError {
+pub(super) fn syntax(line: usize, reason: impl Into<String>) -> SdpError {
     SdpError::Syntax {
         line,
         reason: reason.into(),
@@ -446,6 +466,8 @@ struct SessionBuilder {
     ice_lite: bool,
     direction: Option<Direction>,
     transport: Transport,
+    extmaps: Vec<(ExtMap, usize)>,
+    extmap_allow_mixed: bool,
 }
 
 impl SessionBuilder {
@@ -458,6 +480,8 @@ impl SessionBuilder {
         }
         match name {
             "ice-lite" => self.ice_lite = true,
+            "extmap" => add_extmap(&mut self.extmaps, value, line)?,
+            "extmap-allow-mixed" => self.extmap_allow_mixed = true,
             "group" => {
                 let mut words = value.unwrap_or("").split_whitespace();
                 let semantics = words.next().unwrap_or("");
@@ -508,6 +532,10 @@ struct MediaBuilder {
     msid: Option<String>,
     ssrc_msid: Option<String>,
     transport: Transport,
+    extmaps: Vec<(ExtMap, usize)>,
+    extmap_allow_mixed: bool,
+    rids: Vec<Rid>,
+    simulcast: Option<ParsedSimulcast>,
 }
 
 impl MediaBuilder {
@@ -569,6 +597,10 @@ impl MediaBuilder {
             msid: None,
             ssrc_msid: None,
             transport: Transport::default(),
+            extmaps: Vec::new(),
+            extmap_allow_mixed: false,
+            rids: Vec::new(),
+            simulcast: None,
         })
     }
 
@@ -600,8 +632,35 @@ impl MediaBuilder {
             "rtcp-fb" if self.is_rtp => self.rtcp_fb(v, line)?,
             "ssrc" if self.is_rtp => self.ssrc(v, line)?,
             "ssrc-group" if self.is_rtp => self.ssrc_group(v, line)?,
+            "extmap" if self.is_rtp => add_extmap(&mut self.extmaps, value, line)?,
+            "extmap-allow-mixed" => self.extmap_allow_mixed = true,
+            "rid" if self.is_rtp => self.rid(v, line)?,
+            "simulcast" if self.is_rtp => {
+                if self.simulcast.is_some() {
+                    return Err(syntax(line, "second a=simulcast in the same section"));
+                }
+                self.simulcast = Some(ParsedSimulcast::parse(v, line)?);
+            }
             _ => {}
         }
+        Ok(())
+    }
+
+    /// `a=rid:<id> <send|recv> [<params>]`
+    fn rid(&mut self, v: &str, line: usize) -> Result<(), SdpError> {
+        let rid = Rid::parse(v, line)?;
+        // RFC 8851 §4: a rid-id names one stream of the m-line.
+        if self.rids.iter().any(|r| r.id == rid.id) {
+            return Err(syntax(line, format!("second a=rid for {:?}", rid.id)));
+        }
+        if self.rids.len() >= MAX_RIDS {
+            return Err(SdpError::Limit {
+                line,
+                what: "a=rid lines on an m-line",
+                max: MAX_RIDS,
+            });
+        }
+        self.rids.push(rid);
         Ok(())
     }
 
@@ -744,7 +803,31 @@ impl MediaBuilder {
         Ok(())
     }
 
-    fn finish(self, session_direction: Option<Direction>) -> OfferedMedia {
+    fn finish(self, session: &SessionBuilder) -> Result<OfferedMedia, SdpError> {
+        let extmap_allow_mixed = session.extmap_allow_mixed || self.extmap_allow_mixed;
+        // Session-level mappings apply to every m-line (RFC 8285 §5), so they and the
+        // media-level ones form one ID space.
+        let mut extmaps: Vec<(ExtMap, usize)> = session.extmaps.clone();
+        for (ext, line) in self.extmaps {
+            merge_extmap(&mut extmaps, ext, line)?;
+        }
+        if !extmap_allow_mixed {
+            if let Some((ext, line)) = extmaps
+                .iter()
+                .find(|(e, _)| e.id > MAX_ONE_BYTE_EXTENSION_ID)
+            {
+                return Err(syntax(
+                    *line,
+                    format!(
+                        "a=extmap ID {} is not in 1..=14; IDs up to 255 need a=extmap-allow-mixed",
+                        ext.id
+                    ),
+                ));
+            }
+        }
+        if let Some(simulcast) = &self.simulcast {
+            simulcast.check(&self.rids)?;
+        }
         let kind = if self.media.eq_ignore_ascii_case("audio") {
             Some(MediaKind::Audio)
         } else if self.media.eq_ignore_ascii_case("video") {
@@ -787,7 +870,7 @@ impl MediaBuilder {
             .copied()
             .filter(|s| !self.repair_ssrcs.contains(s))
             .collect();
-        OfferedMedia {
+        Ok(OfferedMedia {
             kind,
             media: self.media,
             mid: self.mid.map(|(mid, _)| mid).unwrap_or_default(),
@@ -796,7 +879,7 @@ impl MediaBuilder {
             formats: self.formats,
             direction: self
                 .direction
-                .or(session_direction)
+                .or(session.direction)
                 .unwrap_or(Direction::SendRecv),
             rtcp_mux: self.rtcp_mux,
             rtcp_rsize: self.rtcp_rsize,
@@ -804,6 +887,44 @@ impl MediaBuilder {
             codecs,
             ssrcs,
             msid: self.msid.or(self.ssrc_msid),
+            extmaps: extmaps.into_iter().map(|(e, _)| e).collect(),
+            extmap_allow_mixed,
+            rids: self.rids,
+            simulcast: self.simulcast.map(|s| s.simulcast),
+        })
+    }
+}
+
+/// Parses an `a=extmap` line into a section's mappings.
+fn add_extmap(
+    extmaps: &mut Vec<(ExtMap, usize)>,
+    value: Option<&str>,
+    line: usize,
+) -> Result<(), SdpError> {
+    let ext = ExtMap::parse(value.unwrap_or(""), line)?;
+    merge_extmap(extmaps, ext, line)
+}
+
+/// Adds one mapping. A repeated ID with the same URI says nothing new and is dropped, which
+/// also bounds the list at 255 entries; the same ID naming another URI makes packets with
+/// that ID ambiguous (RFC 8285 §5).
+fn merge_extmap(
+    extmaps: &mut Vec<(ExtMap, usize)>,
+    ext: ExtMap,
+    line: usize,
+) -> Result<(), SdpError> {
+    match extmaps.iter().find(|(e, _)| e.id == ext.id) {
+        Some((existing, _)) if existing.uri == ext.uri => Ok(()),
+        Some((existing, first_line)) => Err(syntax(
+            line,
+            format!(
+                "a=extmap ID {} maps {} but line {first_line} maps it to {}",
+                ext.id, ext.uri, existing.uri
+            ),
+        )),
+        None => {
+            extmaps.push((ext, line));
+            Ok(())
         }
     }
 }

@@ -10,6 +10,12 @@ const FIREFOX: &str = include_str!("testdata/firefox_sendrecv.sdp");
 const GSTREAMER: &str = include_str!("testdata/gstreamer_h264.sdp");
 const OBS: &str = include_str!("testdata/obs_whip.sdp");
 const DATACHANNEL: &str = include_str!("testdata/chrome_datachannel.sdp");
+/// Chrome M120+ with `sendEncodings` rids q/h/f: no `a=ssrc` for the layers.
+const CHROME_SIMULCAST: &str = include_str!("testdata/chrome_simulcast_whip.sdp");
+/// Firefox 128 with `sendEncodings` rids a/b/c: one SSRC (plus RTX) per layer.
+const FIREFOX_SIMULCAST: &str = include_str!("testdata/firefox_simulcast.sdp");
+/// OBS-style (libdatachannel) WHIP simulcast: mid and rtp-stream-id only, SSRCs announced.
+const OBS_SIMULCAST: &str = include_str!("testdata/obs_simulcast_whip.sdp");
 
 const FIXTURES: &[(&str, &str)] = &[
     ("chrome_whip", CHROME_WHIP),
@@ -18,6 +24,9 @@ const FIXTURES: &[(&str, &str)] = &[
     ("gstreamer_h264", GSTREAMER),
     ("obs_whip", OBS),
     ("chrome_datachannel", DATACHANNEL),
+    ("chrome_simulcast_whip", CHROME_SIMULCAST),
+    ("firefox_simulcast", FIREFOX_SIMULCAST),
+    ("obs_simulcast_whip", OBS_SIMULCAST),
 ];
 
 const SERVER_FP: &str = "0A:1B:2C:3D:4E:5F:60:71:82:93:A4:B5:C6:D7:E8:F9:0A:1B:2C:3D:4E:5F:60:71:82:93:A4:B5:C6:D7:E8:F9";
@@ -50,7 +59,7 @@ fn chosen(n: &Negotiated, index: usize) -> &Codec {
 }
 
 /// Applies `f` to every line and drops the lines it maps to `None`.
-fn edit(sdp: &str, f: impl Fn(&str) -> Option<String>) -> String {
+fn edit(sdp: &str, f: impl FnMut(&str) -> Option<String>) -> String {
     sdp.lines().filter_map(f).map(|l| l + "\r\n").collect()
 }
 
@@ -547,14 +556,15 @@ fn chrome_whip_publisher_gets_opus_and_vp8() {
     let opus = chosen(&n, 0);
     assert_eq!((opus.payload_type, opus.name.as_str()), (111, "opus"));
     assert_eq!(opus.fmtp.as_deref(), Some("minptime=10;useinbandfec=1"));
-    assert!(opus.rtcp_fb.is_empty(), "transport-cc is not implemented");
+    // transport-cc stays because the transport-wide-cc extension is negotiated too.
+    assert_eq!(opus.rtcp_fb, ["transport-cc"]);
 
     let video = &n.media[1];
     assert_eq!(video.direction, Direction::RecvOnly);
     assert_eq!(video.ssrcs, [2847312221]);
     let vp8 = chosen(&n, 1);
     assert_eq!((vp8.payload_type, vp8.name.as_str()), (96, "VP8"));
-    assert_eq!(vp8.rtcp_fb, ["ccm fir", "nack", "nack pli"]);
+    assert_eq!(vp8.rtcp_fb, ["transport-cc", "ccm fir", "nack", "nack pli"]);
 }
 
 #[test]
@@ -573,7 +583,10 @@ fn prefer_picks_the_rooms_codec_keeping_the_offerers_payload_type() {
         h264.fmtp.as_deref(),
         Some("level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f")
     );
-    assert_eq!(h264.rtcp_fb, ["ccm fir", "nack", "nack pli"]);
+    assert_eq!(
+        h264.rtcp_fb,
+        ["transport-cc", "ccm fir", "nack", "nack pli"]
+    );
     // Audio falls back to the default: the room has no audio codec preference.
     assert_eq!(chosen(&n, 0).payload_type, 111);
 
@@ -872,7 +885,7 @@ fn publisher_answer_to_chrome() {
     let answer = answer_for(&offer, &n, &[None, None]);
     let lines = answer_lines(&answer);
     assert_eq!(
-        lines[..7],
+        lines[..8],
         [
             "v=0",
             "o=roomgate 1234567890 2 IN IP4 127.0.0.1",
@@ -880,6 +893,7 @@ fn publisher_answer_to_chrome() {
             "t=0 0",
             "a=ice-lite",
             "a=group:BUNDLE 0 1",
+            "a=extmap-allow-mixed",
             "a=msid-semantic: WMS *",
         ]
     );
@@ -899,8 +913,13 @@ fn publisher_answer_to_chrome() {
             "a=rtcp-mux",
             "a=rtcp-rsize",
             "a=recvonly",
+            "a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+            "a=extmap:2 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
+            "a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01",
+            "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid",
             "a=rtpmap:111 opus/48000/2",
             "a=fmtp:111 minptime=10;useinbandfec=1",
+            "a=rtcp-fb:111 transport-cc",
             "a=candidate:1 1 udp 2130706431 203.0.113.7 7000 typ host",
             "a=candidate:2 1 udp 2130706430 2001:db8::7 7000 typ host",
             "a=candidate:3 1 udp 2130706429 198.51.100.9 7001 typ host",
@@ -920,7 +939,14 @@ fn publisher_answer_to_chrome() {
             "a=rtcp-mux",
             "a=rtcp-rsize",
             "a=recvonly",
+            "a=extmap:2 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
+            "a=extmap:13 urn:3gpp:video-orientation",
+            "a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01",
+            "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid",
+            "a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
+            "a=extmap:11 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
             "a=rtpmap:96 VP8/90000",
+            "a=rtcp-fb:96 transport-cc",
             "a=rtcp-fb:96 ccm fir",
             "a=rtcp-fb:96 nack",
             "a=rtcp-fb:96 nack pli",
@@ -930,7 +956,9 @@ fn publisher_answer_to_chrome() {
             "a=end-of-candidates",
         ]
     );
-    assert!(!answer.contains("extmap"));
+    // No simulcast offered, none answered; REMB is never promised.
+    assert!(!answer.contains("a=rid") && !answer.contains("a=simulcast"));
+    assert!(!answer.contains("goog-remb"));
 }
 
 #[test]
@@ -975,6 +1003,23 @@ fn answers_parse_back_with_every_required_field() {
                         b.codecs.as_slice(),
                         std::slice::from_ref(neg.codec.as_ref().unwrap())
                     );
+                    let back_ext: Vec<(u8, Option<ExtensionKind>)> =
+                        b.extmaps.iter().map(|e| (e.id, e.kind())).collect();
+                    let negotiated_ext: Vec<(u8, Option<ExtensionKind>)> = neg
+                        .extensions
+                        .iter()
+                        .map(|&(id, k)| (id, Some(k)))
+                        .collect();
+                    assert_eq!(back_ext, negotiated_ext, "{name}");
+                    let back_rids: Vec<&str> = b.rids.iter().map(|r| r.id.as_str()).collect();
+                    assert_eq!(back_rids, neg.rids, "{name}");
+                    assert!(b.rids.iter().all(|r| r.direction == RidDirection::Recv));
+                    let back_layers: Vec<&str> = b
+                        .simulcast
+                        .iter()
+                        .flat_map(|s| s.recv.iter().map(|l| l.rid.as_str()))
+                        .collect();
+                    assert_eq!(back_layers, neg.rids, "{name}");
                 } else {
                     assert_eq!(b.port, 0);
                     assert_eq!(b.direction, Direction::Inactive);
@@ -997,7 +1042,8 @@ fn answers_parse_back_with_every_required_field() {
                 answer.matches("a=end-of-candidates").count(),
                 accepted.len()
             );
-            assert!(!answer.contains("extmap"), "{name}");
+            assert_eq!(back.extmap_allow_mixed, offer.extmap_allow_mixed, "{name}");
+            assert!(!answer.contains("goog-remb"), "{name}");
         }
     }
 }
@@ -1398,4 +1444,714 @@ fn answer_has_a_session_level_fingerprint() {
         answer[..first_m].contains("a=fingerprint:sha-256 "),
         "{answer}"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Header extensions and simulcast
+
+const TWCC_URI: &str = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
+
+/// Inserts `new` (one or more lines) after the first line starting with `after`.
+fn insert_after(sdp: &str, after: &str, new: &str) -> String {
+    let mut done = false;
+    let out = edit(sdp, |l| {
+        if !done && l.starts_with(after) {
+            done = true;
+            Some(format!("{l}\r\n{new}"))
+        } else {
+            Some(l.to_owned())
+        }
+    });
+    assert!(done, "no line starts with {after:?}");
+    out
+}
+
+/// Replaces the first line starting with `prefix` by `new` (`None` drops it).
+fn replace_line(sdp: &str, prefix: &str, new: Option<&str>) -> String {
+    let mut done = false;
+    let out = edit(sdp, |l| {
+        if !done && l.starts_with(prefix) {
+            done = true;
+            new.map(str::to_owned)
+        } else {
+            Some(l.to_owned())
+        }
+    });
+    assert!(done, "no line starts with {prefix:?}");
+    out
+}
+
+fn ids(m: &OfferedMedia) -> Vec<(u8, Option<Direction>, &str)> {
+    m.extmaps
+        .iter()
+        .map(|e| (e.id, e.direction, e.uri.as_str()))
+        .collect()
+}
+
+fn layers(streams: &[SimulcastStream]) -> Vec<(&str, bool)> {
+    streams.iter().map(|s| (s.rid.as_str(), s.paused)).collect()
+}
+
+#[test]
+fn parses_chrome_extmaps_and_allow_mixed() {
+    let offer = parse(CHROME_SIMULCAST);
+    assert!(offer.extmap_allow_mixed);
+    let [audio, video] = &offer.media[..] else {
+        panic!("two m-lines expected");
+    };
+    assert!(audio.extmap_allow_mixed && video.extmap_allow_mixed);
+    assert_eq!(
+        ids(audio),
+        [
+            (1, None, "urn:ietf:params:rtp-hdrext:ssrc-audio-level"),
+            (
+                2,
+                None,
+                "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+            ),
+            (3, None, TWCC_URI),
+            (4, None, "urn:ietf:params:rtp-hdrext:sdes:mid"),
+        ]
+    );
+    // Unknown URIs are parsed and kept; negotiation drops them.
+    let video_ids: Vec<u8> = video.extmaps.iter().map(|e| e.id).collect();
+    assert_eq!(video_ids, [14, 2, 13, 3, 5, 6, 7, 8, 4, 10, 11]);
+    assert_eq!(video.extmaps[0].kind(), None);
+    assert_eq!(video.extmaps[9].kind(), Some(ExtensionKind::RtpStreamId));
+}
+
+#[test]
+fn parses_chrome_rids_and_simulcast_without_ssrcs() {
+    let video = &parse(CHROME_SIMULCAST).media[1];
+    assert!(video.ssrcs.is_empty(), "Chrome announces no SSRC per layer");
+    let rids: Vec<(&str, RidDirection)> = video
+        .rids
+        .iter()
+        .map(|r| (r.id.as_str(), r.direction))
+        .collect();
+    assert_eq!(
+        rids,
+        [
+            ("q", RidDirection::Send),
+            ("h", RidDirection::Send),
+            ("f", RidDirection::Send)
+        ]
+    );
+    assert!(video.rids.iter().all(|r| r.params.is_none()));
+    let simulcast = video.simulcast.as_ref().unwrap();
+    assert_eq!(
+        layers(&simulcast.send),
+        [("q", false), ("h", false), ("f", false)]
+    );
+    assert!(simulcast.recv.is_empty());
+    assert!(parse(CHROME_WHIP).media[1].simulcast.is_none());
+}
+
+#[test]
+fn parses_firefox_simulcast_and_directional_extmaps() {
+    let offer = parse(FIREFOX_SIMULCAST);
+    assert!(!offer.extmap_allow_mixed);
+    let audio = &offer.media[0];
+    assert_eq!(
+        ids(audio)[1],
+        (
+            2,
+            Some(Direction::RecvOnly),
+            "urn:ietf:params:rtp-hdrext:csrc-audio-level"
+        )
+    );
+    let video = &offer.media[1];
+    let simulcast = video.simulcast.as_ref().unwrap();
+    assert_eq!(
+        layers(&simulcast.send),
+        [("a", false), ("b", false), ("c", false)]
+    );
+    // One media SSRC per layer; the RTX SSRCs of the FID groups are left out.
+    assert_eq!(video.ssrcs, [2290183265, 1054779343, 3187263081]);
+}
+
+#[test]
+fn simulcast_pause_alternatives_and_recv_lists() {
+    let sdp = insert_after(
+        CHROME_SIMULCAST,
+        "a=rid:f send",
+        "a=rid:x send\r\na=rid:r recv",
+    );
+    let sdp = replace_line(
+        &sdp,
+        "a=simulcast:",
+        Some("a=simulcast: recv r send ~q;h,x;f"),
+    );
+    let video = &parse(&sdp).media[1];
+    let simulcast = video.simulcast.as_ref().unwrap();
+    assert_eq!(
+        layers(&simulcast.send),
+        [("q", true), ("h", false), ("f", false)]
+    );
+    assert_eq!(layers(&simulcast.recv), [("r", false)]);
+    assert_eq!(video.rids[3].id, "x");
+}
+
+#[test]
+fn rid_params_are_kept_and_restrict_payload_types() {
+    let sdp = replace_line(
+        CHROME_SIMULCAST,
+        "a=rid:q send",
+        Some("a=rid:q send pt=102,106;max-width=320;max-height=180"),
+    );
+    let rid = &parse(&sdp).media[1].rids[0];
+    assert_eq!(
+        rid.params.as_deref(),
+        Some("pt=102,106;max-width=320;max-height=180")
+    );
+    assert!(rid.allows_payload_type(106));
+    assert!(!rid.allows_payload_type(96));
+    assert!(parse(CHROME_SIMULCAST).media[1].rids[0].allows_payload_type(96));
+
+    // VP8 (96) is chosen, so the layer limited to H.264 cannot be received.
+    let (_, n) = negotiated(&sdp, Role::Publisher, &[]);
+    assert_eq!(n.media[1].rids, ["h", "f"]);
+}
+
+#[test]
+fn session_level_extmaps_apply_to_every_m_line() {
+    let sdp = insert_after(
+        OBS,
+        "a=fingerprint:",
+        &format!("a=extmap:3 {TWCC_URI}\r\na=extmap:5 urn:example:unknown"),
+    );
+    let offer = parse(&sdp);
+    for m in &offer.media {
+        assert_eq!(
+            ids(m)[..2],
+            [(3, None, TWCC_URI), (5, None, "urn:example:unknown")]
+        );
+    }
+    let (_, n) = negotiated(&sdp, Role::Publisher, &[]);
+    for m in &n.media {
+        assert_eq!(m.extensions, [(3, ExtensionKind::TransportWideCc)]);
+    }
+    // The same mapping repeated at media level is not a conflict.
+    let again = insert_after(&sdp, "a=mid:1", &format!("a=extmap:3 {TWCC_URI}"));
+    assert_eq!(parse(&again).media[1].extmaps.len(), 2);
+}
+
+#[test]
+fn extmap_ids_follow_allow_mixed() {
+    // OBS offers no a=extmap-allow-mixed: only the one-byte range is valid.
+    let with = |line: &str| insert_after(OBS, "a=mid:1", line);
+    let ok = parse(&with("a=extmap:14 urn:3gpp:video-orientation"));
+    assert_eq!(ok.media[1].extmaps[0].id, 14);
+    assert!(!ok.media[1].extmap_allow_mixed);
+
+    // Chrome allows mixed at session level: 15..=255 are valid.
+    for id in [15, 200, 255] {
+        let sdp = replace_line(
+            CHROME_WHIP,
+            "a=extmap:13 ",
+            Some(&format!("a=extmap:{id} urn:3gpp:video-orientation")),
+        );
+        let (offer, n) = negotiated(&sdp, Role::Publisher, &[]);
+        assert_eq!(
+            n.media[1].extension_id(ExtensionKind::VideoOrientation),
+            Some(id)
+        );
+        assert!(n.media[1].extmap_allow_mixed);
+        let answer = answer_for(&offer, &n, &[None, None]);
+        assert!(answer.contains(&format!("a=extmap:{id} urn:3gpp:video-orientation\r\n")));
+        parse_offer(&answer).unwrap();
+    }
+
+    // Media-level allow-mixed counts even when it follows the extmap line, and the
+    // answer repeats it on that m-line only.
+    let sdp = with("a=extmap:16 urn:3gpp:video-orientation\r\na=extmap-allow-mixed");
+    let (offer, n) = negotiated(&sdp, Role::Publisher, &[]);
+    assert!(!offer.extmap_allow_mixed && !n.extmap_allow_mixed);
+    assert!(!n.media[0].extmap_allow_mixed && n.media[1].extmap_allow_mixed);
+    let answer = answer_for(&offer, &n, &[None, None]);
+    let lines = answer_lines(&answer);
+    let video_start = lines.iter().position(|l| l.starts_with("m=video")).unwrap();
+    let mixed: Vec<usize> = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| **l == "a=extmap-allow-mixed")
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(mixed.len(), 1);
+    assert!(mixed[0] > video_start);
+    parse_offer(&answer).unwrap();
+}
+
+#[test]
+fn bad_extmaps_are_400() {
+    let with = |line: &str| insert_after(OBS, "a=mid:1", line);
+    let line_of_insert = OBS.lines().position(|l| l == "a=mid:1").unwrap() + 2;
+    for (bad, needle) in [
+        ("a=extmap:0 urn:3gpp:video-orientation", "not in 1..=255"),
+        ("a=extmap:256 urn:3gpp:video-orientation", "not in 1..=255"),
+        (
+            "a=extmap:99999 urn:3gpp:video-orientation",
+            "not in 1..=255",
+        ),
+        ("a=extmap:123456 urn:3gpp:video-orientation", "not a number"),
+        ("a=extmap:x urn:3gpp:video-orientation", "not a number"),
+        ("a=extmap:+3 urn:3gpp:video-orientation", "not a number"),
+        ("a=extmap:-3 urn:3gpp:video-orientation", "not a number"),
+        ("a=extmap: urn:3gpp:video-orientation", "needs"),
+        ("a=extmap:3", "needs"),
+        ("a=extmap:3/upward urn:3gpp:video-orientation", "direction"),
+        ("a=extmap:3 not-a-uri", "not a URI"),
+        (
+            "a=extmap:15 urn:3gpp:video-orientation",
+            "need a=extmap-allow-mixed",
+        ),
+        (
+            "a=extmap:100 urn:3gpp:video-orientation",
+            "need a=extmap-allow-mixed",
+        ),
+    ] {
+        let Err(e) = parse_offer(&with(bad)) else {
+            panic!("{bad} parsed");
+        };
+        assert_eq!(e.http_status(), 400, "{bad}");
+        assert_eq!(syntax_line(&e), line_of_insert, "{bad}: {e}");
+        assert!(e.to_string().contains(needle), "{bad}: {e}");
+    }
+
+    // One ID naming two URIs on the same m-line: the second line is the error.
+    let e = offer_err(&with(
+        "a=extmap:2 urn:ietf:params:rtp-hdrext:sdes:mid\r\na=extmap:2 urn:3gpp:video-orientation",
+    ));
+    assert_eq!(
+        (e.http_status(), syntax_line(&e)),
+        (400, line_of_insert + 1),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains(&format!("line {line_of_insert}")),
+        "{e}"
+    );
+
+    // A media-level mapping conflicting with a session-level one.
+    let sdp = insert_after(
+        OBS_SIMULCAST,
+        "a=fingerprint:",
+        "a=extmap:1 urn:3gpp:video-orientation",
+    );
+    let e = offer_err(&sdp);
+    assert_eq!(e.http_status(), 400);
+    assert!(e.to_string().contains("urn:3gpp:video-orientation"), "{e}");
+
+    // The same ID twice at session level.
+    let sdp = insert_after(
+        OBS,
+        "a=fingerprint:",
+        &format!("a=extmap:3 {TWCC_URI}\r\na=extmap:3 urn:3gpp:video-orientation"),
+    );
+    assert_eq!(offer_err(&sdp).http_status(), 400);
+
+    // Mapping one URI to two IDs is legal (RFC 8285 §5); the first is negotiated.
+    let sdp = with(&format!("a=extmap:7 {TWCC_URI}\r\na=extmap:8 {TWCC_URI}"));
+    let (_, n) = negotiated(&sdp, Role::Publisher, &[]);
+    assert_eq!(
+        n.media[1].extension_id(ExtensionKind::TransportWideCc),
+        Some(7)
+    );
+}
+
+#[test]
+fn bad_rids_and_simulcast_are_400() {
+    let rid_line = CHROME_SIMULCAST
+        .lines()
+        .position(|l| l == "a=rid:q send")
+        .unwrap()
+        + 1;
+    let long = "r".repeat(256);
+    let bad_rid_line = |to: &str| replace_line(CHROME_SIMULCAST, "a=rid:q send", Some(to));
+    for (to, needle) in [
+        ("a=rid:q! send".to_owned(), "A-Z a-z 0-9 - _"),
+        ("a=rid:q.1 send".to_owned(), "A-Z a-z 0-9 - _"),
+        (format!("a=rid:{long} send"), "1 to 255"),
+        ("a=rid:q sideways".to_owned(), "not send or recv"),
+        ("a=rid:q".to_owned(), "needs"),
+        ("a=rid:h send".to_owned(), "second a=rid"),
+    ] {
+        let e = offer_err(&bad_rid_line(&to));
+        assert_eq!(e.http_status(), 400, "{to}");
+        assert!(e.to_string().contains(needle), "{to}: {e}");
+        let line = syntax_line(&e);
+        assert!(line == rid_line || line == rid_line + 1, "{to}: {e}");
+    }
+    // 255 characters is the longest valid RID.
+    let longest = "r".repeat(255);
+    let ok = bad_rid_line(&format!("a=rid:{longest} send"));
+    let ok = replace_line(
+        &ok,
+        "a=simulcast:",
+        Some(&format!("a=simulcast:send {longest};h;f")),
+    );
+    let (offer, n) = negotiated(&ok, Role::Publisher, &[]);
+    assert_eq!(n.media[1].rids[0], longest);
+    parse_offer(&answer_for(&offer, &n, &[None, None])).unwrap();
+
+    let sim_line = CHROME_SIMULCAST
+        .lines()
+        .position(|l| l.starts_with("a=simulcast:"))
+        .unwrap()
+        + 1;
+    for (to, needle) in [
+        ("a=simulcast:send q;h;z", "no a=rid line"),
+        ("a=simulcast:send q;h,z;f", "no a=rid line"),
+        ("a=simulcast:send q;h;~z", "no a=rid line"),
+        ("a=simulcast:send q;h;f;q", "twice"),
+        ("a=simulcast:send q;;f", "A-Z a-z 0-9 - _"),
+        ("a=simulcast:send q;h;f;", "A-Z a-z 0-9 - _"),
+        ("a=simulcast:send ~", "A-Z a-z 0-9 - _"),
+        ("a=simulcast:send q;h!;f", "A-Z a-z 0-9 - _"),
+        ("a=simulcast:send", "needs"),
+        ("a=simulcast:send q;h;f recv", "needs"),
+        ("a=simulcast:send q send h", "two send lists"),
+        ("a=simulcast:sideways q;h;f", "not send or recv"),
+        ("a=simulcast:recv q;h;f", "declares send"),
+        (
+            "a=simulcast:send q;h;f\na=simulcast:send q;h;f",
+            "second a=simulcast",
+        ),
+    ] {
+        let sdp = replace_line(CHROME_SIMULCAST, "a=simulcast:", Some(to));
+        let e = offer_err(&sdp);
+        assert_eq!(e.http_status(), 400, "{to}");
+        assert!(e.to_string().contains(needle), "{to}: {e}");
+        let line = syntax_line(&e);
+        assert!(line == sim_line || line == sim_line + 1, "{to}: {e}");
+    }
+}
+
+#[test]
+fn too_many_rids_are_a_400_limit() {
+    let extra: Vec<String> = (0..14).map(|i| format!("a=rid:x{i} send")).collect();
+    let sdp = insert_after(CHROME_SIMULCAST, "a=rid:f send", &extra.join("\r\n"));
+    let e = offer_err(&sdp);
+    assert!(matches!(e, SdpError::Limit { max: 16, .. }), "{e:?}");
+    assert_eq!(e.http_status(), 400);
+}
+
+#[test]
+fn chrome_simulcast_publisher_negotiation() {
+    let (_, n) = negotiated(CHROME_SIMULCAST, Role::Publisher, &[]);
+    assert!(n.extmap_allow_mixed);
+    let audio = &n.media[0];
+    assert_eq!(
+        audio.extensions,
+        [
+            (1, ExtensionKind::AudioLevel),
+            (2, ExtensionKind::AbsSendTime),
+            (3, ExtensionKind::TransportWideCc),
+            (4, ExtensionKind::Mid),
+        ]
+    );
+    assert!(audio.rids.is_empty());
+    let video = &n.media[1];
+    // toffset, playout-delay, content-type, timing and color-space are not offered back.
+    assert_eq!(
+        video.extensions,
+        [
+            (2, ExtensionKind::AbsSendTime),
+            (13, ExtensionKind::VideoOrientation),
+            (3, ExtensionKind::TransportWideCc),
+            (4, ExtensionKind::Mid),
+            (10, ExtensionKind::RtpStreamId),
+            (11, ExtensionKind::RepairedRtpStreamId),
+        ]
+    );
+    assert_eq!(video.rids, ["q", "h", "f"]);
+    assert!(video.ssrcs.is_empty());
+    assert_eq!(video.direction, Direction::RecvOnly);
+    assert_eq!(
+        chosen(&n, 1).rtcp_fb,
+        ["transport-cc", "ccm fir", "nack", "nack pli"]
+    );
+}
+
+#[test]
+fn chrome_simulcast_publisher_answer() {
+    let (offer, n) = negotiated(CHROME_SIMULCAST, Role::Publisher, &[]);
+    let answer = answer_for(&offer, &n, &[None, None]);
+    let lines = answer_lines(&answer);
+    assert_eq!(lines[5..7], ["a=group:BUNDLE 0 1", "a=extmap-allow-mixed"]);
+    let video_start = lines.iter().position(|l| l.starts_with("m=video")).unwrap();
+    let fp_line = format!("a=fingerprint:sha-256 {SERVER_FP}");
+    assert_eq!(
+        lines[video_start..lines.len() - 4],
+        [
+            "m=video 9 UDP/TLS/RTP/SAVPF 96",
+            "c=IN IP4 0.0.0.0",
+            "a=mid:1",
+            "a=ice-ufrag:room1+abcd",
+            "a=ice-pwd:s3cretPasswordOf24Chars0",
+            fp_line.as_str(),
+            "a=setup:passive",
+            "a=rtcp-mux",
+            "a=rtcp-rsize",
+            "a=recvonly",
+            "a=extmap:2 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
+            "a=extmap:13 urn:3gpp:video-orientation",
+            "a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01",
+            "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid",
+            "a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
+            "a=extmap:11 urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
+            "a=rtpmap:96 VP8/90000",
+            "a=rtcp-fb:96 transport-cc",
+            "a=rtcp-fb:96 ccm fir",
+            "a=rtcp-fb:96 nack",
+            "a=rtcp-fb:96 nack pli",
+            "a=rid:q recv",
+            "a=rid:h recv",
+            "a=rid:f recv",
+            "a=simulcast:recv q;h;f",
+        ]
+    );
+    let back = parse_offer(&answer).unwrap();
+    let simulcast = back.media[1].simulcast.as_ref().unwrap();
+    assert!(simulcast.send.is_empty());
+    assert_eq!(
+        layers(&simulcast.recv),
+        [("q", false), ("h", false), ("f", false)]
+    );
+}
+
+#[test]
+fn firefox_simulcast_publisher() {
+    let (offer, n) = negotiated(FIREFOX_SIMULCAST, Role::Publisher, &[]);
+    // csrc-audio-level is unknown and recvonly: neither reason lets it through.
+    assert_eq!(
+        n.media[0].extensions,
+        [(1, ExtensionKind::AudioLevel), (3, ExtensionKind::Mid)]
+    );
+    // Firefox offers no transport-cc feedback for opus.
+    assert!(chosen(&n, 0).rtcp_fb.is_empty());
+    let video = &n.media[1];
+    assert_eq!(
+        video.extensions,
+        [
+            (3, ExtensionKind::Mid),
+            (4, ExtensionKind::AbsSendTime),
+            (7, ExtensionKind::TransportWideCc),
+            (8, ExtensionKind::RtpStreamId),
+            (9, ExtensionKind::RepairedRtpStreamId),
+        ]
+    );
+    assert_eq!(video.rids, ["a", "b", "c"]);
+    assert_eq!(video.ssrcs, [2290183265, 1054779343, 3187263081]);
+    assert_eq!(
+        chosen(&n, 1).rtcp_fb,
+        ["nack", "nack pli", "ccm fir", "transport-cc"]
+    );
+    assert!(!n.extmap_allow_mixed);
+    let answer = answer_for(&offer, &n, &[None, None]);
+    assert!(!answer.contains("a=extmap-allow-mixed"));
+    assert!(answer.contains(
+        "\r\na=rid:a recv\r\na=rid:b recv\r\na=rid:c recv\r\na=simulcast:recv a;b;c\r\n"
+    ));
+}
+
+#[test]
+fn obs_offers() {
+    // Plain OBS: no extensions, so no transport-cc, and REMB is not promised.
+    let (offer, n) = negotiated(OBS, Role::Publisher, &[]);
+    assert!(n
+        .media
+        .iter()
+        .all(|m| m.extensions.is_empty() && m.rids.is_empty()));
+    assert_eq!(chosen(&n, 1).rtcp_fb, ["nack", "nack pli"]);
+    let answer = answer_for(&offer, &n, &[None, None]);
+    assert!(!answer.contains("extmap") && !answer.contains("simulcast"));
+
+    // OBS-style simulcast: mid and rtp-stream-id, SSRCs announced per layer.
+    let (offer, n) = negotiated(OBS_SIMULCAST, Role::Publisher, &[]);
+    assert_eq!(n.media[0].extensions, [(1, ExtensionKind::Mid)]);
+    let video = &n.media[1];
+    assert_eq!(
+        video.extensions,
+        [(1, ExtensionKind::Mid), (2, ExtensionKind::RtpStreamId)]
+    );
+    assert_eq!(video.rids, ["0", "1", "2"]);
+    assert_eq!(video.ssrcs, [3155021587, 3155021588, 3155021589]);
+    assert_eq!(chosen(&n, 1).name, "H264");
+    assert_eq!(chosen(&n, 1).rtcp_fb, ["nack", "nack pli"]);
+    let answer = answer_for(&offer, &n, &[None, None]);
+    assert!(answer.contains("a=simulcast:recv 0;1;2\r\n"));
+    assert!(!answer.contains("transport-cc"));
+}
+
+#[test]
+fn more_than_three_layers_keep_the_first_three_active() {
+    let four = insert_after(CHROME_SIMULCAST, "a=rid:f send", "a=rid:x send");
+    let sdp = replace_line(&four, "a=simulcast:", Some("a=simulcast:send q;h;f;x"));
+    let (_, n) = negotiated(&sdp, Role::Publisher, &[]);
+    assert_eq!(n.media[1].rids, ["q", "h", "f"]);
+    assert_eq!(MAX_SIMULCAST_LAYERS, 3);
+
+    // Paused streams are not counted; alternatives resolve to the first.
+    let sdp = replace_line(&four, "a=simulcast:", Some("a=simulcast:send ~q;h,x;f"));
+    let (offer, n) = negotiated(&sdp, Role::Publisher, &[]);
+    assert_eq!(n.media[1].rids, ["h", "f"]);
+    let answer = answer_for(&offer, &n, &[None, None]);
+    assert!(answer.contains("\r\na=rid:h recv\r\na=rid:f recv\r\na=simulcast:recv h;f\r\n"));
+    assert!(!answer.contains("a=rid:q") && !answer.contains("a=rid:x"));
+
+    let sdp = replace_line(&four, "a=simulcast:", Some("a=simulcast:send ~q;~h;~f;x"));
+    assert_eq!(
+        negotiated(&sdp, Role::Publisher, &[]).1.media[1].rids,
+        ["x"]
+    );
+    let sdp = replace_line(&four, "a=simulcast:", Some("a=simulcast:send ~q;~h;~f;~x"));
+    let (offer, n) = negotiated(&sdp, Role::Publisher, &[]);
+    assert!(n.media[1].rids.is_empty());
+    assert!(!answer_for(&offer, &n, &[None, None]).contains("a=simulcast"));
+}
+
+#[test]
+fn simulcast_without_rtp_stream_id_is_answered_without_simulcast() {
+    let sdp = replace_line(
+        CHROME_SIMULCAST,
+        "a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
+        None,
+    );
+    let (offer, n) = negotiated(&sdp, Role::Publisher, &[]);
+    let video = &n.media[1];
+    assert!(video.accepted);
+    assert!(video.rids.is_empty());
+    assert_eq!(video.extension_id(ExtensionKind::RtpStreamId), None);
+    // The repair extension is still understood for a later RTX stream.
+    assert_eq!(
+        video.extension_id(ExtensionKind::RepairedRtpStreamId),
+        Some(11)
+    );
+    let answer = answer_for(&offer, &n, &[None, None]);
+    assert!(!answer.contains("a=rid") && !answer.contains("a=simulcast"));
+}
+
+#[test]
+fn subscriber_gets_no_rid_extensions_and_no_simulcast() {
+    let (offer, n) = negotiated(CHROME_WHEP, Role::Subscriber, &[]);
+    let video = &n.media[1];
+    assert_eq!(video.direction, Direction::SendOnly);
+    assert_eq!(
+        video.extensions,
+        [
+            (2, ExtensionKind::AbsSendTime),
+            (13, ExtensionKind::VideoOrientation),
+            (3, ExtensionKind::TransportWideCc),
+            (4, ExtensionKind::Mid),
+        ]
+    );
+    assert!(video.rids.is_empty());
+    assert_eq!(
+        chosen(&n, 1).rtcp_fb,
+        ["transport-cc", "ccm fir", "nack", "nack pli"]
+    );
+    let answer = answer_for(&offer, &n, &[None, None]);
+    assert!(!answer.contains("rtp-stream-id"));
+
+    // A simulcast offer for the wrong role gets an inactive m-line and no layers.
+    let (_, n) = negotiated(CHROME_SIMULCAST, Role::Subscriber, &[]);
+    assert_eq!(n.media[1].direction, Direction::Inactive);
+    assert!(n.media[1].rids.is_empty());
+    // A subscriber asking to receive simulcast is answered with one stream.
+    let sdp = insert_after(
+        CHROME_WHEP,
+        "a=extmap:11 ",
+        "a=rid:lo recv\r\na=rid:hi recv\r\na=simulcast:recv lo;hi",
+    );
+    let (offer, n) = negotiated(&sdp, Role::Subscriber, &[]);
+    assert!(n.media[1].rids.is_empty());
+    assert!(!answer_for(&offer, &n, &[None, None]).contains("a=simulcast"));
+}
+
+#[test]
+fn extensions_are_filtered_by_media_kind() {
+    // Video-only extensions offered on audio and the other way round.
+    let sdp = insert_after(
+        CHROME_WHIP,
+        "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid",
+        "a=extmap:13 urn:3gpp:video-orientation\r\na=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
+    );
+    let sdp = insert_after(
+        &sdp,
+        "a=extmap:14 urn:ietf:params:rtp-hdrext:toffset",
+        "a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+    );
+    let (_, n) = negotiated(&sdp, Role::Publisher, &[]);
+    let kinds = |i: usize| -> Vec<ExtensionKind> {
+        n.media[i].extensions.iter().map(|&(_, k)| k).collect()
+    };
+    assert!(!kinds(0).contains(&ExtensionKind::VideoOrientation));
+    assert!(!kinds(0).contains(&ExtensionKind::RtpStreamId));
+    assert!(!kinds(1).contains(&ExtensionKind::AudioLevel));
+}
+
+#[test]
+fn transport_cc_feedback_only_with_the_extension() {
+    let sdp = replace_line(CHROME_WHIP, &format!("a=extmap:3 {TWCC_URI}"), None);
+    // The first match is the audio m-line's; drop the video one too.
+    let no_twcc = replace_line(&sdp, &format!("a=extmap:3 {TWCC_URI}"), None);
+    let (offer, n) = negotiated(&no_twcc, Role::Publisher, &[]);
+    assert!(chosen(&n, 0).rtcp_fb.is_empty());
+    assert_eq!(chosen(&n, 1).rtcp_fb, ["ccm fir", "nack", "nack pli"]);
+    assert!(!answer_for(&offer, &n, &[None, None]).contains("transport-cc"));
+
+    // Only audio lost it: video keeps the feedback.
+    let (_, n) = negotiated(&sdp, Role::Publisher, &[]);
+    assert!(chosen(&n, 0).rtcp_fb.is_empty());
+    assert_eq!(chosen(&n, 1).rtcp_fb[0], "transport-cc");
+}
+
+#[test]
+fn extension_directions_follow_the_role() {
+    let sdp = replace_line(
+        FIREFOX,
+        "a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+        Some("a=extmap:1/recvonly urn:ietf:params:rtp-hdrext:ssrc-audio-level"),
+    );
+    let sdp = replace_line(
+        &sdp,
+        "a=extmap:4 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
+        Some("a=extmap:4/sendonly http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"),
+    );
+    // The offerer only receives audio levels: useless to roomgate as a receiver.
+    let (offer, n) = negotiated(&sdp, Role::Publisher, &[]);
+    assert_eq!(n.media[0].extension_id(ExtensionKind::AudioLevel), None);
+    assert_eq!(n.media[1].extension_id(ExtensionKind::AbsSendTime), Some(4));
+    let answer = answer_for(&offer, &n, &[None, None]);
+    assert!(answer.contains(
+        "\r\na=extmap:4/recvonly http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time\r\n"
+    ));
+
+    let (offer, n) = negotiated(&sdp, Role::Subscriber, &[]);
+    assert_eq!(n.media[0].extension_id(ExtensionKind::AudioLevel), Some(1));
+    assert_eq!(n.media[1].extension_id(ExtensionKind::AbsSendTime), None);
+    let answer = answer_for(&offer, &n, &[None, None]);
+    assert!(
+        answer.contains("\r\na=extmap:1/sendonly urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n")
+    );
+    parse_offer(&answer).unwrap();
+
+    let inactive = replace_line(
+        FIREFOX,
+        "a=extmap:3 urn:ietf:params:rtp-hdrext:sdes:mid",
+        Some("a=extmap:3/inactive urn:ietf:params:rtp-hdrext:sdes:mid"),
+    );
+    for role in [Role::Publisher, Role::Subscriber] {
+        let (_, n) = negotiated(&inactive, role, &[]);
+        assert_eq!(n.media[0].extension_id(ExtensionKind::Mid), None);
+    }
+}
+
+#[test]
+fn rejected_m_lines_negotiate_nothing() {
+    let (_, n) = negotiated(DATACHANNEL, Role::Publisher, &[]);
+    let data = &n.media[1];
+    assert!(!data.accepted);
+    assert!(data.extensions.is_empty() && data.rids.is_empty() && !data.extmap_allow_mixed);
 }

@@ -1,8 +1,12 @@
 //! RTCP (RFC 3550 §6, RFC 4585, RFC 5104): compound-packet iteration, typed views of the
 //! packets the SFU acts on, and writers for the packets it sends.
 //!
+//! Transport-wide feedback has its own module ([`crate::sfu::twcc`]); this one frames it.
+//!
 //! Views borrow the datagram; every length is checked when the packet is parsed so the
 //! accessors afterwards cannot go out of bounds.
+
+use super::twcc::{FeedbackError, TransportFeedback};
 
 pub const PT_SR: u8 = 200;
 pub const PT_RR: u8 = 201;
@@ -13,6 +17,9 @@ pub const PT_PSFB: u8 = 206;
 
 /// RTPFB FMT 1 (RFC 4585 §6.2.1).
 pub const FMT_NACK: u8 = 1;
+/// RTPFB FMT 15: transport-wide congestion-control feedback
+/// (draft-holmer-rmcat-transport-wide-cc-extensions-01 §3.1).
+pub const FMT_TRANSPORT_CC: u8 = 15;
 /// PSFB FMT 1 (RFC 4585 §6.3.1).
 pub const FMT_PLI: u8 = 1;
 /// PSFB FMT 4 (RFC 5104 §4.3.1).
@@ -66,6 +73,11 @@ pub enum RtcpError {
         offset: usize,
         kind: &'static str,
         reason: &'static str,
+    },
+    #[error("RTCP transport-cc feedback at offset {offset}: {source}")]
+    TransportFeedback {
+        offset: usize,
+        source: FeedbackError,
     },
 }
 
@@ -367,8 +379,8 @@ pub enum RtcpPacket<'a> {
     Nack(Nack<'a>),
     Pli(Pli),
     Fir(Fir<'a>),
-    /// APP, XR, REMB, transport-wide CC, ...: well-formed as far as the common header
-    /// goes, not interpreted.
+    TransportFeedback(TransportFeedback<'a>),
+    /// APP, XR, REMB, ...: well-formed as far as the common header goes, not interpreted.
     Other {
         packet_type: u8,
         count: u8,
@@ -434,6 +446,10 @@ impl<'a> RtcpPacket<'a> {
                 need(offset, "NACK", body, 12)?;
                 Self::Nack(Nack { body })
             }
+            PT_RTPFB if count == FMT_TRANSPORT_CC => Self::TransportFeedback(
+                TransportFeedback::parse(body)
+                    .map_err(|source| RtcpError::TransportFeedback { offset, source })?,
+            ),
             PT_PSFB if count == FMT_PLI => {
                 need(offset, "PLI", body, 8)?;
                 Self::Pli(Pli {
@@ -918,6 +934,44 @@ mod tests {
         ));
     }
 
+    /// A receiver report and a transport-wide feedback in one compound, as Chrome sends
+    /// them; the feedback bytes are pion/rtcp's captured "example1"
+    /// (transport_layer_cc_test.go).
+    #[test]
+    fn compound_with_transport_feedback() {
+        let mut buf = write_rr(0xfa17_fa17, &[block(1)]);
+        buf.extend_from_slice(&[
+            0xaf, 0xcd, 0x00, 0x05, 0xfa, 0x17, 0xfa, 0x17, 0x43, 0x03, 0x2f, 0xa0, 0x00, 0x99,
+            0x00, 0x01, 0x3d, 0xe8, 0x02, 0x17, 0x20, 0x01, 0x94, 0x01,
+        ]);
+        assert_eq!(validate_compound(&buf), Ok(2));
+        let packets: Vec<_> = parse_compound(&buf)
+            .collect::<Result<_, _>>()
+            .expect("valid");
+        let RtcpPacket::TransportFeedback(fb) = packets[1] else {
+            panic!("expected transport feedback, got {:?}", packets[1])
+        };
+        assert_eq!(
+            (fb.media_ssrc(), fb.base_seq(), fb.status_count()),
+            (0x4303_2fa0, 153, 1)
+        );
+
+        // Status count 2 and the packet ends before any chunk: the whole compound is
+        // refused.
+        let at = buf.len() - 24;
+        buf[at + 15] = 2;
+        buf[at + 2..at + 4].copy_from_slice(&4u16.to_be_bytes());
+        buf.truncate(at + 20);
+        buf[at] &= !0x20;
+        assert!(matches!(
+            validate_compound(&buf),
+            Err(RtcpError::TransportFeedback {
+                offset,
+                source: FeedbackError::ChunksTruncated { count: 2 },
+            }) if offset == at
+        ));
+    }
+
     #[test]
     fn padding_is_stripped() {
         // PLI with the padding bit and 4 bytes of padding.
@@ -984,6 +1038,11 @@ mod tests {
         buf.extend(write_fir(1, &[FirEntry { ssrc: 3, seq_nr: 4 }]));
         buf.extend_from_slice(&[0x81, 202, 0, 3, 0, 0, 0, 11, 1, 2, b'a', b'b', 0, 0, 0, 0]);
         buf.extend_from_slice(&[0x81, 203, 0, 2, 0, 0, 0, 11, 1, b'x', 0, 0]);
+        // Transport feedback: a 2-bit vector with a large delta, then a run of losses.
+        buf.extend_from_slice(&[
+            0x8f, 205, 0, 7, 0, 0, 0, 1, 0, 0, 0, 2, 0, 9, 0, 9, 0, 0, 1, 7, 0xd5, 0x52, 0, 2, 1,
+            2, 3, 4, 5, 1, 9, 0,
+        ]);
         for n in 0..=buf.len() {
             for p in parse_compound(&buf[..n]).flatten() {
                 touch(p);
@@ -1027,6 +1086,9 @@ mod tests {
             RtcpPacket::Pli(_) | RtcpPacket::Other { .. } => {}
             RtcpPacket::Fir(f) => {
                 let _ = (f.sender_ssrc(), f.media_ssrc(), f.entries().count());
+            }
+            RtcpPacket::TransportFeedback(fb) => {
+                let _ = (fb.sender_ssrc(), fb.reference_time(), fb.packets().count());
             }
         }
     }

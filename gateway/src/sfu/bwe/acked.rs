@@ -19,7 +19,11 @@ pub(crate) struct AckedBitrate {
 
 impl Default for AckedBitrate {
     fn default() -> Self {
-        Self { bytes: [0; BUCKETS], head: None, first: 0 }
+        Self {
+            bytes: [0; BUCKETS],
+            head: None,
+            first: 0,
+        }
     }
 }
 
@@ -60,7 +64,9 @@ impl AckedBitrate {
         if span < MIN_SPAN_BUCKETS {
             return None;
         }
-        let bytes: u64 = (0..span).map(|k| self.bytes[((head - k) % BUCKETS as u64) as usize]).sum();
+        let bytes: u64 = (0..span)
+            .map(|k| self.bytes[((head - k) % BUCKETS as u64) as usize])
+            .sum();
         Some(bytes as f64 * 8.0 * 1000.0 / (span * BUCKET_MS) as f64)
     }
 }

@@ -61,8 +61,8 @@ impl LinkCapacity {
         };
         let norm = est.max(1.0);
         let err = est - sample;
-        self.variance = ((1.0 - Self::ALPHA) * self.variance + Self::ALPHA * err * err / norm)
-            .clamp(0.4, 2.5);
+        self.variance =
+            ((1.0 - Self::ALPHA) * self.variance + Self::ALPHA * err * err / norm).clamp(0.4, 2.5);
         self.estimate = Some(est);
     }
 
@@ -78,6 +78,7 @@ pub(crate) struct Aimd {
     max: f64,
     state: RateControl,
     last_change: Option<Instant>,
+    last_decrease: Option<Instant>,
     capacity: LinkCapacity,
 }
 
@@ -89,6 +90,7 @@ impl Aimd {
             max,
             state: RateControl::Increase,
             last_change: None,
+            last_decrease: None,
             capacity: LinkCapacity::default(),
         }
     }
@@ -101,8 +103,17 @@ impl Aimd {
         self.state
     }
 
-    /// One step per feedback: `usage` from the detector, `acked` the delivered rate.
-    pub fn update(&mut self, usage: Usage, acked: Option<f64>, rtt: Duration, now: Instant) {
+    /// One step per feedback: `usage` from the detector, `acked` the delivered rate,
+    /// `measured` the best recent measure of what the path carries (the acked rate, or
+    /// a fresh probe result that the acked rate has not caught up with yet).
+    pub fn update(
+        &mut self,
+        usage: Usage,
+        acked: Option<f64>,
+        measured: Option<f64>,
+        rtt: Duration,
+        now: Instant,
+    ) {
         self.state = match (usage, self.state) {
             (Usage::Normal, RateControl::Hold) => RateControl::Increase,
             (Usage::Normal, s) => s,
@@ -123,20 +134,31 @@ impl Aimd {
                         self.capacity.reset();
                     }
                 }
-                let limit = acked.map_or(f64::INFINITY, |a| ACKED_CAP_FACTOR * a + ACKED_CAP_SLACK_BPS);
+                let limit = acked.map_or(f64::INFINITY, |a| {
+                    ACKED_CAP_FACTOR * a + ACKED_CAP_SLACK_BPS
+                });
                 if self.rate < limit {
                     let inc = if self.capacity.estimate.is_some() {
                         self.additive_increase(rtt, since)
                     } else {
-                        (self.rate * (INCREASE_PER_SECOND.powf(since.as_secs_f64()) - 1.0))
-                            .max(if since.is_zero() { 0.0 } else { MIN_INCREASE_BPS })
+                        (self.rate * (INCREASE_PER_SECOND.powf(since.as_secs_f64()) - 1.0)).max(
+                            if since.is_zero() {
+                                0.0
+                            } else {
+                                MIN_INCREASE_BPS
+                            },
+                        )
                     };
                     self.rate = (self.rate + inc).min(limit);
                 }
                 self.last_change = Some(now);
             }
+            RateControl::Decrease if !self.time_to_reduce(measured, rtt, now) => {
+                // The last cut has not had a round trip to show its effect yet.
+                self.state = RateControl::Hold;
+            }
             RateControl::Decrease => {
-                let base = acked.unwrap_or(self.rate);
+                let base = measured.unwrap_or(self.rate);
                 let mut target = BETA * base;
                 if target > self.rate {
                     if let Some(c) = self.capacity.estimate {
@@ -154,9 +176,19 @@ impl Aimd {
                 self.capacity.on_overuse(base);
                 self.state = RateControl::Hold;
                 self.last_change = Some(now);
+                self.last_decrease = Some(now);
             }
         }
         self.rate = self.rate.clamp(self.min, self.max);
+    }
+
+    /// One cut per round trip (10..200 ms), unless delivery collapsed below half the
+    /// estimate, in which case waiting only builds more queue.
+    fn time_to_reduce(&self, measured: Option<f64>, rtt: Duration, now: Instant) -> bool {
+        let interval = rtt.clamp(Duration::from_millis(10), Duration::from_millis(200));
+        self.last_decrease
+            .is_none_or(|t| now.saturating_duration_since(t) >= interval)
+            || measured.is_some_and(|m| m < 0.5 * self.rate)
     }
 
     /// About one average packet per response time (RTT + 100 ms), at the rate's
@@ -191,12 +223,30 @@ mod tests {
         let mut a = Aimd::new(300_000.0, 30_000.0, 10_000_000.0);
         let rtt = Duration::from_millis(50);
         for i in 1..=100 {
-            a.update(Usage::Normal, Some(100_000.0), rtt, t0 + Duration::from_millis(100 * i));
+            let now = t0 + Duration::from_millis(100 * i);
+            a.update(Usage::Normal, Some(100_000.0), Some(100_000.0), rtt, now);
         }
         // Started above the cap: never increased, never cut without overuse.
         assert_eq!(a.rate(), 300_000.0);
-        a.update(Usage::Overusing, Some(100_000.0), rtt, t0 + Duration::from_secs(11));
-        assert_eq!(a.rate(), 85_000.0);
+        let now = t0 + Duration::from_secs(11);
+        a.update(Usage::Overusing, Some(100_000.0), Some(200_000.0), rtt, now);
+        assert_eq!(a.rate(), 170_000.0, "cut to 85 % of the measured rate");
         assert_eq!(a.state(), RateControl::Hold);
+        a.update(
+            Usage::Overusing,
+            Some(100_000.0),
+            Some(180_000.0),
+            rtt,
+            now + rtt / 2,
+        );
+        assert_eq!(a.rate(), 170_000.0, "no second cut within a round trip");
+        a.update(
+            Usage::Overusing,
+            Some(100_000.0),
+            Some(180_000.0),
+            rtt,
+            now + rtt,
+        );
+        assert_eq!(a.rate(), 153_000.0);
     }
 }

@@ -34,6 +34,8 @@ pub(crate) struct InterArrival {
     current: Option<Group>,
     previous: Option<Group>,
     reordered: u32,
+    /// Restarts so far, so that the caller can restart what depends on the clocks too.
+    resets: u64,
 }
 
 impl InterArrival {
@@ -63,9 +65,7 @@ impl InterArrival {
         if let Some(prev) = self.previous {
             let send_delta_ms = cur.last_send_ms - prev.last_send_ms;
             let arrival_delta_ms = cur.last_arrival_ms - prev.last_arrival_ms;
-            if arrival_delta_ms - send_delta_ms > RESET_GAP_MS
-                || arrival_delta_ms < -RESET_GAP_MS
-            {
+            if arrival_delta_ms - send_delta_ms > RESET_GAP_MS || arrival_delta_ms < -RESET_GAP_MS {
                 self.reset();
                 self.current = Some(Group {
                     first_send_ms: send_ms,
@@ -110,7 +110,15 @@ impl InterArrival {
     }
 
     pub fn reset(&mut self) {
-        *self = Self::default();
+        let resets = self.resets + 1;
+        *self = Self {
+            resets,
+            ..Self::default()
+        };
+    }
+
+    pub fn resets(&self) -> u64 {
+        self.resets
     }
 }
 
@@ -134,10 +142,21 @@ mod tests {
     fn huge_arrival_jump_resets_instead_of_reporting() {
         let mut ia = InterArrival::default();
         let mut deltas = Vec::new();
-        for (send, arrival) in [(0.0, 0.0), (10.0, 10.0), (20.0, 20.0), (30.0, 1e6), (40.0, 1e6 + 10.0), (50.0, 1e6 + 20.0), (60.0, 1e6 + 30.0)] {
+        for (send, arrival) in [
+            (0.0, 0.0),
+            (10.0, 10.0),
+            (20.0, 20.0),
+            (30.0, 1e6),
+            (40.0, 1e6 + 10.0),
+            (50.0, 1e6 + 20.0),
+            (60.0, 1e6 + 30.0),
+        ] {
             deltas.extend(ia.add(send, arrival));
         }
-        assert!(deltas.iter().all(|d| d.arrival_delta_ms < 100.0), "{deltas:?}");
+        assert!(
+            deltas.iter().all(|d| d.arrival_delta_ms < 100.0),
+            "{deltas:?}"
+        );
         assert!(!deltas.is_empty());
     }
 }

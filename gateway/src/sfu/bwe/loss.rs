@@ -51,9 +51,22 @@ impl LossBased {
         self.rate = rate.clamp(self.min, self.max);
     }
 
-    /// One feedback's counts. `ceiling` is the delay-based estimate: the loss-based rate
-    /// never runs above it, so that a loss cut acts on the rate actually in use.
-    pub fn update(&mut self, lost: u32, received: u32, ceiling: f64, rtt: Duration, now: Instant) {
+    /// Caps the rate at the delay-based estimate, so that a loss cut acts on the rate
+    /// actually in use.
+    pub fn cap(&mut self, ceiling: f64) {
+        self.rate = self.rate.min(ceiling).clamp(self.min, self.max);
+    }
+
+    /// One feedback's counts; `ceiling` as in [`Self::cap`]. Returns the loss fraction
+    /// when this feedback completed a new one.
+    pub fn update(
+        &mut self,
+        lost: u32,
+        received: u32,
+        ceiling: f64,
+        rtt: Duration,
+        now: Instant,
+    ) -> Option<f64> {
         self.lost = self.lost.saturating_add(lost);
         self.expected = self.expected.saturating_add(lost.saturating_add(received));
         let mut fresh = false;
@@ -82,11 +95,13 @@ impl LossBased {
             Some(f) if f > LOW_LOSS => {}
             _ => {
                 let secs = dt.as_secs_f64();
-                self.rate = self.rate * INCREASE_PER_SECOND.powf(secs) + INCREASE_BPS_PER_SECOND * secs;
+                self.rate =
+                    self.rate * INCREASE_PER_SECOND.powf(secs) + INCREASE_BPS_PER_SECOND * secs;
                 self.rate = self.rate.min(ceiling);
             }
         }
         self.rate = self.rate.clamp(self.min, self.max);
+        self.fraction.filter(|_| fresh)
     }
 }
 
@@ -104,7 +119,13 @@ mod tests {
         l.update(10, 10, 2_000_000.0, rtt, t0 + Duration::from_millis(100));
         assert_eq!(l.rate(), 750_000.0, "too soon for a second cut");
         for i in 1..=200 {
-            l.update(0, 20, 900_000.0, rtt, t0 + Duration::from_millis(100 + 100 * i));
+            l.update(
+                0,
+                20,
+                900_000.0,
+                rtt,
+                t0 + Duration::from_millis(100 + 100 * i),
+            );
         }
         assert_eq!(l.rate(), 900_000.0);
     }

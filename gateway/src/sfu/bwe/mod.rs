@@ -6,24 +6,31 @@
 //! and the room's thread owns one [`Estimator`] per subscriber.
 //!
 //! Two controllers run side by side and the lower one wins:
-//! - delay-based: packets are grouped into send bursts ([`inter_arrival`]), the
-//!   growth of queueing delay is fitted over a window ([`trendline`]) and compared with
-//!   an adaptive threshold ([`overuse`]); an AIMD controller ([`aimd`]) increases while
-//!   the queue is stable, cuts to 85 % of the delivered rate ([`acked`]) on overuse, and
+//! - delay-based: packets are grouped into send bursts (`inter_arrival`), the
+//!   growth of queueing delay is fitted over a window (`trendline`) and compared with
+//!   an adaptive threshold (`overuse`); an AIMD controller (`aimd`) increases while
+//!   the queue is stable, cuts to 85 % of the delivered rate (`acked`) on overuse, and
 //!   never increases beyond 1.5x the delivered rate + 10 kbit/s, so an
 //!   application-limited sender does not inflate its estimate;
-//! - loss-based ([`loss`]): grow below 2 % loss, hold up to 10 %, cut above.
+//! - loss-based (`loss`): grow below 2 % loss, hold up to 10 %, cut above;
+//! - and one addition to GCC (`queue_delay`): loss above 2 % while the one-way delay
+//!   sits 40 ms above its recent floor is a full drop-tail buffer, not random loss, and
+//!   counts as overuse. The trendline only sees a queue while it grows, so a slow
+//!   creep into a full buffer would otherwise settle in the 2-10 % hold band.
 //!
-//! Growing past what the sender actually sends takes a probe ([`probe`]): the SFU
+//! Growing past what the sender actually sends takes a probe (`probe`): the SFU
 //! sends padding at a target rate between [`Estimator::start_probe`] and
 //! [`Estimator::end_probe`]; once feedback covers those packets the delivered rate
 //! (bytes over the receive span) becomes the estimate, unless the probe caused overuse
-//! or 10 % loss. [`Estimator::poll_probe_request`] offers a simple policy for when.
+//! or 10 % loss; a probe that saturated the path below the estimate lowers it. [`Estimator::poll_probe_request`] offers a simple policy for when.
 //!
 //! Nothing allocates: windows and rings are fixed-size arrays.
 //!
 //! Learned from libwebrtc's goog_cc and str0m's bwe (structure and constants of the
 //! trendline filter, adaptive threshold, AIMD and loss rules); written from scratch.
+//! No crate fit: str0m's estimator is internal to str0m, `goog_cc` (0.1) ports the
+//! whole libwebrtc controller with its field-trial and pacing surface, and the
+//! interceptor crates wrap theirs in their own RTCP pipelines.
 
 mod acked;
 mod aimd;
@@ -31,9 +38,11 @@ mod inter_arrival;
 mod loss;
 mod overuse;
 mod probe;
+mod queue_delay;
 pub mod sim;
 #[cfg(test)]
 mod tests;
+mod trendline;
 
 use std::time::{Duration, Instant};
 
@@ -49,9 +58,8 @@ use inter_arrival::InterArrival;
 use loss::LossBased;
 use overuse::OveruseDetector;
 use probe::{Probe, ProbePolicy};
+use queue_delay::QueueDelay;
 use trendline::Trendline;
-
-mod trendline;
 
 /// Limits and starting point, in bit/s. `max_bps` below `min_bps` is raised to it;
 /// `initial_bps` is clamped into the range.
@@ -81,6 +89,13 @@ pub struct BweState {
 /// Until feedback gives a round-trip sample.
 const DEFAULT_RTT: Duration = Duration::from_millis(200);
 const MAX_RTT: Duration = Duration::from_secs(5);
+/// How long a probe result counts as a measure of the path, about the acked-rate
+/// window plus a feedback round trip.
+const PROBE_RESULT_VALIDITY: Duration = Duration::from_secs(1);
+/// Loss above this over a standing queue of more than `STANDING_QUEUE_MS` is treated
+/// as overuse.
+const CONGESTION_LOSS: f64 = 0.02;
+const STANDING_QUEUE_MS: f64 = 40.0;
 /// The policy does not probe while the loss-based controller is not growing.
 const PROBE_MAX_LOSS: f64 = 0.02;
 
@@ -96,12 +111,16 @@ pub struct Estimator {
     detector: OveruseDetector,
     aimd: Aimd,
     acked: AckedBitrate,
+    queue: QueueDelay,
     loss: LossBased,
     rtt: Option<Duration>,
     probe: Option<Probe>,
     outcome: Option<ProbeOutcome>,
     policy: ProbePolicy,
     last_now: Option<Instant>,
+    /// The latest successful probe's rate and when: right after a probe the acked
+    /// rate still reflects the old sending rate.
+    probed: Option<(Instant, f64)>,
 }
 
 impl Estimator {
@@ -118,12 +137,14 @@ impl Estimator {
             detector: OveruseDetector::default(),
             aimd: Aimd::new(initial, min, max),
             acked: AckedBitrate::default(),
+            queue: QueueDelay::default(),
             loss: LossBased::new(initial, min, max),
             rtt: None,
             probe: None,
             outcome: None,
             policy: ProbePolicy::default(),
             last_now: None,
+            probed: None,
         }
     }
 
@@ -152,13 +173,24 @@ impl Estimator {
             let origin = *self.origin.get_or_insert(r.sent);
             let send_ms = r.sent.saturating_duration_since(origin).as_secs_f64() * 1000.0;
             let arrival_ms = arrival.as_secs_f64() * 1000.0;
-            let Some(d) = self.inter_arrival.add(send_ms, arrival_ms) else {
+            let resets = self.inter_arrival.resets();
+            let delta = self.inter_arrival.add(send_ms, arrival_ms);
+            if self.inter_arrival.resets() != resets {
+                self.queue.reset(); // the clocks jumped: the old floor means nothing
+            }
+            self.queue.add(arrival_ms - send_ms, send_ms);
+            let Some(d) = delta else {
                 continue;
             };
-            let trend = self.trendline.update(d.send_delta_ms, d.arrival_delta_ms, d.arrival_ms);
-            let usage =
-                self.detector
-                    .detect(trend, self.trendline.num_deltas(), d.send_delta_ms, d.arrival_ms);
+            let trend = self
+                .trendline
+                .update(d.send_delta_ms, d.arrival_delta_ms, d.arrival_ms);
+            let usage = self.detector.detect(
+                trend,
+                self.trendline.num_deltas(),
+                d.send_delta_ms,
+                d.arrival_ms,
+            );
             if usage == Usage::Overusing {
                 overuse_seen = true;
                 if let Some(p) = self.probe.as_mut() {
@@ -177,13 +209,33 @@ impl Estimator {
             });
         }
         let rtt = self.rtt.unwrap_or(DEFAULT_RTT);
-        if received > 0 {
-            let usage = if overuse_seen { Usage::Overusing } else { self.detector.usage() };
-            self.aimd.update(usage, self.acked.bps(), rtt, now);
+        let fresh_loss = if lost > 0 || received > 0 {
+            self.loss.update(lost, received, self.aimd.rate(), rtt, now)
+        } else {
+            None
+        };
+        // Loss over a standing queue: a full drop-tail buffer that the delay trend no
+        // longer sees. Random loss (no queue) stays in the loss controller's hold band.
+        let congestion_loss = fresh_loss.is_some_and(|f| f > CONGESTION_LOSS)
+            && self.queue.queue_ms().is_some_and(|q| q > STANDING_QUEUE_MS);
+        if received > 0 || congestion_loss {
+            let usage = if overuse_seen || congestion_loss {
+                Usage::Overusing
+            } else {
+                self.detector.usage()
+            };
+            let acked = self.acked.bps();
+            let probed = self
+                .probed
+                .filter(|(t, _)| now.saturating_duration_since(*t) < PROBE_RESULT_VALIDITY)
+                .map(|(_, r)| r);
+            let measured = match (acked, probed) {
+                (Some(a), Some(p)) => Some(a.max(p)),
+                (a, p) => a.or(p),
+            };
+            self.aimd.update(usage, acked, measured, rtt, now);
         }
-        if lost > 0 || received > 0 {
-            self.loss.update(lost, received, self.aimd.rate(), rtt, now);
-        }
+        self.loss.cap(self.aimd.rate());
         self.finish_probe(now);
     }
 
@@ -193,15 +245,23 @@ impl Estimator {
         let target_bps = p.target_bps;
         let outcome = if p.covered() {
             if p.overuse {
-                ProbeOutcome::Rejected { target_bps, reason: ProbeRejection::Overuse }
+                ProbeOutcome::Rejected {
+                    target_bps,
+                    reason: ProbeRejection::Overuse,
+                }
             } else {
                 match p.measure() {
                     Err(reason) => ProbeOutcome::Rejected { target_bps, reason },
-                    Ok(delivered) => {
-                        let raised = delivered.min(target_bps as f64);
-                        if raised > self.estimate() {
-                            self.aimd.set_rate(raised, now);
-                            self.loss.set_rate(raised);
+                    Ok((delivered, saturated)) => {
+                        let rate = delivered.min(target_bps as f64);
+                        self.probed = Some((now, rate));
+                        // A saturated probe measured the capacity itself: an estimate
+                        // above it (say, the initial guess on a slow link, with an
+                        // app-limited sender that never filled it) is simply wrong.
+                        let current = self.estimate();
+                        if rate > current || (saturated && rate < current) {
+                            self.aimd.set_rate(rate, now);
+                            self.loss.set_rate(rate);
                         }
                         ProbeOutcome::Success {
                             target_bps,
@@ -212,7 +272,10 @@ impl Estimator {
                 }
             }
         } else if p.timed_out(now) {
-            ProbeOutcome::Rejected { target_bps, reason: ProbeRejection::Abandoned }
+            ProbeOutcome::Rejected {
+                target_bps,
+                reason: ProbeRejection::Abandoned,
+            }
         } else {
             return;
         };
@@ -222,7 +285,10 @@ impl Estimator {
     }
 
     fn estimate(&self) -> f64 {
-        self.aimd.rate().min(self.loss.rate()).clamp(self.min, self.max)
+        self.aimd
+            .rate()
+            .min(self.loss.rate())
+            .clamp(self.min, self.max)
     }
 
     /// The estimate: the lower of the delay-based and loss-based rates, within
@@ -233,7 +299,9 @@ impl Estimator {
 
     /// The SFU starts sending a probe at `target_bps`; `first_seq` is the first
     /// transport-wide sequence number that belongs to it. A probe still in progress
-    /// is abandoned.
+    /// is abandoned. Every packet sent until [`Self::end_probe`] counts (media and
+    /// padding); send at least ~10 packets over 15 ms or more, since receive-side jitter
+    /// on a shorter burst distorts the measured rate.
     pub fn start_probe(&mut self, first_seq: u64, target_bps: u64) {
         if let Some(old) = self.probe.take() {
             let outcome = ProbeOutcome::Rejected {
@@ -277,7 +345,9 @@ impl Estimator {
             && self.detector.usage() == Usage::Normal
             && self.aimd.state() != RateControl::Decrease
             && self.loss.fraction().is_none_or(|f| f <= PROBE_MAX_LOSS);
-        let target = self.policy.next(self.estimate_bps(), self.max as u64, quiet, now)?;
+        let target = self
+            .policy
+            .next(self.estimate_bps(), self.max as u64, quiet, now)?;
         self.policy.on_start(now);
         Some(target)
     }

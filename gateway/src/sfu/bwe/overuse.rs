@@ -55,7 +55,13 @@ impl Default for OveruseDetector {
 }
 
 impl OveruseDetector {
-    pub fn detect(&mut self, trend: f64, num_deltas: u32, send_delta_ms: f64, now_ms: f64) -> Usage {
+    pub fn detect(
+        &mut self,
+        trend: f64,
+        num_deltas: u32,
+        send_delta_ms: f64,
+        now_ms: f64,
+    ) -> Usage {
         if num_deltas < 2 {
             return Usage::Normal;
         }

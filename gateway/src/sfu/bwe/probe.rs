@@ -32,10 +32,18 @@ pub enum ProbeRejection {
 /// The result of one probe, from [`super::Estimator::poll_probe_result`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ProbeOutcome {
-    /// The path delivered `delivered_bps`; the estimate is now `estimate_bps`
-    /// (at most the target; unchanged if it already was higher).
-    Success { target_bps: u64, delivered_bps: u64, estimate_bps: u64 },
-    Rejected { target_bps: u64, reason: ProbeRejection },
+    /// The path delivered `delivered_bps`; the estimate is now `estimate_bps`: raised
+    /// to the delivered rate (never above the target) if that is higher, lowered to it
+    /// if the probe saturated the path below the estimate, otherwise unchanged.
+    Success {
+        target_bps: u64,
+        delivered_bps: u64,
+        estimate_bps: u64,
+    },
+    Rejected {
+        target_bps: u64,
+        reason: ProbeRejection,
+    },
 }
 
 #[derive(Debug)]
@@ -122,11 +130,13 @@ impl Probe {
     }
 
     pub fn timed_out(&self, now: Instant) -> bool {
-        self.ended_at.is_some_and(|t| now.saturating_duration_since(t) > ABANDON_AFTER)
+        self.ended_at
+            .is_some_and(|t| now.saturating_duration_since(t) > ABANDON_AFTER)
     }
 
-    /// The delivered rate, or why there is none. Overuse is judged by the caller.
-    pub fn measure(&self) -> Result<f64, ProbeRejection> {
+    /// The delivered rate and whether the probe saturated the path (then the rate is
+    /// the path's capacity), or why there is none. Overuse is judged by the caller.
+    pub fn measure(&self) -> Result<(f64, bool), ProbeRejection> {
         let total = self.received + self.lost;
         if total > 0 {
             let loss = f64::from(self.lost) / f64::from(total);
@@ -137,9 +147,12 @@ impl Probe {
         if self.received < MIN_PACKETS {
             return Err(ProbeRejection::TooFewPackets);
         }
-        let (Some(fs), Some(ls), Some(fa), Some(la)) =
-            (self.first_sent, self.last_sent, self.first_arrival, self.last_arrival)
-        else {
+        let (Some(fs), Some(ls), Some(fa), Some(la)) = (
+            self.first_sent,
+            self.last_sent,
+            self.first_arrival,
+            self.last_arrival,
+        ) else {
             return Err(ProbeRejection::TooFewPackets);
         };
         let send_span = ls.saturating_duration_since(fs).as_secs_f64();
@@ -151,9 +164,9 @@ impl Probe {
         let send_bps = (self.bytes - self.last_size) as f64 * 8.0 / send_span;
         let recv_bps = (self.bytes - self.first_size) as f64 * 8.0 / recv_span;
         Ok(if recv_bps < SATURATED_RATIO * send_bps {
-            SATURATED_FRACTION * recv_bps
+            (SATURATED_FRACTION * recv_bps, true)
         } else {
-            send_bps.min(recv_bps)
+            (send_bps.min(recv_bps), false)
         })
     }
 }
@@ -179,11 +192,11 @@ pub(crate) const PERIODIC: Duration = Duration::from_secs(5);
 impl ProbePolicy {
     pub fn on_outcome(&mut self, outcome: &ProbeOutcome) {
         self.continue_from = match *outcome {
-            ProbeOutcome::Success { target_bps, delivered_bps, estimate_bps }
-                if delivered_bps as f64 >= CONTINUE_RATIO * target_bps as f64 =>
-            {
-                Some(estimate_bps)
-            }
+            ProbeOutcome::Success {
+                target_bps,
+                delivered_bps,
+                estimate_bps,
+            } if delivered_bps as f64 >= CONTINUE_RATIO * target_bps as f64 => Some(estimate_bps),
             _ => None,
         };
     }
@@ -202,7 +215,10 @@ impl ProbePolicy {
             estimate.saturating_mul(INITIAL_FACTOR)
         } else if let Some(from) = self.continue_from.take() {
             from.max(estimate).saturating_mul(STEP_FACTOR)
-        } else if self.last_probe.is_none_or(|t| now.saturating_duration_since(t) >= PERIODIC) {
+        } else if self
+            .last_probe
+            .is_none_or(|t| now.saturating_duration_since(t) >= PERIODIC)
+        {
             estimate.saturating_mul(STEP_FACTOR)
         } else {
             return None;

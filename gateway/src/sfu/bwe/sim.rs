@@ -19,7 +19,7 @@ pub const PACKET_SIZE: usize = 1200;
 const FEEDBACK_INTERVAL: Duration = Duration::from_millis(50);
 const TICK: Duration = Duration::from_millis(1);
 /// A probe lasts at least this long and this many packets, like a short padding burst.
-const PROBE_DURATION: Duration = Duration::from_millis(60);
+const PROBE_DURATION: Duration = Duration::from_millis(20);
 const PROBE_MIN_PACKETS: u64 = 5;
 /// The receiver's clock starts at an arbitrary epoch, as in real feedback.
 const RECEIVER_EPOCH: Duration = Duration::from_secs(12_345);
@@ -148,7 +148,10 @@ impl Sim {
         }
         let rate = match self.probe {
             Some(p) => p.target_bps,
-            None => self.est.estimate_bps().min(self.app_limit_bps.unwrap_or(u64::MAX)),
+            None => self
+                .est
+                .estimate_bps()
+                .min(self.app_limit_bps.unwrap_or(u64::MAX)),
         }
         .max(1);
         if self.next_send + Duration::from_millis(10) < self.now {
@@ -165,7 +168,7 @@ impl Sim {
                 self.probe = None;
             }
         }
-        if self.now.as_millis() % 10 == 0 {
+        if self.now.as_millis().is_multiple_of(10) {
             self.trace.push((self.now, self.est.estimate_bps()));
         }
     }
@@ -185,13 +188,20 @@ impl Sim {
         };
         self.sent += 1;
         self.lost += u64::from(arrival.is_none());
-        self.in_flight.push_back(Sent { seq, sent_at: t, arrival });
+        self.in_flight.push_back(Sent {
+            seq,
+            sent_at: t,
+            arrival,
+        });
     }
 
     /// The receiver's report at `now`: everything up to the newest arrival so far.
     fn report(&mut self) {
         let now = self.now;
-        let Some(last) = self.in_flight.iter().rposition(|p| p.arrival.is_some_and(|a| a <= now))
+        let Some(last) = self
+            .in_flight
+            .iter()
+            .rposition(|p| p.arrival.is_some_and(|a| a <= now))
         else {
             return;
         };
@@ -205,20 +215,57 @@ impl Sim {
                 received: p.arrival.map(|a| a + RECEIVER_EPOCH),
             })
             .collect();
-        self.feedback.push_back((now + self.link.propagation, results));
+        self.feedback
+            .push_back((now + self.link.propagation, results));
     }
 }
 
 /// Time from `step_at` until the estimate first gets within 10 % of `capacity_bps`
 /// (or past it in the direction of travel: at least 90 % after a step up, at most
 /// 110 % after a step down). `None` if it never does within the trace.
-pub fn converge_time(trace: &[(Duration, u64)], step_at: Duration, capacity_bps: u64) -> Option<Duration> {
+pub fn converge_time(
+    trace: &[(Duration, u64)],
+    step_at: Duration,
+    capacity_bps: u64,
+) -> Option<Duration> {
     let cap = capacity_bps as f64;
     let start = trace.iter().find(|(t, _)| *t >= step_at)?.1 as f64;
     let up = start < cap;
-    trace.iter().filter(|(t, _)| *t >= step_at).find_map(|&(t, e)| {
-        let e = e as f64;
-        let reached = if up { e >= 0.9 * cap } else { e <= 1.1 * cap };
-        reached.then(|| t - step_at)
-    })
+    trace
+        .iter()
+        .filter(|(t, _)| *t >= step_at)
+        .find_map(|&(t, e)| {
+            let e = e as f64;
+            let reached = if up { e >= 0.9 * cap } else { e <= 1.1 * cap };
+            reached.then(|| t - step_at)
+        })
+}
+
+/// The benchmark's scenario: converge on `before_bps` for `warmup`, step the capacity
+/// to `after_bps`, and return [`converge_time`] within `observe` (default link: 25 ms
+/// propagation, 200 ms drop-tail buffer, no random loss; probing on).
+pub fn step_convergence(
+    before_bps: u64,
+    after_bps: u64,
+    warmup: Duration,
+    observe: Duration,
+    seed: u64,
+) -> Option<Duration> {
+    let config = BweConfig {
+        initial_bps: 300_000,
+        min_bps: 50_000,
+        max_bps: before_bps.max(after_bps).saturating_mul(5),
+    };
+    let link = LinkConfig {
+        capacity_bps: before_bps,
+        propagation: Duration::from_millis(25),
+        buffer: Duration::from_millis(200),
+        random_loss: 0.0,
+    };
+    let mut sim = Sim::new(config, link, seed);
+    sim.run_for(warmup);
+    let step = sim.now();
+    sim.set_capacity(after_bps);
+    sim.run_for(observe);
+    converge_time(&sim.trace, step, after_bps)
 }

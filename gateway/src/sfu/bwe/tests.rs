@@ -11,7 +11,11 @@ const MBIT: u64 = 1_000_000;
 const KBIT: u64 = 1_000;
 
 fn config(initial_bps: u64) -> BweConfig {
-    BweConfig { initial_bps, min_bps: 50 * KBIT, max_bps: 10 * MBIT }
+    BweConfig {
+        initial_bps,
+        min_bps: 50 * KBIT,
+        max_bps: 10 * MBIT,
+    }
 }
 
 fn link(capacity_bps: u64) -> LinkConfig {
@@ -29,7 +33,10 @@ fn secs(s: f64) -> Duration {
 
 /// Estimates in `[from, to)` of the trace.
 fn window(sim: &Sim, from: Duration, to: Duration) -> impl Iterator<Item = u64> + '_ {
-    sim.trace.iter().filter(move |(t, _)| *t >= from && *t < to).map(|&(_, e)| e)
+    sim.trace
+        .iter()
+        .filter(move |(t, _)| *t >= from && *t < to)
+        .map(|&(_, e)| e)
 }
 
 fn print_trace(sim: &Sim, every: Duration) {
@@ -49,6 +56,11 @@ fn converged_on_2mbit(seed: u64) -> Sim {
     sim
 }
 
+/// Bound for (a): the policy's first probe goes to 3x the start, then 2x after each
+/// success; each step costs a 20 ms probe plus the 50 ms feedback interval and 25 ms
+/// return path, so 300 k -> 900 k -> 1.8 M -> capped at what the link delivers takes
+/// well under 1 s; we allow 2 s. Afterwards the estimate saw-tooths between ~1.6 and
+/// ~1.9 Mbit/s: every 5 s the periodic probe's queue triggers a 15 % cut.
 #[test]
 fn a_converges_up_to_capacity_with_probing() {
     let sim = converged_on_2mbit(1);
@@ -56,9 +68,12 @@ fn a_converges_up_to_capacity_with_probing() {
     eprintln!("probe outcomes: {:?}", sim.outcomes);
     let t = converge_time(&sim.trace, Duration::ZERO, 2 * MBIT).expect("never reached 90 %");
     eprintln!("a: 300 kbit/s -> 2 Mbit/s link: within 10 % after {t:?}");
-    assert!(t < secs(5.0), "took {t:?}");
+    assert!(t < secs(2.0), "took {t:?}");
     for e in window(&sim, secs(10.0), secs(20.0)) {
-        assert!(e as f64 >= 0.8 * 2e6 && e as f64 <= 1.2 * 2e6, "estimate {e} left ±20 % of 2 Mbit/s");
+        assert!(
+            e as f64 >= 0.8 * 2e6 && e as f64 <= 1.2 * 2e6,
+            "estimate {e} left ±20 % of 2 Mbit/s"
+        );
     }
 }
 
@@ -73,15 +88,17 @@ fn b_step_drop_falls_below_new_capacity_within_two_seconds() {
     let step = sim.now();
     sim.set_capacity(300 * KBIT);
     sim.run_for(secs(10.0));
-    print_trace(&sim, secs(0.25));
+    print_trace(&sim, secs(0.5));
     let below = sim
         .trace
         .iter()
         .find(|(t, e)| *t >= step && *e < 300 * KBIT)
         .map(|(t, _)| *t - step)
         .expect("never fell below 300 kbit/s");
-    eprintln!("b: 2 Mbit/s -> 300 kbit/s: below 300 kbit/s after {below:?}, converge_time {:?}",
-        converge_time(&sim.trace, step, 300 * KBIT));
+    eprintln!(
+        "b: 2 Mbit/s -> 300 kbit/s: below 300 kbit/s after {below:?}, converge_time {:?}",
+        converge_time(&sim.trace, step, 300 * KBIT)
+    );
     assert!(below <= secs(2.0), "took {below:?}");
     // And it stays near the new capacity instead of oscillating back up.
     let late: Vec<u64> = window(&sim, step + secs(4.0), step + secs(10.0)).collect();
@@ -101,7 +118,7 @@ fn c_recovery_is_found_by_probing() {
     let step = sim.now();
     sim.set_capacity(2 * MBIT);
     sim.run_for(secs(15.0));
-    print_trace(&sim, secs(0.25));
+    print_trace(&sim, secs(0.5));
     let t = converge_time(&sim.trace, step, 2 * MBIT).expect("never recovered");
     eprintln!("c: 300 kbit/s -> 2 Mbit/s: within 10 % after {t:?}");
     assert!(t <= secs(7.0), "took {t:?}");
@@ -123,7 +140,11 @@ fn c_without_probing_recovery_is_slow_so_probing_is_what_matters() {
 
 #[test]
 fn d_random_loss_alone_decreases_only_moderately() {
-    let cfg = BweConfig { initial_bps: MBIT, min_bps: 100 * KBIT, max_bps: 10 * MBIT };
+    let cfg = BweConfig {
+        initial_bps: MBIT,
+        min_bps: 100 * KBIT,
+        max_bps: 10 * MBIT,
+    };
     let mut l = link(20 * MBIT);
     l.random_loss = 0.05;
     let mut sim = Sim::new(cfg, l, 4);
@@ -141,13 +162,20 @@ fn d_random_loss_alone_decreases_only_moderately() {
 
 #[test]
 fn d_heavy_random_loss_never_goes_below_min() {
-    let cfg = BweConfig { initial_bps: MBIT, min_bps: 100 * KBIT, max_bps: 10 * MBIT };
+    let cfg = BweConfig {
+        initial_bps: MBIT,
+        min_bps: 100 * KBIT,
+        max_bps: 10 * MBIT,
+    };
     let mut l = link(20 * MBIT);
     l.random_loss = 0.5;
     let mut sim = Sim::new(cfg, l, 5);
     sim.run_for(secs(20.0));
     let min = sim.trace.iter().map(|&(_, e)| e).min().unwrap_or(0);
-    assert_eq!(min, cfg.min_bps, "50 % loss should drive it to the floor, not below");
+    assert_eq!(
+        min, cfg.min_bps,
+        "50 % loss should drive it to the floor, not below"
+    );
 }
 
 #[test]
@@ -166,12 +194,17 @@ fn e_app_limited_sending_does_not_inflate_without_probes() {
     sim.probing = true;
     sim.run_for(secs(10.0));
     let last = sim.trace.last().map_or(0, |&(_, e)| e);
-    eprintln!("e': with probes: {last}");
+    eprintln!("e': with probes: {last}, {:?}", sim.outcomes);
     assert!(last >= 2 * MBIT, "probing found only {last}");
 }
 
 fn result(seq: u64, sent: Instant, received: Option<Duration>) -> PacketResult {
-    PacketResult { seq, size: 1200, sent, received }
+    PacketResult {
+        seq,
+        size: 1200,
+        sent,
+        received,
+    }
 }
 
 fn assert_sane(est: &Estimator, cfg: BweConfig) {
@@ -216,7 +249,12 @@ fn f_garbage_feedback_does_not_panic_and_stays_in_range() {
                 1 => usize::MAX,
                 _ => 1200,
             };
-            batch.push(PacketResult { seq: x >> 20, size, sent, received: arrival });
+            batch.push(PacketResult {
+                seq: x >> 20,
+                size,
+                sent,
+                received: arrival,
+            });
         }
         if round == 50 {
             est.start_probe(0, 5 * MBIT);
@@ -236,11 +274,21 @@ fn f_garbage_feedback_does_not_panic_and_stays_in_range() {
 
 /// Synthetic steady feedback: 1200-byte packets every `gap`, arriving with the same
 /// spacing plus `extra` per packet of growing delay.
-fn steady(batch: &mut Vec<PacketResult>, seq: &mut u64, t0: Instant, gap: Duration, extra: Duration) {
+fn steady(
+    batch: &mut Vec<PacketResult>,
+    seq: &mut u64,
+    t0: Instant,
+    gap: Duration,
+    extra: Duration,
+) {
     batch.clear();
     for _ in 0..10 {
         let n = u32::try_from(*seq).unwrap_or(u32::MAX);
-        batch.push(result(*seq, t0 + gap * n, Some(Duration::from_secs(100) + (gap + extra) * n)));
+        batch.push(result(
+            *seq,
+            t0 + gap * n,
+            Some(Duration::from_secs(100) + (gap + extra) * n),
+        ));
         *seq += 1;
     }
 }
@@ -303,7 +351,11 @@ fn probe_with_heavy_loss_or_overuse_is_rejected_and_clean_probe_raises() {
         let batch: Vec<_> = (0..20u32)
             .map(|i| {
                 let rx = Some(Duration::from_secs(1) + gap * i);
-                result(u64::from(i), t0 + gap * i, if lossy && i % 4 == 0 { None } else { rx })
+                result(
+                    u64::from(i),
+                    t0 + gap * i,
+                    if lossy && i % 4 == 0 { None } else { rx },
+                )
             })
             .collect();
         est.end_probe(19);
@@ -312,11 +364,59 @@ fn probe_with_heavy_loss_or_overuse_is_rejected_and_clean_probe_raises() {
     };
     let (outcome, estimate) = run(true);
     assert!(
-        matches!(outcome, Some(ProbeOutcome::Rejected { reason: ProbeRejection::Loss(_), .. })),
+        matches!(
+            outcome,
+            Some(ProbeOutcome::Rejected {
+                reason: ProbeRejection::Loss(_),
+                ..
+            })
+        ),
         "{outcome:?}"
     );
-    assert!(estimate <= 500 * KBIT, "not raised (the loss may cut it): {estimate}");
+    assert!(
+        estimate <= 500 * KBIT,
+        "not raised (the loss may cut it): {estimate}"
+    );
     let (outcome, estimate) = run(false);
-    assert!(matches!(outcome, Some(ProbeOutcome::Success { .. })), "{outcome:?}");
-    assert_eq!(estimate, 4 * MBIT, "raised to the target, not to the 4.8 Mbit/s delivered");
+    assert!(
+        matches!(outcome, Some(ProbeOutcome::Success { .. })),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        estimate,
+        4 * MBIT,
+        "raised to the target, not to the 4.8 Mbit/s delivered"
+    );
+}
+
+#[test]
+fn step_convergence_for_the_benchmark_measures_both_directions() {
+    let down = super::sim::step_convergence(2 * MBIT, 300 * KBIT, secs(10.0), secs(10.0), 7);
+    let up = super::sim::step_convergence(300 * KBIT, 2 * MBIT, secs(10.0), secs(15.0), 7);
+    eprintln!("step_convergence: 2M->300k {down:?}, 300k->2M {up:?}");
+    assert!(down.is_some_and(|d| d < secs(2.0)), "{down:?}");
+    assert!(up.is_some_and(|d| d < secs(7.0)), "{up:?}");
+}
+
+#[test]
+fn saturating_probe_corrects_an_estimate_above_capacity() {
+    // App-limited at 150 kbit/s, the 1 Mbit/s start is never tested by media on an
+    // 800 kbit/s link; the first probe (3 Mbit/s) saturates it and says so.
+    let cfg = BweConfig {
+        initial_bps: MBIT,
+        min_bps: 50 * KBIT,
+        max_bps: 5 * MBIT,
+    };
+    let mut sim = Sim::new(cfg, link(800 * KBIT), 8);
+    sim.app_limit_bps = Some(150 * KBIT);
+    sim.run_for(secs(10.0));
+    let max_late = window(&sim, secs(2.0), secs(10.0))
+        .max()
+        .unwrap_or(u64::MAX);
+    eprintln!(
+        "saturating probe: max after 2 s {max_late}, outcomes {:?}",
+        sim.outcomes
+    );
+    assert!(max_late <= 800 * KBIT, "{max_late}");
+    assert!(max_late >= 600 * KBIT, "{max_late}");
 }

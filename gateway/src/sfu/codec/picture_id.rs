@@ -11,6 +11,9 @@ use super::vp8::Vp8Ids;
 
 const PICTURE_ID_MODULUS: i64 = 1 << 15;
 const TL0_PIC_IDX_MODULUS: i64 = 1 << 8;
+/// How far before a switch point a late packet may be and still count as reordered
+/// (then dropped). A quarter of the smallest wrap, 128, and about a second of frames.
+const REORDER_WINDOW: i64 = 32;
 
 /// How the current source's values map onto the output, in unwrapped numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,32 +38,46 @@ struct Counter {
 }
 
 impl Counter {
-    /// The unwrapped output for `value`, or `None` if it is older than the first value
-    /// of the current source (a packet from before the switch point).
-    fn map(&mut self, value: u16, modulus: i64) -> Option<i64> {
+    /// The unwrapped output for `value`, or `None` if it is a little older than the first
+    /// value of the current source (a late packet from before the switch point) and
+    /// `may_drop`; without `may_drop` such a value starts over like a jump.
+    fn map(&mut self, value: u16, modulus: i64, may_drop: bool) -> Option<i64> {
         let value = i64::from(value);
-        let out = match &mut self.mapping {
+        let continued = match &mut self.mapping {
             Some(m) if m.modulus == modulus => {
                 let src = unwrap(m.newest, value, modulus);
-                if src < m.first {
+                if src >= m.first {
+                    m.newest = m.newest.max(src);
+                    Some(src + m.offset)
+                } else if may_drop && m.first - src <= REORDER_WINDOW {
                     return None;
+                } else {
+                    // Far older than anything since the switch: not reordering but a
+                    // jump (an encoder restart, or more loss than half a wrap). Dropping
+                    // would go on until the source climbed back, so start over instead.
+                    None
                 }
-                m.newest = m.newest.max(src);
-                src + m.offset
             }
-            _ => {
-                let offset = self.newest_out.map_or(0, |newest| newest + 1 - value);
-                self.mapping = Some(Mapping {
-                    modulus,
-                    newest: value,
-                    first: value,
-                    offset,
-                });
-                value + offset
-            }
+            _ => None,
+        };
+        let out = match continued {
+            Some(out) => out,
+            None => self.rebase(value, modulus),
         };
         self.newest_out = Some(self.newest_out.map_or(out, |n| n.max(out)));
         Some(out)
+    }
+
+    /// Maps `value` to one past the newest output (or to itself if there is none yet).
+    fn rebase(&mut self, value: i64, modulus: i64) -> i64 {
+        let offset = self.newest_out.map_or(0, |newest| newest + 1 - value);
+        self.mapping = Some(Mapping {
+            modulus,
+            newest: value,
+            first: value,
+            offset,
+        });
+        value + offset
     }
 }
 
@@ -95,8 +112,10 @@ impl Vp8Continuity {
 
     /// The counters to write into this packet (with [`super::vp8::rewrite`]), each in
     /// the source's width. `None` means the packet belongs to a frame older than the
-    /// first one forwarded since the switch: drop it, since its numbers would collide
-    /// with ones already sent. A counter the source packet lacks stays `None`.
+    /// first one forwarded since the switch (by at most 32 frames): drop it, since its
+    /// numbers would collide with ones already sent. A source that jumps back further
+    /// than that is taken as restarted and counts on from the last output, as after a
+    /// switch. A counter the source packet lacks stays `None`.
     pub fn map(&mut self, source: Vp8Ids, switched: bool) -> Option<Vp8Ids> {
         let mut next = *self;
         if switched {
@@ -105,7 +124,9 @@ impl Vp8Continuity {
         }
         let picture_id = match source.picture_id {
             Some(pid) => {
-                let out = next.picture_id.map(pid.value(), i64::from(pid.modulus()))?;
+                let out = next
+                    .picture_id
+                    .map(pid.value(), i64::from(pid.modulus()), true)?;
                 // The output counts modulo 2^15 whatever the source's width, so a later
                 // switch to a 15-bit layer continues from the same number.
                 let out = out.rem_euclid(PICTURE_ID_MODULUS);
@@ -113,9 +134,15 @@ impl Vp8Continuity {
             }
             None => None,
         };
+        // PictureID names the frame, so it alone decides what is late. TL0PICIDX moves
+        // with it; if they disagree the source is broken, and dropping on TL0PICIDX could
+        // last many frames.
+        let may_drop = source.picture_id.is_none();
         let tl0_pic_idx = match source.tl0_pic_idx {
             Some(idx) => {
-                let out = next.tl0_pic_idx.map(u16::from(idx), TL0_PIC_IDX_MODULUS)?;
+                let out = next
+                    .tl0_pic_idx
+                    .map(u16::from(idx), TL0_PIC_IDX_MODULUS, may_drop)?;
                 Some(u8::try_from(out.rem_euclid(TL0_PIC_IDX_MODULUS)).unwrap_or_default())
             }
             None => None,
@@ -221,6 +248,36 @@ mod tests {
         assert_eq!(c.map(long(500, 5), false), Some(long(500, 5)));
         assert_eq!(c.map(Vp8Ids::default(), true), Some(Vp8Ids::default()));
         assert_eq!(c.map(long(20, 90), false), Some(long(501, 6)));
+    }
+
+    #[test]
+    fn a_source_that_jumps_far_back_is_not_dropped_forever() {
+        let mut c = Vp8Continuity::new();
+        assert_eq!(c.map(long(900, 9), false), Some(long(900, 9)));
+        assert_eq!(c.map(long(7000, 50), true), Some(long(901, 10)));
+        assert_eq!(c.map(long(7001, 50), false), Some(long(902, 10)));
+        // 32 frames before the switch point is still a late packet...
+        assert_eq!(c.map(long(6968, 49), false), None);
+        // ...but 2000 back is a restarted encoder: it counts on, and so do its successors.
+        assert_eq!(c.map(long(5000, 50), false), Some(long(903, 10)));
+        assert_eq!(c.map(long(5001, 51), false), Some(long(904, 11)));
+        // A TL0PICIDX that goes back while PictureID goes on starts its own count over
+        // rather than dropping frames.
+        assert_eq!(c.map(long(5002, 40), false), Some(long(905, 12)));
+        assert_eq!(c.map(long(5003, 41), false), Some(long(906, 13)));
+        // Without a PictureID, TL0PICIDX decides what is late.
+        let no_pid = |tl0| Vp8Ids {
+            picture_id: None,
+            tl0_pic_idx: Some(tl0),
+        };
+        assert_eq!(c.map(no_pid(60), true), Some(no_pid(14)));
+        assert_eq!(c.map(no_pid(59), false), None);
+        // The same for a 7-bit source that lost more than half its wrap.
+        let mut c = Vp8Continuity::new();
+        assert_eq!(c.map(short(10), false), Some(short(10)));
+        assert_eq!(c.map(short(100), true), Some(short(11)));
+        assert_eq!(c.map(short(100 + 70 - 128), false), Some(short(12)));
+        assert_eq!(c.map(short(43), false), Some(short(13)));
     }
 
     #[test]

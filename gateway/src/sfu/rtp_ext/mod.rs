@@ -8,14 +8,18 @@
 //! - [`ids`]: one session's negotiated ID ⇄ kind map.
 //! - [`parse`]: the one- and two-byte element walk, into [`Extensions`].
 //! - [`write`]: a forwarded packet with a fresh extension block.
+//! - [`outgoing`]: what a forwarded packet carries, by kind, written under a
+//!   subscriber's IDs.
 //! - [`values`]: wire encodings of the values roomgate stamps itself.
 
 pub mod ids;
+pub mod outgoing;
 pub mod parse;
 pub mod values;
 pub mod write;
 
 pub use ids::{ExtensionIds, ExtensionIdsError};
+pub use outgoing::{Elements, OutgoingExtensions};
 pub use parse::{parse_extensions, ExtensionError, Extensions};
 pub use values::{
     abs_send_time_to_duration, encode_abs_send_time, encode_transport_seq, ABS_SEND_TIME_LEN,

@@ -41,6 +41,19 @@ pub enum ExtensionError {
     Duplicate { kind: ExtensionKind, id: u8 },
 }
 
+impl ExtensionError {
+    /// A fixed label per variant, for a drop counter's `reason` label: the message
+    /// carries values and would make unbounded label sets.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ExtensionError::UnknownProfile { .. } => "unknown_profile",
+            ExtensionError::Truncated { .. } => "truncated",
+            ExtensionError::WrongLength { .. } => "wrong_length",
+            ExtensionError::Duplicate { .. } => "duplicate",
+        }
+    }
+}
+
 /// The extension values of one packet that roomgate acts on, borrowed from the packet.
 /// A field is `None` when the kind is not negotiated or the packet does not carry it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -68,23 +68,21 @@ fn parse<'a>(p: &'a [u8], ids: &ExtensionIds) -> Result<Extensions<'a>, Extensio
     parse_extensions(&h, ids)
 }
 
-/// The elements a subscriber with map `to` gets for `ext`.
-fn elements<'a>(
+/// Everything `ext` carries, with `seq` and `abs` as roomgate's own stamps.
+fn outgoing<'a>(
     ext: &Extensions<'a>,
-    to: &ExtensionIds,
     seq: &'a [u8; 2],
     abs: &'a [u8; 3],
-) -> Vec<(u8, &'a [u8])> {
-    to.iter()
-        .filter_map(|(id, kind)| {
-            let data: &[u8] = match kind {
-                TransportWideCc => seq,
-                AbsSendTime => abs,
-                _ => ext.passthrough(kind)?,
-            };
-            Some((id, data))
-        })
-        .collect()
+) -> OutgoingExtensions<'a> {
+    let mut out = OutgoingExtensions::default();
+    for kind in ExtensionKind::ALL {
+        if let Some(data) = ext.passthrough(kind) {
+            out.set(kind, data);
+        }
+    }
+    out.set(TransportWideCc, seq);
+    out.set(AbsSendTime, abs);
+    out
 }
 
 #[test]
@@ -264,6 +262,7 @@ fn unknown_profile_is_its_own_error() {
         )
         .unwrap_err();
         assert_eq!(err, ExtensionError::UnknownProfile { profile });
+        assert_eq!(err.reason(), "unknown_profile");
     }
 }
 
@@ -360,9 +359,10 @@ fn round_trip_one_and_two_byte() {
         let seq = want.transport_seq.expect("seq").to_be_bytes();
         let [_, a, b, c] = want.abs_send_time.expect("abs").to_be_bytes();
         let abs = [a, b, c];
-        let els = elements(&want, &map, &seq, &abs);
         let mut out = Vec::new();
-        write_rewritten(&mut out, &h, &els).expect("write");
+        outgoing(&want, &seq, &abs)
+            .write(&mut out, &h, &map)
+            .expect("write");
         let back = RtpHeader::parse(&out).expect("writer output is valid RTP");
         assert_eq!(back.extension().map(|e| e.profile), Some(profile));
         assert_eq!(parse_extensions(&back, &map), Ok(want));
@@ -387,7 +387,9 @@ fn rewrite_strips_unknown_ids() {
     let seq = [0, 1];
     let abs = [0, 0, 1];
     let mut out = Vec::new();
-    write_rewritten(&mut out, &h, &elements(&ext, &publisher, &seq, &abs)).expect("write");
+    outgoing(&ext, &seq, &abs)
+        .write(&mut out, &h, &publisher)
+        .expect("write");
     // Parsed with a map that knows IDs 5 and 6 as well: they are gone.
     let wide = ids(&[
         (2, AbsSendTime),
@@ -471,6 +473,7 @@ fn forwarding_path_does_not_allocate() {
     ]);
     let mut one_byte = Vec::with_capacity(1500);
     let mut two_byte = Vec::with_capacity(1500);
+    let mut by_kind = Vec::with_capacity(1500);
     let before = crate::sfu::alloc_count::allocations();
     let h = RtpHeader::parse(&p).expect("valid");
     let ext = parse_extensions(&h, &publisher).expect("valid");
@@ -480,13 +483,21 @@ fn forwarding_path_does_not_allocate() {
     let rid = ext.passthrough(RtpStreamId).unwrap_or_default();
     let short = [(1, mid), (2, &seq[..]), (3, &abs[..])];
     write_rewritten(&mut one_byte, &h, &short).expect("write");
-    let with_rid = [(1, mid), (2, &seq[..]), (3, &abs[..]), (40, rid)];
+    // Kind order (ExtensionKind::ALL), as OutgoingExtensions writes them.
+    let with_rid = [(1, mid), (40, rid), (2, &seq[..]), (3, &abs[..])];
     write_rewritten(&mut two_byte, &h, &with_rid).expect("write");
+    let mut ext_out = OutgoingExtensions::default();
+    ext_out.set(Mid, mid);
+    ext_out.set(RtpStreamId, rid);
+    ext_out.set(TransportWideCc, &seq);
+    ext_out.set(AbsSendTime, &abs);
+    ext_out.write(&mut by_kind, &h, &subscriber).expect("write");
     let allocated = crate::sfu::alloc_count::allocations() - before;
     assert_eq!(allocated, 0);
     let back = parse(&two_byte, &subscriber).expect("valid");
     assert_eq!(back.rid, Some(&b"hi"[..]));
     assert_eq!(back.transport_seq, Some(9));
+    assert_eq!(by_kind, two_byte, "same elements, same order");
     assert_eq!(
         parse(&one_byte, &subscriber).expect("valid").mid,
         Some(&b"0"[..])
