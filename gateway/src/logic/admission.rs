@@ -95,7 +95,11 @@ pub fn plan(negotiated: sdp::Negotiated, role: Role, participant: &str) -> Media
                 (Role::Publisher, sdp::Direction::RecvOnly) => tracks.push(PublishedTrack {
                     kind,
                     // Simulcast layers announce no SSRCs; they are bound by RID.
-                    ssrc: m.rids.is_empty().then(|| m.ssrcs.first().copied()).flatten(),
+                    ssrc: m
+                        .rids
+                        .is_empty()
+                        .then(|| m.ssrcs.first().copied())
+                        .flatten(),
                     codec: codec.clone(),
                     mid: m.mid.clone(),
                     rids: m.rids.clone(),

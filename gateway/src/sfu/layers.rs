@@ -161,7 +161,6 @@ pub fn next_layer_up(infos: &[LayerInfo], current: usize) -> Option<usize> {
     ranked[..n].get(at + 1).copied()
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,41 +191,89 @@ mod tests {
     #[test]
     fn pinned_requests_ignore_the_estimate() {
         let l = layers(&THREE);
-        assert_eq!(choose_layer(LayerRequest::Low, &l, Some(10_000_000), None, true), Some(0));
-        assert_eq!(choose_layer(LayerRequest::Mid, &l, Some(1), None, true), Some(1));
-        assert_eq!(choose_layer(LayerRequest::High, &l, Some(1), None, true), Some(2));
+        assert_eq!(
+            choose_layer(LayerRequest::Low, &l, Some(10_000_000), None, true),
+            Some(0)
+        );
+        assert_eq!(
+            choose_layer(LayerRequest::Mid, &l, Some(1), None, true),
+            Some(1)
+        );
+        assert_eq!(
+            choose_layer(LayerRequest::High, &l, Some(1), None, true),
+            Some(2)
+        );
         // Top layer stopped: high means the best one left.
         let l = layers(&[(true, 150_000), (true, 500_000), (false, 0)]);
-        assert_eq!(choose_layer(LayerRequest::High, &l, None, None, true), Some(1));
-        assert_eq!(choose_layer(LayerRequest::Mid, &l, None, None, true), Some(0));
+        assert_eq!(
+            choose_layer(LayerRequest::High, &l, None, None, true),
+            Some(1)
+        );
+        assert_eq!(
+            choose_layer(LayerRequest::Mid, &l, None, None, true),
+            Some(0)
+        );
     }
 
     #[test]
     fn auto_follows_the_estimate_with_headroom() {
         let l = layers(&THREE);
-        assert_eq!(choose_layer(LayerRequest::Auto, &l, Some(250_000), None, true), Some(0));
-        assert_eq!(choose_layer(LayerRequest::Auto, &l, Some(700_000), None, true), Some(1));
-        assert_eq!(choose_layer(LayerRequest::Auto, &l, Some(1_900_000), None, true), Some(2));
+        assert_eq!(
+            choose_layer(LayerRequest::Auto, &l, Some(250_000), None, true),
+            Some(0)
+        );
+        assert_eq!(
+            choose_layer(LayerRequest::Auto, &l, Some(700_000), None, true),
+            Some(1)
+        );
+        assert_eq!(
+            choose_layer(LayerRequest::Auto, &l, Some(1_900_000), None, true),
+            Some(2)
+        );
         // Below even the lowest layer: still the lowest, never nothing.
-        assert_eq!(choose_layer(LayerRequest::Auto, &l, Some(10_000), None, true), Some(0));
+        assert_eq!(
+            choose_layer(LayerRequest::Auto, &l, Some(10_000), None, true),
+            Some(0)
+        );
         // No feedback at all: the top layer, as without simulcast.
-        assert_eq!(choose_layer(LayerRequest::Auto, &l, None, None, true), Some(2));
+        assert_eq!(
+            choose_layer(LayerRequest::Auto, &l, None, None, true),
+            Some(2)
+        );
     }
 
     #[test]
     fn hysteresis_between_upgrade_and_downgrade() {
         let l = layers(&THREE);
         // On mid at 550 kbit/s: enough to stay, not enough to come back up to it.
-        assert_eq!(choose_layer(LayerRequest::Auto, &l, Some(550_000), Some(1), true), Some(1));
-        assert_eq!(choose_layer(LayerRequest::Auto, &l, Some(550_000), Some(0), true), Some(0));
+        assert_eq!(
+            choose_layer(LayerRequest::Auto, &l, Some(550_000), Some(1), true),
+            Some(1)
+        );
+        assert_eq!(
+            choose_layer(LayerRequest::Auto, &l, Some(550_000), Some(0), true),
+            Some(0)
+        );
         // Under mid's own rate: down.
-        assert_eq!(choose_layer(LayerRequest::Auto, &l, Some(450_000), Some(1), true), Some(0));
+        assert_eq!(
+            choose_layer(LayerRequest::Auto, &l, Some(450_000), Some(1), true),
+            Some(0)
+        );
         // An upgrade waits for the caller's hold time.
-        assert_eq!(choose_layer(LayerRequest::Auto, &l, Some(2_000_000), Some(0), false), Some(0));
-        assert_eq!(choose_layer(LayerRequest::Auto, &l, Some(2_000_000), Some(0), true), Some(2));
+        assert_eq!(
+            choose_layer(LayerRequest::Auto, &l, Some(2_000_000), Some(0), false),
+            Some(0)
+        );
+        assert_eq!(
+            choose_layer(LayerRequest::Auto, &l, Some(2_000_000), Some(0), true),
+            Some(2)
+        );
         // A current layer that stopped is replaced.
         let l = layers(&[(true, 150_000), (true, 500_000), (false, 0)]);
-        assert_eq!(choose_layer(LayerRequest::Auto, &l, Some(2_000_000), Some(2), false), Some(1));
+        assert_eq!(
+            choose_layer(LayerRequest::Auto, &l, Some(2_000_000), Some(2), false),
+            Some(1)
+        );
     }
 
     #[test]
@@ -237,7 +284,12 @@ mod tests {
         assert_eq!(rank_name(0, 2), "low");
         assert_eq!(rank_name(1, 2), "high");
         assert_eq!(rank_name(0, 1), "high");
-        for r in [LayerRequest::Auto, LayerRequest::Low, LayerRequest::Mid, LayerRequest::High] {
+        for r in [
+            LayerRequest::Auto,
+            LayerRequest::Low,
+            LayerRequest::Mid,
+            LayerRequest::High,
+        ] {
             assert_eq!(LayerRequest::parse(r.as_str()), Some(r));
         }
         assert_eq!(LayerRequest::parse("ultra"), None);

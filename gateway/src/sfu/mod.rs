@@ -38,7 +38,7 @@ pub mod transport_feedback;
 pub mod twcc;
 
 pub use forward::{
-    EstimateSamples, ForwardConfig, ForwardError, ForwardStats, MemberId, Output,
-    PublishedTrack, RoomCore, SlotView, SubscribedSlot, ESTIMATE_BUCKETS_BPS,
+    EstimateSamples, ForwardConfig, ForwardError, ForwardStats, MemberId, Output, PublishedTrack,
+    RoomCore, SlotView, SubscribedSlot, ESTIMATE_BUCKETS_BPS,
 };
 pub use layers::LayerRequest;

@@ -89,8 +89,7 @@ fn subscribe(core: &mut RoomCore, with_twcc: bool, now: Instant) {
         now,
     );
     if with_twcc {
-        let sub_ids =
-            ExtensionIds::new(&[(5, ExtensionKind::TransportWideCc)]).expect("one id");
+        let sub_ids = ExtensionIds::new(&[(5, ExtensionKind::TransportWideCc)]).expect("one id");
         core.set_extensions(S, sub_ids, now);
     }
     core.set_ready(S, now);
@@ -197,7 +196,10 @@ fn forwarded_to_s(outs: &[Output]) -> Vec<Forwarded> {
             }
             let d = Vp8Descriptor::parse(payload).expect("descriptor kept");
             let size = payload.len() - d.payload_offset() - 1;
-            let layer = LAYER_BYTES.iter().position(|&b| b == size).expect("known size");
+            let layer = LAYER_BYTES
+                .iter()
+                .position(|&b| b == size)
+                .expect("known size");
             Some(Forwarded {
                 seq: h.sequence_number(),
                 ts: h.timestamp(),
@@ -230,7 +232,10 @@ fn plis_for(outs: &[Output]) -> Vec<u32> {
 fn assert_continuous(seen: &[Forwarded]) {
     for w in seen.windows(2) {
         assert_eq!(w[1].seq, w[0].seq.wrapping_add(1), "seq gap: {w:?}");
-        assert!(w[1].ts.wrapping_sub(w[0].ts) < 1 << 31, "ts went back: {w:?}");
+        assert!(
+            w[1].ts.wrapping_sub(w[0].ts) < 1 << 31,
+            "ts went back: {w:?}"
+        );
         assert!(w[1].ts != w[0].ts, "one packet per frame here: {w:?}");
         assert_eq!(
             w[1].picture_id,
@@ -254,7 +259,10 @@ fn layers_switch_only_at_keyframes_and_the_stream_stays_continuous() {
     // had a measured rate; its keyframe was requested and nothing flowed before it.
     let plis = plis_for(&out);
     assert!(plis.contains(&LAYER_SSRC[2]), "{plis:x?}");
-    assert!(forwarded_to_s(&out).is_empty(), "no keyframe of the target yet");
+    assert!(
+        forwarded_to_s(&out).is_empty(),
+        "no keyframe of the target yet"
+    );
 
     out.clear();
     let now = send_frames(
@@ -324,7 +332,14 @@ fn a_stopped_layer_hands_over_to_the_next_one_down() {
     subscribe(&mut core, false, t0);
     let mut tx = Sender::new();
     let mut out = Vec::new();
-    let now = send_frames(&mut core, &mut tx, (0, t0), 30, |l, f| f == 0 || (l == 2 && f == 20), &mut out);
+    let now = send_frames(
+        &mut core,
+        &mut tx,
+        (0, t0),
+        30,
+        |l, f| f == 0 || (l == 2 && f == 20),
+        &mut out,
+    );
     assert!(forwarded_to_s(&out).iter().all(|f| f.layer == 2));
     // The publisher's uplink shrinks: it stops its top layer. After the idle time the
     // mid layer is the best one left, and it takes over at its keyframe.
@@ -358,7 +373,9 @@ fn transport_feedback_goes_to_the_publisher() {
     send_frames(&mut core, &mut tx, (0, t0), 30, |_, f| f == 0, &mut out);
     let mut reported = 0;
     for o in &out {
-        let Output::Rtcp { to: P, packet } = o else { continue };
+        let Output::Rtcp { to: P, packet } = o else {
+            continue;
+        };
         for r in rtcp::parse_compound(packet).flatten() {
             if let RtcpPacket::TransportFeedback(fb) = r {
                 assert_eq!(fb.sender_ssrc(), SENDER);
@@ -370,7 +387,7 @@ fn transport_feedback_goes_to_the_publisher() {
         }
     }
     // Every packet up to the last feedback is reported received, none twice.
-    assert!(reported >= 80 && reported <= 90, "{reported} of 90 packets");
+    assert!((80..=90).contains(&reported), "{reported} of 90 packets");
     assert!(core.take_stats().twcc_feedback_sent >= 10);
 }
 
@@ -381,7 +398,14 @@ fn subscriber_feedback_drives_its_layer_down() {
     subscribe(&mut core, true, t0);
     let mut tx = Sender::new();
     let mut out = Vec::new();
-    let mut now = send_frames(&mut core, &mut tx, (0, t0), 30, |_, f| f == 0 || f % 30 == 29, &mut out);
+    let mut now = send_frames(
+        &mut core,
+        &mut tx,
+        (0, t0),
+        30,
+        |_, f| f == 0 || f % 30 == 29,
+        &mut out,
+    );
     // A subscriber with feedback starts from the initial estimate, which carries the
     // mid layer but not the high one.
     let seen = forwarded_to_s(&out);
@@ -393,18 +417,34 @@ fn subscriber_feedback_drives_its_layer_down() {
     let mut frame = 30;
     for _ in 0..8 {
         out.clear();
-        now = send_frames(&mut core, &mut tx, (frame, now), 30, |_, f| f % 30 == 29, &mut out);
+        now = send_frames(
+            &mut core,
+            &mut tx,
+            (frame, now),
+            30,
+            |_, f| f % 30 == 29,
+            &mut out,
+        );
         frame += 30;
-        let to_s = out.iter().filter(|o| matches!(o, Output::Rtp { to: S, .. })).count();
+        let to_s = out
+            .iter()
+            .filter(|o| matches!(o, Output::Rtp { to: S, .. }))
+            .count();
         let batch_start = now - Duration::from_millis(33 * 30);
-        for (i, o) in out.iter().filter(|o| matches!(o, Output::Rtp { to: S, .. })).enumerate() {
-            let Output::Rtp { packet, .. } = o else { continue };
+        for (i, o) in out
+            .iter()
+            .filter(|o| matches!(o, Output::Rtp { to: S, .. }))
+            .enumerate()
+        {
+            let Output::Rtp { packet, .. } = o else {
+                continue;
+            };
             let h = RtpHeader::parse(packet).expect("rtp");
             let sub_ids = ExtensionIds::new(&[(5, ExtensionKind::TransportWideCc)]).expect("id");
             let ext = parse_extensions(&h, &sub_ids).expect("ext");
             let seq = ext.transport_seq.expect("every packet to S is stamped");
             // One packet in five arrives.
-            if seq % 5 == 0 {
+            if seq.is_multiple_of(5) {
                 let arrival = batch_start + Duration::from_millis(990) * i as u32 / to_s as u32;
                 rx.on_packet(OUT, seq, arrival);
             }
@@ -433,7 +473,11 @@ fn unknown_rids_and_bad_extension_blocks_are_dropped_and_counted() {
     let mut tx = Sender::new();
     // A RID the offer never announced.
     let mut pkt = tx.packet(0, 0, true, true);
-    let rid_at = pkt.iter().position(|&b| b == ID_RID << 4).expect("rid element") + 1;
+    let rid_at = pkt
+        .iter()
+        .position(|&b| b == ID_RID << 4)
+        .expect("rid element")
+        + 1;
     pkt[rid_at] = b'z';
     pkt[8..12].copy_from_slice(&0x999u32.to_be_bytes());
     core.handle_rtp(P, &pkt, t0).expect("dropped by policy");
@@ -447,7 +491,10 @@ fn unknown_rids_and_bad_extension_blocks_are_dropped_and_counted() {
     // An element ID out of the negotiated range still parses as unknown and is
     // stripped; a duplicate RID is refused.
     let mut dup = tx.packet(2, 0, true, true);
-    let mid_at = dup.iter().position(|&b| b == ID_MID << 4).expect("mid element");
+    let mid_at = dup
+        .iter()
+        .position(|&b| b == ID_MID << 4)
+        .expect("mid element");
     dup[mid_at] = ID_RID << 4;
     assert!(matches!(
         core.handle_rtp(P, &dup, t0),
@@ -459,6 +506,13 @@ fn unknown_rids_and_bad_extension_blocks_are_dropped_and_counted() {
     assert_eq!(stats.rtp_forwarded, 0);
     // The session is unharmed: valid packets of every layer still bind and flow.
     let mut out = Vec::new();
-    send_frames(&mut core, &mut tx, (1, t0), 40, |l, f| l == 2 && f == 30, &mut out);
+    send_frames(
+        &mut core,
+        &mut tx,
+        (1, t0),
+        40,
+        |l, f| l == 2 && f == 30,
+        &mut out,
+    );
     assert!(!forwarded_to_s(&out).is_empty());
 }

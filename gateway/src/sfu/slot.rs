@@ -171,8 +171,14 @@ mod tests {
 
     #[test]
     fn timestamp_step_is_at_least_one_frame() {
-        assert_eq!(timestamp_step(MediaKind::Video, 90_000, Duration::ZERO), 3000);
-        assert_eq!(timestamp_step(MediaKind::Audio, 48_000, Duration::ZERO), 960);
+        assert_eq!(
+            timestamp_step(MediaKind::Video, 90_000, Duration::ZERO),
+            3000
+        );
+        assert_eq!(
+            timestamp_step(MediaKind::Audio, 48_000, Duration::ZERO),
+            960
+        );
         assert_eq!(
             timestamp_step(MediaKind::Video, 90_000, Duration::from_secs(2)),
             180_000

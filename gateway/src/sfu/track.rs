@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 use crate::sdp::{Codec, MediaKind};
 
 use super::codec::CodecKind;
+use super::forward::ForwardStats;
 use super::layers::LayerInfo;
 use super::receive::ReceiveStats;
-use super::rtx::{RtxBuffer, AUDIO_ENTRY_RESERVE, VIDEO_ENTRY_RESERVE};
-use super::forward::ForwardStats;
 use super::rtp_ext::Extensions;
+use super::rtx::{RtxBuffer, AUDIO_ENTRY_RESERVE, VIDEO_ENTRY_RESERVE};
 use super::MemberId;
 
 /// Most simulcast layers accepted per track (Chrome, Firefox and OBS send three).
@@ -80,7 +80,8 @@ impl Layer {
         self.window_bytes += len as u64;
         let elapsed = now.saturating_duration_since(start);
         if elapsed >= BITRATE_WINDOW {
-            self.bitrate_bps = self.window_bytes * 8 * 1_000_000 / elapsed.as_micros().max(1) as u64;
+            self.bitrate_bps =
+                self.window_bytes * 8 * 1_000_000 / elapsed.as_micros().max(1) as u64;
             self.window_start = Some(now);
             self.window_bytes = 0;
         }
@@ -148,7 +149,9 @@ impl Track {
     }
 
     pub fn layer_by_rid(&self, rid: &[u8]) -> Option<usize> {
-        self.layers.iter().position(|l| l.rid.as_deref() == Some(rid))
+        self.layers
+            .iter()
+            .position(|l| l.rid.as_deref() == Some(rid))
     }
 
     /// Layer states for [`super::layers::choose_layer`], in layer order.
@@ -190,9 +193,8 @@ pub(super) fn locate(
         tracks[i].layers[l].ssrc = Some(ssrc);
         return Some((i, l));
     }
-    let learnable = |t: &Track| {
-        !t.is_simulcast() && t.layers[0].ssrc.is_none() && t.codec.payload_type == pt
-    };
+    let learnable =
+        |t: &Track| !t.is_simulcast() && t.layers[0].ssrc.is_none() && t.codec.payload_type == pt;
     let index = tracks
         .iter()
         .position(|t| learnable(t) && mid_matches(t))
@@ -208,7 +210,6 @@ pub(super) fn locate(
         }
     }
 }
-
 
 fn fir_only(codec: &Codec) -> bool {
     let has = |fb: &str| {
@@ -259,7 +260,10 @@ mod tests {
         }
         let info = t.layers[2].info(t0 + Duration::from_millis(600));
         assert!(info.active);
-        assert!((950_000..=1_050_000).contains(&info.bitrate_bps), "{info:?}");
+        assert!(
+            (950_000..=1_050_000).contains(&info.bitrate_bps),
+            "{info:?}"
+        );
         assert!(!t.layers[2].info(t0 + Duration::from_secs(5)).active);
         assert!(!t.layers[0].info(t0).active, "never sent");
         let plain = Track::new(MediaKind::Video, vp8(), "0", Some(7), &[], 8);

@@ -14,7 +14,6 @@ mod timers;
 
 pub use stats::{EstimateSamples, ForwardStats, SlotView, ESTIMATE_BUCKETS_BPS};
 
-use rewrite::{continue_picture_ids, forwarded, rewrite_picture_ids, set_stream, stamp};
 use super::codec::{self, CodecKind};
 use super::congestion::SubscriberCc;
 use super::layers::{choose_layer, rank_layers, rank_name, LayerInfo, LayerRequest};
@@ -26,6 +25,7 @@ use super::sink::Sink;
 use super::slot::{Binding, Slot};
 use super::track::{locate, SlotRef, Track, TrackKey, MAX_LAYERS};
 use super::twcc::TwccRecorder;
+use rewrite::{continue_picture_ids, forwarded, rewrite_picture_ids, set_stream, stamp};
 
 /// Identifies a session inside a room; assigned by the logic thread.
 pub type MemberId = u32;
@@ -414,7 +414,10 @@ impl RoomCore {
             // A plain track is forwarded from its first packet, as it always was; a
             // simulcast slot waits for a keyframe of the layer chosen for it.
             let (layer, target) = if track.is_simulcast() {
-                (None, target_layer(track, sub.request, estimate, None, true, now))
+                (
+                    None,
+                    target_layer(track, sub.request, estimate, None, true, now),
+                )
             } else {
                 (Some(0), Some(0))
             };
@@ -652,7 +655,13 @@ impl RoomCore {
                 self.stats.rtp_dropped_before_bind += 1;
                 continue;
             }
-            set_stream(&mut out, slot.out_ssrc, slot.codec.payload_type, out_seq, out_ts);
+            set_stream(
+                &mut out,
+                slot.out_ssrc,
+                slot.codec.payload_type,
+                out_seq,
+                out_ts,
+            );
             slot.note_sent(out_seq, out_ts, now);
             slot.frame_done = header.marker();
             self.out.push_back(Output::Rtp {
@@ -937,9 +946,16 @@ impl RoomCore {
             .iter()
             .find(|s| s.out_ssrc == out_ssrc)?;
         let b = slot.binding?;
-        let track = self.publishers.get(&b.track.publisher)?.tracks.get(b.track.index)?;
+        let track = self
+            .publishers
+            .get(&b.track.publisher)?
+            .tracks
+            .get(b.track.index)?;
         let layer = b.layer.or(slot.target).unwrap_or(0);
-        Some((b.track.publisher, track.layers.get(layer).and_then(|l| l.ssrc)))
+        Some((
+            b.track.publisher,
+            track.layers.get(layer).and_then(|l| l.ssrc),
+        ))
     }
 
     /// What each video slot of a subscriber receives.
@@ -953,7 +969,10 @@ impl RoomCore {
             .filter(|s| s.kind == MediaKind::Video)
             .map(|s| {
                 let track = s.binding.and_then(|b| {
-                    self.publishers.get(&b.track.publisher)?.tracks.get(b.track.index)
+                    self.publishers
+                        .get(&b.track.publisher)?
+                        .tracks
+                        .get(b.track.index)
                 });
                 let layer = match (s.binding.and_then(|b| b.layer), track) {
                     (Some(l), Some(t)) if t.is_simulcast() => {

@@ -225,8 +225,7 @@ impl RoomCore {
                 sink.stats.switch_keyframe_requests += 1;
             }
             // Probe towards the next layer up when the estimate does not reach it.
-            let (Some(cc), Some(cur), LayerRequest::Auto) =
-                (sub.cc.as_mut(), current, sub.request)
+            let (Some(cc), Some(cur), LayerRequest::Auto) = (sub.cc.as_mut(), current, sub.request)
             else {
                 continue;
             };
