@@ -13,6 +13,8 @@ use crate::sfu::rtcp;
 use crate::sfu::sink::Sink;
 use crate::sfu::track::{Track, MAX_LAYERS};
 
+/// How far above the next layer's upgrade threshold a probe aims.
+const PROBE_MARGIN: f64 = 1.2;
 /// The room's periodic tick for transport-wide feedback and probe padding, while any
 /// member negotiated transport-wide-cc (feedback is due every 50 ms while packets flow).
 const FAST_TICK: Duration = Duration::from_millis(20);
@@ -233,7 +235,10 @@ impl RoomCore {
                 continue;
             }
             if let Some(next) = next_layer_up(infos, cur) {
-                let want = (infos[next].bitrate_bps as f64 * UPGRADE_HEADROOM) as u64;
+                // Above the upgrade threshold: a probe delivers a little less than its
+                // target, and what it proves must still clear the headroom.
+                let want =
+                    (infos[next].bitrate_bps as f64 * UPGRADE_HEADROOM * PROBE_MARGIN) as u64;
                 cc.maybe_start_probe(want, infos[cur].bitrate_bps, now);
             }
         }
