@@ -8,7 +8,7 @@ use std::{
     collections::HashMap,
     fs::File,
     io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -64,7 +64,13 @@ pub struct ReportServer {
 
 impl ReportServer {
     pub fn start(page: Option<String>) -> ReportServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind report server");
+        Self::start_on(IpAddr::V4(Ipv4Addr::LOCALHOST), page)
+    }
+
+    /// Listen on `ip` (a free port), in the network namespace of the calling thread: browsers
+    /// in other namespaces reach it through their links.
+    pub fn start_on(ip: IpAddr, page: Option<String>) -> ReportServer {
+        let listener = TcpListener::bind((ip, 0)).expect("bind report server");
         let addr = listener.local_addr().expect("report server addr");
         let reports: Reports = Arc::default();
         let commands: Commands = Arc::default();
@@ -234,6 +240,16 @@ fn serve(
 
 static BROWSER_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// How to start a browser beyond the defaults of [`Browser::launch`].
+#[derive(Clone, Debug, Default)]
+pub struct LaunchOptions {
+    /// Run Chromium inside this network namespace (`ip netns exec`, which execs in place,
+    /// so the process group and the death signal still belong to Chromium).
+    pub netns: Option<String>,
+    /// Extra command-line switches, after the defaults.
+    pub args: Vec<String>,
+}
+
 /// One headless Chromium (its own user-data-dir, so its own browser process tree),
 /// killed with its process group on drop.
 pub struct Browser {
@@ -245,6 +261,10 @@ pub struct Browser {
 
 impl Browser {
     pub fn launch(name: &str, url: &str) -> Browser {
+        Self::launch_with(name, url, &LaunchOptions::default())
+    }
+
+    pub fn launch_with(name: &str, url: &str, options: &LaunchOptions) -> Browser {
         let seq = BROWSER_SEQ.fetch_add(1, Ordering::SeqCst);
         let dir = std::env::temp_dir().join(format!(
             "roomgate-browser-{}-{seq}-{name}",
@@ -256,7 +276,14 @@ impl Browser {
         let log = dir.join("chromium.log");
         let out = File::create(&log).expect("create browser log");
         let err = out.try_clone().expect("dup browser log");
-        let mut cmd = Command::new(CHROMIUM);
+        let mut cmd = match &options.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, CHROMIUM]);
+                c
+            }
+            None => Command::new(CHROMIUM),
+        };
         // SAFETY: prctl(2) is async-signal-safe; it only sets this child's death signal,
         // so a test process killed outright (timeout, ^C) does not leave browsers behind.
         // (It fires when the launching thread exits; tests launch and drop browsers on
@@ -289,13 +316,21 @@ impl Browser {
                 "--use-fake-device-for-media-stream",
                 "--use-fake-ui-for-media-stream",
                 "--autoplay-policy=no-user-gesture-required",
-                // The gateway advertises 127.0.0.1; loopback candidates are off by default.
-                "--allow-loopback-in-peer-connection",
                 // Page console messages into the log, for failure messages.
                 "--enable-logging=stderr",
                 "--v=0",
                 "--window-size=800,600",
             ])
+            // On the host the gateway advertises 127.0.0.1, and loopback candidates are off
+            // by default. In a namespace it is reached through a link, and a loopback
+            // candidate would only fill the log with failed checks.
+            .args(
+                options
+                    .netns
+                    .is_none()
+                    .then_some("--allow-loopback-in-peer-connection"),
+            )
+            .args(&options.args)
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg(url)
             .stdin(Stdio::null())
