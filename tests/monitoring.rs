@@ -579,7 +579,13 @@ fn dashboard_has_the_variables_and_rows_operators_need() {
         .collect();
     assert_eq!(
         rows,
-        ["Steering overview", "Per-thread load", "Media", "Errors"]
+        [
+            "Steering overview",
+            "Per-thread load",
+            "Media",
+            "Errors",
+            "Simulcast and congestion control"
+        ]
     );
     for p in dash["panels"]
         .as_array()
