@@ -115,7 +115,8 @@ impl Sender {
         let seq = self.seq[layer];
         self.seq[layer] = seq.wrapping_add(1);
         self.twcc = self.twcc.wrapping_add(1);
-        let mut p = vec![0x90, 96];
+        // One packet per frame, so each carries the marker bit.
+        let mut p = vec![0x90, 0x80 | 96];
         p.extend_from_slice(&seq.to_be_bytes());
         // Each layer has its own timestamp base, as Chrome's do.
         let ts = (layer as u32 * 1_000_000).wrapping_add(frame * 3000);
@@ -515,4 +516,132 @@ fn unknown_rids_and_bad_extension_blocks_are_dropped_and_counted() {
         &mut out,
     );
     assert!(!forwarded_to_s(&out).is_empty());
+}
+
+#[test]
+fn probe_padding_rides_the_viewers_sequence_space() {
+    let t0 = Instant::now();
+    let mut core = room(t0);
+    subscribe(&mut core, true, t0);
+    let mut tx = Sender::new();
+    let mut out = Vec::new();
+    // No feedback: the estimate stays at its start, enough for mid, not for high, so the
+    // viewer is probed for the high layer once the first wait (3 s) is over.
+    send_frames(
+        &mut core,
+        &mut tx,
+        (0, t0),
+        150,
+        |_, f| f == 0 || f == 20,
+        &mut out,
+    );
+    let to_s: Vec<RtpHeader<'_>> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Rtp { to: S, packet } => Some(RtpHeader::parse(packet).expect("rtp")),
+            _ => None,
+        })
+        .collect();
+    let padding: Vec<&RtpHeader<'_>> = to_s.iter().filter(|h| h.payload().is_empty()).collect();
+    assert!(padding.len() >= 10, "{} padding packets", padding.len());
+    assert!(padding.iter().all(|h| h.has_padding() && h.ssrc() == OUT));
+    let sub_ids = ExtensionIds::new(&[(5, ExtensionKind::TransportWideCc)]).expect("id");
+    let mut transport = Vec::new();
+    for w in to_s.windows(2) {
+        assert_eq!(
+            w[1].sequence_number(),
+            w[0].sequence_number().wrapping_add(1),
+            "media and padding share one gap-free sequence"
+        );
+    }
+    for h in &to_s {
+        let ext = parse_extensions(h, &sub_ids).expect("ext");
+        transport.push(ext.transport_seq.expect("stamped"));
+    }
+    for w in transport.windows(2) {
+        assert_eq!(
+            w[1],
+            w[0].wrapping_add(1),
+            "transport-wide seqs are consecutive"
+        );
+    }
+    assert_eq!(core.take_stats().probe_packets, padding.len() as u64);
+    // A NACK for media sent before the padding cannot be mapped any more: a miss, never
+    // the wrong packet under that seq.
+    let first_pad = to_s
+        .iter()
+        .position(|h| h.payload().is_empty())
+        .expect("padding");
+    let before = to_s[first_pad - 1].sequence_number();
+    let now = t0 + Duration::from_secs(6);
+    let nack = rtcp::write_nack(0x5, OUT, &[before]).expect("one seq");
+    core.handle_rtcp(S, &nack, now).expect("valid nack");
+    assert!(std::iter::from_fn(|| core.poll_output()).all(|o| !matches!(o, Output::Rtp { .. })));
+    let stats = core.take_stats();
+    assert_eq!((stats.nack_misses, stats.retransmissions), (1, 0));
+}
+
+#[test]
+fn a_warm_simulcast_room_with_feedback_forwards_without_allocating() {
+    let t0 = Instant::now();
+    let mut core = room(t0);
+    subscribe(&mut core, true, t0);
+    let mut tx = Sender::new();
+    let mut rx = TwccRecorder::new();
+    let sub_ids = ExtensionIds::new(&[(5, ExtensionKind::TransportWideCc)]).expect("id");
+    let mut fb = Vec::with_capacity(1500);
+    // Packets are built before the counted part; outputs are recycled as the logic
+    // thread does once they are sent.
+    let mut run = |core: &mut RoomCore, from: u32, frames: u32, start: Instant, count: bool| {
+        let packets: Vec<Vec<u8>> = (from..from + frames)
+            .flat_map(|f| (0..3).map(move |l| (l, f)))
+            .map(|(l, f)| tx.packet(l, f, f % 60 == 0, f < 3))
+            .collect();
+        let before = super::alloc_count::allocations();
+        let mut now = start;
+        for (i, p) in packets.iter().enumerate() {
+            core.handle_rtp(P, p, now).expect("valid");
+            if i % 3 == 2 {
+                now += Duration::from_millis(33);
+            }
+            if core.poll_timeout().is_some_and(|t| t <= now) {
+                core.handle_timeout(now);
+            }
+            while let Some(o) = core.poll_output() {
+                if let Output::Rtp { to: S, packet } = &o {
+                    if let Ok(h) = RtpHeader::parse(packet) {
+                        if let Some(seq) = parse_extensions(&h, &sub_ids)
+                            .ok()
+                            .and_then(|e| e.transport_seq)
+                        {
+                            rx.on_packet(OUT, seq, now);
+                        }
+                    }
+                }
+                let buf = match o {
+                    Output::Rtp { packet, .. } | Output::Rtcp { packet, .. } => packet,
+                };
+                core.recycle(buf);
+            }
+            fb.clear();
+            if rx.poll_feedback(now, 0x5, &mut fb) {
+                core.handle_rtcp(S, &fb, now).expect("feedback");
+            }
+        }
+        let allocated = super::alloc_count::allocations() - before;
+        if count {
+            allocated
+        } else {
+            0
+        }
+    };
+    // Warm up for 20 s (pools, every retransmission-buffer entry of each layer, layer
+    // switches, probes), then count 5 s.
+    run(&mut core, 0, 600, t0, false);
+    let allocated = run(&mut core, 600, 150, t0 + Duration::from_secs(20), true);
+    assert_eq!(
+        allocated, 0,
+        "allocations while forwarding a warm simulcast room"
+    );
+    assert!(core.take_stats().twcc_feedback_received > 0);
 }

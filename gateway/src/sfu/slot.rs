@@ -23,6 +23,10 @@ pub(super) struct Offsets {
     pub first_in_seq: u16,
     /// Retransmission-buffer index of that packet; NACKs never reach further back.
     pub first_index: u64,
+    /// First output seq under the current `seq` offset, after probe padding moved it:
+    /// older output seqs were sent under another offset, so a NACK for one of them
+    /// cannot be mapped back to its source packet.
+    pub seq_valid_from: Option<u16>,
 }
 
 impl Offsets {
@@ -117,6 +121,7 @@ impl Slot {
             ts: ts_off,
             first_in_seq: seq,
             first_index: index,
+            seq_valid_from: None,
         };
         binding.offsets = Some(off);
         Some(off)
@@ -143,11 +148,12 @@ impl Slot {
     }
 
     /// A padding packet went out with `seq`: media after it moves up one seq, so the
-    /// subscriber sees no gap. NACKs for packets sent before the padding then map to
-    /// other source seqs and miss; probes are short and rare, so that costs little.
+    /// subscriber sees no gap. NACKs for packets sent before the padding can no longer
+    /// be mapped and count as misses; probes are short and rare, so that costs little.
     pub fn padded(&mut self, seq: u16, now: Instant) {
         if let Some(off) = self.binding.as_mut().and_then(|b| b.offsets.as_mut()) {
             off.seq = off.seq.wrapping_add(1);
+            off.seq_valid_from = Some(seq.wrapping_add(1));
         }
         let ts = self.last_out.map_or(0, |l| l.ts);
         self.last_out = Some(LastOut { seq, ts, at: now });

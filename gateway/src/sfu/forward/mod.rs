@@ -19,7 +19,7 @@ use super::congestion::SubscriberCc;
 use super::layers::{choose_layer, rank_layers, rank_name, LayerInfo, LayerRequest};
 use super::pool::BufferPool;
 use super::rtcp::{self, Nack, ReportBlock, RtcpError, RtcpPacket, SenderReport};
-use super::rtp::{RtpError, RtpHeader};
+use super::rtp::{seq_newer, RtpError, RtpHeader};
 use super::rtp_ext::{self, ExtensionError, ExtensionIds, Extensions};
 use super::sink::Sink;
 use super::slot::{Binding, Slot};
@@ -799,6 +799,13 @@ impl RoomCore {
         };
         let abs_send_time = self.epoch.map(|e| rtp_ext::encode_abs_send_time(now - e));
         for out_seq in nack.lost_seqs() {
+            if off
+                .seq_valid_from
+                .is_some_and(|from| seq_newer(from, out_seq))
+            {
+                self.stats.nack_misses += 1;
+                continue;
+            }
             let seq = out_seq.wrapping_sub(off.seq);
             // Only packets this binding forwarded: earlier ones belong to a different
             // stream position (or were never sent to this subscriber).
