@@ -585,28 +585,37 @@ fn weak_viewer_gets_low_layer(steering: &str) {
 
     let ladder = s.ladder(both_decode + START);
     eprintln!("A sends {ladder:?}");
+    let (b_sub, c_sub) = (s.subscriber_id("B", &a), s.subscriber_id("C", &a));
+    // Converged means the decoder shows the layer and the gateway means to keep it there: a
+    // decoder still on the low layer while the gateway waits for a keyframe of another one
+    // has not converged.
     let deadline = both_decode + CONVERGE;
     s.wait_until(
         &format!(
-            "B (downlink {WEAK_KBIT} kbit/s) decodes the low layer {:?} within {CONVERGE:?}",
+            "B (downlink {WEAK_KBIT} kbit/s) decodes the low layer {:?} and the gateway lists it on \"low\" within {CONVERGE:?}",
             ladder.low
         ),
         deadline,
-        |s| (s.resolution("B", &a)? == ladder.low).then_some(()),
+        |s| {
+            (s.resolution("B", &a)? == ladder.low && s.gateway_layer(&b_sub)?.0 == "low")
+                .then_some(())
+        },
     );
     s.wait_until(
         &format!(
-            "C (unshaped) decodes the high layer {:?} within {CONVERGE:?}",
+            "C (unshaped) decodes the high layer {:?} and the gateway lists it on \"high\" within {CONVERGE:?}",
             ladder.high
         ),
         deadline,
-        |s| (s.resolution("C", &a)? == ladder.high).then_some(()),
+        |s| {
+            (s.resolution("C", &a)? == ladder.high && s.gateway_layer(&c_sub)?.0 == "high")
+                .then_some(())
+        },
     );
     eprintln!(
         "converged {:?} after both viewers decoded",
         both_decode.elapsed()
     );
-    let (b_sub, c_sub) = (s.subscriber_id("B", &a), s.subscriber_id("C", &a));
     s.assert_gateway_layer("B", &b_sub, "low", "auto");
     s.assert_gateway_layer("C", &c_sub, "high", "auto");
 
