@@ -42,9 +42,13 @@
 //! `--capacity`, `--growth F` (1.5), `--max-steps N` (12), `--max-loss PCT` (0.1),
 //! `--max-p99-ms MS` (50). The client runtime's worker threads: ROOMGATE_CLIENT_THREADS
 //! (default 2).
+//!
+//! `--simulcast` runs instead the simulcast comparison and the estimator's convergence
+//! (`benches/simulcast/`; `--bwe-seeds N`, 10), reported to target/bench-media-simulcast.md.
 mod janus;
 #[path = "util/schedule.rs"]
 mod schedule;
+mod simulcast;
 #[path = "../tests/support/mod.rs"]
 mod support;
 mod util;
@@ -1064,6 +1068,15 @@ fn main() {
     }
     eprintln!("media bench: {s:?}");
     let net = Net::new(&s);
+    if args.iter().any(|a| a == "--simulcast") {
+        let report = simulcast::run(&s, &net);
+        drop(net);
+        println!("{report}");
+        let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/bench-media-simulcast.md");
+        std::fs::write(&out, &report).expect("write target/bench-media-simulcast.md");
+        return;
+    }
     let mut results = Vec::new();
     let mut capacity = Vec::new();
     for mode in &s.modes {

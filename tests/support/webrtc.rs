@@ -238,7 +238,20 @@ pub struct Offer {
     pub fingerprint: String,
     pub extra_session_lines: Vec<String>,
     pub extra_media_lines: Vec<String>,
+    /// Simulcast layers a publisher sends on its video m-line, as (RID, SSRC) from the
+    /// lowest up; empty: one plain stream. See [`Offer::with_simulcast`].
+    pub simulcast: Vec<(String, u32)>,
 }
+
+/// The header extension IDs a simulcast offer maps (`a=extmap`); its packets carry the
+/// RID and the transport-wide sequence number in a one-byte block (RFC 8285 §4.2).
+pub const EXT_ID_MID: u8 = 1;
+pub const EXT_ID_RID: u8 = 2;
+pub const EXT_ID_TWCC: u8 = 3;
+const EXTMAP_MID: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
+const EXTMAP_RID: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
+const EXTMAP_TWCC: &str =
+    "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
 
 impl Offer {
     pub fn new(role: Role) -> Offer {
@@ -257,7 +270,19 @@ impl Offer {
             fingerprint: String::new(),
             extra_session_lines: Vec::new(),
             extra_media_lines: Vec::new(),
+            simulcast: Vec::new(),
         }
+    }
+
+    /// Send `rids` (lowest layer first) as simulcast layers of the video m-line, one
+    /// random SSRC each. Like Chrome, the offer announces no SSRC for them: the gateway
+    /// binds each layer by the RID its packets carry.
+    pub fn with_simulcast(mut self, rids: &[&str]) -> Offer {
+        self.simulcast = rids
+            .iter()
+            .map(|r| ((*r).to_owned(), random_u32() | 4))
+            .collect();
+        self
     }
 
     /// The m-lines in order: (kind, codecs).
@@ -336,7 +361,22 @@ impl Offer {
                     let _ = write!(s, "a=fmtp:{} {f}\r\n", c.pt);
                 }
             }
-            if self.role == Role::Publisher {
+            let simulcast =
+                self.role == Role::Publisher && *kind == Kind::Video && !self.simulcast.is_empty();
+            if simulcast {
+                for (id, uri) in [
+                    (EXT_ID_MID, EXTMAP_MID),
+                    (EXT_ID_RID, EXTMAP_RID),
+                    (EXT_ID_TWCC, EXTMAP_TWCC),
+                ] {
+                    let _ = write!(s, "a=extmap:{id} {uri}\r\n");
+                }
+                let rids: Vec<&str> = self.simulcast.iter().map(|(r, _)| r.as_str()).collect();
+                for rid in &rids {
+                    let _ = write!(s, "a=rid:{rid} send\r\n");
+                }
+                let _ = write!(s, "a=simulcast:send {}\r\n", rids.join(";"));
+            } else if self.role == Role::Publisher {
                 let ssrc = self.ssrc(*kind);
                 let _ = write!(
                     s,
@@ -642,6 +682,29 @@ impl RtpPacket {
         b.extend_from_slice(&self.ts.to_be_bytes());
         b.extend_from_slice(&self.ssrc.to_be_bytes());
         b.extend_from_slice(&self.payload);
+        b
+    }
+
+    /// The packet with a one-byte header extension block (RFC 8285 §4.2) of `elements`,
+    /// each `(id 1..=14, 1 to 16 bytes of data)`, zero-padded to a 32-bit boundary.
+    pub fn to_bytes_with_extensions(&self, elements: &[(u8, &[u8])]) -> Vec<u8> {
+        let mut block = Vec::new();
+        for (id, data) in elements {
+            assert!((1..=14).contains(id) && (1..=16).contains(&data.len()));
+            block.push((id << 4) | (data.len() as u8 - 1));
+            block.extend_from_slice(data);
+        }
+        while block.len() % 4 != 0 {
+            block.push(0);
+        }
+        let plain = self.to_bytes();
+        let mut b = Vec::with_capacity(plain.len() + 4 + block.len());
+        b.push(plain[0] | 0x10);
+        b.extend_from_slice(&plain[1..12]);
+        b.extend_from_slice(&[0xbe, 0xde]);
+        b.extend_from_slice(&((block.len() / 4) as u16).to_be_bytes());
+        b.extend_from_slice(&block);
+        b.extend_from_slice(&plain[12..]);
         b
     }
 
@@ -1989,11 +2052,25 @@ impl Stream {
 
     /// The next packet of a frame split into `packets_per_frame` packets of `size` bytes.
     /// Video frames advance the timestamp by 3000 (30 fps), audio by 960 (20 ms Opus).
+    /// Only the first video frame is a keyframe.
     pub fn next(&mut self, size: usize, packets_per_frame: u32) -> RtpPacket {
-        let index = (self.counter % u64::from(packets_per_frame.max(1))) as u32;
+        self.next_with_keyframes(size, packets_per_frame, u64::MAX)
+    }
+
+    /// As [`Stream::next`], with every `keyframe_every`-th video frame a keyframe (frame 0
+    /// included): a viewer that switches to this stream starts at a keyframe.
+    pub fn next_with_keyframes(
+        &mut self,
+        size: usize,
+        packets_per_frame: u32,
+        keyframe_every: u64,
+    ) -> RtpPacket {
+        let per_frame = u64::from(packets_per_frame.max(1));
+        let index = (self.counter % per_frame) as u32;
         let last = index + 1 == packets_per_frame.max(1);
+        let keyframe = (self.counter / per_frame).is_multiple_of(keyframe_every.max(1));
         let payload = match self.kind {
-            Kind::Video => vp8_payload(index == 0, self.counter == 0, size, self.counter),
+            Kind::Video => vp8_payload(index == 0, keyframe, size, self.counter),
             Kind::Audio => opus_payload(size, self.counter),
         };
         let pkt = RtpPacket {
@@ -2025,6 +2102,31 @@ mod client_tests {
     // Benches (harness = false) compile this module without its #[test] functions.
     #[allow(unused_imports)]
     use super::*;
+
+    #[test]
+    fn simulcast_offer_and_extension_block() {
+        let mut o = Offer::new(Role::Publisher).with_simulcast(&["q", "h", "f"]);
+        o.fingerprint = "AA:BB".into();
+        let sdp = o.to_sdp();
+        let video = &sdp[sdp.find("m=video").expect("video m-line")..];
+        for needle in [
+            "a=extmap:2 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n",
+            "a=rid:q send\r\na=rid:h send\r\na=rid:f send\r\n",
+            "a=simulcast:send q;h;f\r\n",
+        ] {
+            assert!(video.contains(needle), "offer lacks {needle:?}:\n{sdp}");
+        }
+        assert!(!video.contains("a=ssrc:") && sdp.contains(&format!("a=ssrc:{} ", o.audio_ssrc)));
+        let pkt = Stream::new(Kind::Video, 9, 96).next(100, 1);
+        let b = pkt.to_bytes_with_extensions(&[(EXT_ID_RID, b"h"), (EXT_ID_TWCC, &[1, 2])]);
+        // X bit, 0xBEDE, one word: [0x20 'h' 0x31 1 2] padded to 8 bytes = 2 words.
+        assert_eq!(b[0] & 0x10, 0x10);
+        assert_eq!(
+            &b[12..24],
+            &[0xbe, 0xde, 0, 2, 0x20, b'h', 0x31, 1, 2, 0, 0, 0]
+        );
+        assert_eq!(RtpPacket::parse(&b), Some(pkt));
+    }
 
     #[test]
     fn offer_has_the_lines_the_gateway_needs() {

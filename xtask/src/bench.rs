@@ -1,6 +1,7 @@
 //! `cargo xtask bench steering|metrics|media|alloc|srtp`: run a benchmark (release build, eBPF object
 //! embedded) and record its table in BENCHMARKS.md together with the command.
-//! `cargo xtask bench media --rooms 8 --subs 50 --secs 20` passes its flags to the bench.
+//! `cargo xtask bench media --rooms 8 --subs 50 --secs 20` passes its flags to the bench;
+//! `cargo xtask bench media --simulcast` records the simulcast section instead.
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -17,6 +18,7 @@ pub fn bench(args: &[String]) -> Result<()> {
             false,
             &[],
         ),
+        Some("media") if args.iter().any(|a| a == "--simulcast") => media_simulcast(&args[1..]),
         Some("media") => {
             // The Janus baseline runs when Debian's janus is installed; without it (no root,
             // no apt) the bench reports that row as not run.
@@ -49,6 +51,36 @@ pub fn bench(args: &[String]) -> Result<()> {
             bail!("unknown benchmark {other:?}; available: steering, metrics, media, alloc, srtp")
         }
     }
+}
+
+/// `cargo xtask bench media --simulcast [--no-record] [flags]`: the simulcast comparison and
+/// the estimator's convergence (benches/simulcast/), recorded as their own section of
+/// BENCHMARKS.md; `--no-record` (smoke runs) leaves the report in target/ only.
+fn media_simulcast(args: &[String]) -> Result<()> {
+    let heading = "Simulcast forwarding";
+    let report = "target/bench-media-simulcast.md";
+    let bench_args: Vec<String> = args
+        .iter()
+        .filter(|a| *a != "--no-record")
+        .cloned()
+        .collect();
+    if bench_args.len() == args.len() {
+        return run_bench("media", heading, report, false, &bench_args);
+    }
+    crate::setup::setup()?;
+    let object = build::build_ebpf()?;
+    let status = Command::new("cargo")
+        .current_dir(build::workspace_root())
+        .env("ROOMGATE_EBPF_OBJECT", &object)
+        .args(["bench", "-p", "gateway", "--bench", "media", "--"])
+        .args(&bench_args)
+        .status()
+        .context("running cargo bench")?;
+    if !status.success() {
+        bail!("media --simulcast benchmark failed ({status})");
+    }
+    println!("xtask: report in {report}, BENCHMARKS.md not updated (--no-record)");
+    Ok(())
 }
 
 /// Run `benches/<bench>.rs` in release with the eBPF object embedded, then replace the
