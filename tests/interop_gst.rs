@@ -24,6 +24,9 @@
 //! it cannot reach the gateway's 127.0.0.1 from another address; the client gathers on
 //! 127.0.0.1 when the URL's host is a loopback address (a test-environment detail: real
 //! deployments advertise a routable address).
+//!
+//! webrtcbin 1.22 also publishes simulcast (`gst_client.py --simulcast`, see the last
+//! section): three layers with RIDs, watched by subscribers pinned to different layers.
 #[path = "support/client_process.rs"]
 mod client_process;
 mod support;
@@ -31,6 +34,7 @@ mod support;
 use std::{
     process::Command,
     sync::{Mutex, MutexGuard},
+    time::{Duration, Instant},
 };
 
 use client_process::{ClientProcess as Client, Scene, WATCH_SECONDS};
@@ -52,14 +56,15 @@ const PIP: &str = "pip install aiortc==1.16.0";
 /// What the GStreamer client needs, checked before any test starts a gateway.
 const GST_PROBE: &str = r#"
 import gi
-for ns in ("Gst", "GstSdp", "GstWebRTC"):
+for ns in ("Gst", "GstRtp", "GstSdp", "GstWebRTC"):
     gi.require_version(ns, "1.0")
 gi.require_version("Nice", "0.1")
-from gi.repository import Gst, GstSdp, GstWebRTC, Nice
+from gi.repository import Gst, GstRtp, GstSdp, GstWebRTC, Nice
 Gst.init(None)
 need = ("webrtcbin nicesrc dtlssrtpenc srtpenc videotestsrc audiotestsrc vp8enc vp8dec "
         "rtpvp8pay rtpvp8depay opusenc opusdec rtpopuspay rtpopusdepay audioconvert "
-        "audioresample queue fakesink").split()
+        "audioresample queue fakesink tee videoscale videoconvert capsfilter rtpfunnel "
+        "rtphdrextstreamid").split()
 missing = [e for e in need if Gst.ElementFactory.find(e) is None]
 if missing:
     raise SystemExit("missing GStreamer elements: " + " ".join(missing))
@@ -284,4 +289,178 @@ fn gstreamer_publisher_to_aiortc_subscriber() {
 #[test]
 fn aiortc_publisher_to_gstreamer_subscriber() {
     mixed(Stack::Aiortc, Stack::Gst);
+}
+
+// ---------------------------------------------------------------------------------------
+// Simulcast from webrtcbin: GStreamer 1.22 has no sendEncodings, so gst_client.py
+// `--simulcast` gives each of three layers its own encoder and payloader (own SSRC) with
+// an rtphdrextstreamid extension naming its RID, merges them with rtpfunnel onto
+// webrtcbin's video pad, and puts `rid-*` and `a-simulcast` fields in that pad's caps,
+// from which webrtcbin writes `a=rid` and `a=simulcast:send` into the offer.
+// ---------------------------------------------------------------------------------------
+
+const SIMULCAST_ROOM: &str = "gst-simulcast";
+/// The layers `gst_client.py --simulcast` encodes (its SIMULCAST_LAYERS), by the name a
+/// viewer asks for: what each pinned subscriber must decode.
+const LOW_SIZE: (u64, u64) = (160, 120);
+const HIGH_SIZE: (u64, u64) = (640, 480);
+/// From both subscribers connecting to the room listing showing them on their layers.
+const LAYER_SETTLE: Duration = Duration::from_secs(10);
+
+/// Sum over every sample of `name` in `/metrics`.
+fn metric(gw: &Gateway, name: &str) -> Option<u64> {
+    let (_, v) = gw.get("/metrics");
+    let text = v.as_str()?;
+    let samples: Vec<f64> = text
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!samples.is_empty()).then(|| samples.iter().sum::<f64>() as u64)
+}
+
+impl Scene {
+    /// `(layer, requested)` of subscriber `participant`'s first video slot in the room
+    /// listing; layer `none` while nothing flows.
+    fn listed_layer(&self, room: &str, participant: &str) -> Option<(String, String)> {
+        let (code, v) = self.gw.get(&format!("/api/rooms/{room}"));
+        if code != 200 {
+            return None;
+        }
+        let p = v["participants"]
+            .as_array()?
+            .iter()
+            .find(|p| p["participant"] == participant)?;
+        let video = p["video"].as_array()?.first()?;
+        Some((
+            video["layer"].as_str().unwrap_or("none").to_owned(),
+            video["requested"].as_str()?.to_owned(),
+        ))
+    }
+
+    /// Subscriber `i` ran to completion decoding `size` all along its last seconds, with
+    /// video still flowing at the end and audio.
+    fn assert_watched_size(&mut self, i: usize, size: (u64, u64)) {
+        let timeout = Duration::from_secs(WATCH_SECONDS) + client_process::CONNECT;
+        self.expect_exit(i, timeout, 0);
+        let name = self.clients[i].name.clone();
+        let stats = self.clients[i].stats();
+        let count = |s: &serde_json::Value, k: &str| s[k].as_u64().unwrap_or(0);
+        let video: Vec<u64> = stats.iter().map(|s| count(s, "video_frames")).collect();
+        let sizes: Vec<(u64, u64)> = stats
+            .iter()
+            .map(|s| (count(s, "width"), count(s, "height")))
+            .collect();
+        let last = stats.last().cloned().unwrap_or(serde_json::Value::Null);
+        self.check(count(&last, "video_frames") >= 30, || {
+            format!("{name} decoded too few video frames: {video:?}")
+        });
+        let tail = &video[video.len().saturating_sub(4)..];
+        self.check(
+            tail.len() == 4 && tail.windows(2).all(|w| w[1] > w[0]),
+            || format!("{name}'s video stalled; frames per report: {video:?}"),
+        );
+        self.check(count(&last, "audio_frames") > 0, || {
+            format!("{name} received no audio: {last}")
+        });
+        // A pinned layer never changes: the last reports all show its size.
+        let tail_sizes = &sizes[sizes.len().saturating_sub(4)..];
+        self.check(tail_sizes.iter().all(|&s| s == size), || {
+            format!("{name} should decode {size:?} (its pinned layer); sizes per report: {sizes:?}")
+        });
+    }
+
+    /// Within [`LAYER_SETTLE`] the listing shows subscriber `participant` on `layer`,
+    /// which it asked for.
+    fn wait_listed_layer(&mut self, room: &str, who: &str, participant: &str, layer: &str) {
+        let deadline = Instant::now() + LAYER_SETTLE;
+        let mut last = None;
+        while Instant::now() < deadline {
+            last = self.listed_layer(room, participant);
+            if last.as_ref().is_some_and(|(l, r)| l == layer && r == layer) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        self.fail(&format!(
+            "GET /api/rooms/{room}: {who} ({participant}) should be on video[0].layer {layer:?}, \
+             requested {layer:?}; last seen (layer, requested) {last:?}"
+        ));
+    }
+}
+
+/// A GStreamer simulcast publisher and two subscribers pinned to different layers, one
+/// webrtcbin (`?layer=low`) and one aiortc (`?layer=high`): each decodes its layer's
+/// size, the listing and the metrics agree, and no packet named an unknown RID.
+fn gst_simulcast_to_pinned_subscribers(steering: &str) {
+    let mut s = Scene::new(steering, &[]);
+    let limit = PUBLISH_LIMIT_SECONDS.to_string();
+    let url = s.gw.url(&format!("/whip/{SIMULCAST_ROOM}"));
+    let publisher = s.add(client(
+        Stack::Gst,
+        "publisher",
+        "publish",
+        &url,
+        &["--seconds", &limit, "--simulcast"],
+    ));
+    s.wait_published(publisher, SIMULCAST_ROOM);
+    let low = s.add(subscribe(
+        Stack::Gst,
+        "subscriber-low",
+        &s.gw,
+        &format!("/whep/{SIMULCAST_ROOM}?layer=low"),
+    ));
+    let high = s.add(subscribe(
+        Stack::Aiortc,
+        "subscriber-high",
+        &s.gw,
+        &format!("/whep/{SIMULCAST_ROOM}?layer=high"),
+    ));
+    let participant = |location: String| location.rsplit('/').next().unwrap_or_default().to_owned();
+    let low_id = participant(s.wait_connected(low));
+    let high_id = participant(s.wait_connected(high));
+    s.wait_listed_layer(SIMULCAST_ROOM, "subscriber-low", &low_id, "low");
+    s.wait_listed_layer(SIMULCAST_ROOM, "subscriber-high", &high_id, "high");
+    s.assert_watched_size(low, LOW_SIZE);
+    s.assert_watched_size(high, HIGH_SIZE);
+    s.check_counters(steering);
+    // Every layer bound by its RID: no RID or SSRC the gateway could not place, no
+    // extension block it refused.
+    for name in [
+        "roomgate_rtp_unknown_rid_total",
+        "roomgate_rtp_unknown_ssrc_total",
+        "roomgate_rtp_bad_extension_total",
+    ] {
+        let n = metric(&s.gw, name);
+        s.check(n == Some(0), || format!("{name} is {n:?}, expected 0"));
+    }
+    let forwarded = metric(&s.gw, "roomgate_rtp_packets_forwarded_total");
+    s.check(forwarded.is_some_and(|n| n > 0), || {
+        format!("roomgate_rtp_packets_forwarded_total is {forwarded:?}")
+    });
+    s.stop_and_check_empty(&[publisher]);
+}
+
+#[test]
+fn gstreamer_simulcast_to_pinned_subscribers_ebpf() {
+    if !support::require_root() {
+        return;
+    }
+    let _serial = serial();
+    if !available(&[Stack::Gst, Stack::Aiortc]) {
+        return;
+    }
+    gst_simulcast_to_pinned_subscribers("ebpf");
+}
+
+#[test]
+fn gstreamer_simulcast_to_pinned_subscribers_connected() {
+    let _serial = serial();
+    if !available(&[Stack::Gst, Stack::Aiortc]) {
+        return;
+    }
+    gst_simulcast_to_pinned_subscribers("connected");
 }

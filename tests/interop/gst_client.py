@@ -3,7 +3,7 @@
 (ICE via libnice, DTLS via OpenSSL, SRTP via libsrtp), used by tests/interop_gst.rs to
 show that roomgate works with GStreamer-based clients and not only with the demo page.
 
-    publish   --url http://HOST:PORT/whip/ROOM  [--token T] [--seconds N]
+    publish   --url http://HOST:PORT/whip/ROOM  [--token T] [--seconds N] [--simulcast]
     subscribe --url http://HOST:PORT/whep/ROOM[?publisher=P] [--token T] [--seconds N]
 
 Signalling follows WHIP/WHEP without trickle: gather all candidates, POST the offer
@@ -37,10 +37,11 @@ import urllib.parse
 import gi
 
 gi.require_version("Gst", "1.0")
+gi.require_version("GstRtp", "1.0")
 gi.require_version("GstSdp", "1.0")
 gi.require_version("GstWebRTC", "1.0")
 gi.require_version("Nice", "0.1")
-from gi.repository import GLib, Gst, GstSdp, GstWebRTC, Nice  # noqa: E402
+from gi.repository import GLib, Gst, GstRtp, GstSdp, GstWebRTC, Nice  # noqa: E402
 from whip_http import HttpRefused, delete_resource, emit, post_offer  # noqa: E402
 
 WIDTH, HEIGHT, FPS = 320, 240, 15
@@ -69,6 +70,58 @@ PUBLISH_PIPELINE = f"""
       ! audioconvert ! audioresample ! opusenc
       ! rtpopuspay pt={AUDIO_PT} ! {AUDIO_CAPS} ! webrtc.
 """
+
+# --simulcast: three encodings of one camera (RFC 8853), lowest first, as
+# (rid, width, height, target kbit/s). Rates far apart, so that an SFU ranking layers by
+# the rate they arrive at orders them as named.
+SIMULCAST_LAYERS = (("q", 160, 120, 100), ("h", 320, 240, 300), ("f", 640, 480, 900))
+RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
+RID_EXT_ID = 1
+
+
+def simulcast_pipeline():
+    """webrtcbin 1.22 has no sendEncodings: one transceiver, one sink pad. Each layer gets
+    its own encoder and payloader (so its own SSRC), tagged with its RID by an
+    rtphdrextstreamid extension; rtpfunnel merges them onto the video sink pad. The
+    caps on that pad carry what webrtcbin writes into the m-line: `extmap-N` becomes
+    a=extmap, `rid-X=send` a=rid (GstSdp), `a-simulcast` a=simulcast."""
+    branches = "".join(
+        f"""
+    camera. ! queue ! videoscale ! videoconvert ! video/x-raw,width={w},height={h}
+      ! vp8enc deadline=1 keyframe-max-dist=30 target-bitrate={kbps * 1000}
+      ! rtpvp8pay name=pay_{rid} pt={VIDEO_PT} auto-header-extension=false ! funnel."""
+        for rid, w, h, kbps in SIMULCAST_LAYERS
+    )
+    top_w, top_h = SIMULCAST_LAYERS[-1][1:3]
+    return f"""
+    webrtcbin name=webrtc bundle-policy=max-bundle
+    rtpfunnel name=funnel ! capsfilter name=simulcast_caps ! webrtc.
+    videotestsrc is-live=true pattern=ball
+      ! video/x-raw,width={top_w},height={top_h},framerate={FPS}/1 ! tee name=camera
+    {branches}
+    audiotestsrc is-live=true wave=sine freq=440
+      ! audioconvert ! audioresample ! opusenc
+      ! rtpopuspay pt={AUDIO_PT} ! {AUDIO_CAPS} ! webrtc.
+"""
+
+
+def configure_simulcast(pipeline):
+    """Give each layer's payloader its RID extension and the funnel's output the caps
+    webrtcbin builds the offer from."""
+    rids = [layer[0] for layer in SIMULCAST_LAYERS]
+    for rid in rids:
+        ext = GstRtp.RTPHeaderExtension.create_from_uri(RID_URI)
+        if ext is None:
+            raise RuntimeError(f"no GStreamer RTP header extension for {RID_URI}")
+        ext.set_id(RID_EXT_ID)
+        ext.set_property("rid", rid)
+        pipeline.get_by_name(f"pay_{rid}").emit("add-extension", ext)
+    fields = "".join(f",rid-{rid}=(string)send" for rid in rids)
+    caps = Gst.Caps.from_string(
+        f'{VIDEO_CAPS},extmap-{RID_EXT_ID}=(string)"{RID_URI}"{fields},'
+        f'a-simulcast=(string)"send {";".join(rids)}"'
+    )
+    pipeline.get_by_name("simulcast_caps").set_property("caps", caps)
 
 
 def without_bundle_only(sdp):
@@ -318,7 +371,12 @@ class Session:
 
 class Publisher(Session):
     def __init__(self, args):
-        super().__init__(args, Gst.parse_launch(PUBLISH_PIPELINE))
+        if args.simulcast:
+            pipeline = Gst.parse_launch(simulcast_pipeline())
+            configure_simulcast(pipeline)
+        else:
+            pipeline = Gst.parse_launch(PUBLISH_PIPELINE)
+        super().__init__(args, pipeline)
 
 
 class Subscriber(Session):
@@ -417,6 +475,11 @@ def parse_args(argv):
         "--no-bundle-only",
         action="store_true",
         help="send bundle-only m-lines with port 9 instead of port 0 (see without_bundle_only)",
+    )
+    p.add_argument(
+        "--simulcast",
+        action="store_true",
+        help="publish: send three VP8 layers with rids (see SIMULCAST_LAYERS)",
     )
     p.add_argument("--debug", action="store_true", help="debug logs (webrtcbin, libnice, SDP)")
     return p.parse_args(argv)
