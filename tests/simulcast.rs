@@ -249,13 +249,17 @@ impl Scene {
                 for sub in r["subscriptions"].as_array().into_iter().flatten() {
                     let v = &sub["video"];
                     line.push_str(&format!(
-                        " | {}x{} {}f {}bps freezes {} ({}s) gateway {}",
+                        " | {}x{} {}f ({} key) {}bps freezes {} ({}s) lost {} nack {} pli {} gateway {}",
                         v["frameWidth"],
                         v["frameHeight"],
                         v["framesDecoded"],
+                        v["keyFramesDecoded"],
                         v["bitrate_bps"],
                         v["freezeCount"],
                         v["totalFreezesDuration"],
+                        v["packetsLost"],
+                        v["nackCount"],
+                        v["pliCount"],
                         sub["gateway_video"]
                     ));
                 }
