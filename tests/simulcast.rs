@@ -802,7 +802,8 @@ fn publisher_follows_uplink_cap_connected() {
 
 /// A viewer's own request wins over its estimate: C, on an unshaped link, asks for the low
 /// layer in its WHEP request and gets it; a REST call moves it to the high layer live; back
-/// on "auto" it stays high, because its link carries that. Bad requests are refused.
+/// on "auto" (from the page's tile menu) it stays high, because its link carries that. Bad
+/// requests are refused.
 fn pinned_layer_overrides_the_estimate(steering: &str) {
     let mut s = Scene::new(steering, &format!("p{}", &steering[..1]));
     s.open("A", "&simulcast=1");
@@ -833,8 +834,27 @@ fn pinned_layer_overrides_the_estimate(steering: &str) {
     );
     s.assert_gateway_layer("C", &c_sub, "high", "high");
 
-    let (code, body) = s.request_layer(&c_sub, "auto");
-    s.check(code == 204, || format!("PUT layer auto -> {code}: {body}"));
+    // Back to "auto" the way a viewer does it: the tile's layer menu on C's page, which
+    // comes from another origin than the gateway, so its PUT needs a CORS preflight.
+    s.reports.command("C", "layer auto");
+    s.wait_until(
+        "C's page asks for \"auto\" through its tile menu (PUT from the page) and the gateway lists it",
+        Instant::now() + LISTING_LAG,
+        |s| {
+            let failed = s.reports.latest("C").and_then(|r| {
+                r["errors"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .find(|e| e.starts_with("layer "))
+                    .map(str::to_owned)
+            });
+            if let Some(err) = failed {
+                s.fail(&format!("C's page could not change its layer: {err}"));
+            }
+            (s.gateway_layer(&c_sub)?.1 == "auto").then_some(())
+        },
+    );
     s.assert_gateway_layer("C", &c_sub, "high", "auto");
     let from = now_ms();
     s.observe(HOLD);
