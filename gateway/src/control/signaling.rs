@@ -269,7 +269,7 @@ pub async fn cors(request: Request, next: Next) -> Response {
         let mut r = StatusCode::NO_CONTENT.into_response();
         r.headers_mut().insert(
             header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("GET, POST, DELETE, PATCH, OPTIONS"),
+            HeaderValue::from_static("GET, POST, PUT, DELETE, PATCH, OPTIONS"),
         );
         r.headers_mut().insert(
             header::ACCESS_CONTROL_ALLOW_HEADERS,

@@ -8,13 +8,13 @@
 
 use std::time::{Duration, Instant};
 
-use super::bwe::{BweConfig, Estimator, ProbeOutcome};
+use super::bwe::{BweConfig, Estimator, ProbeOutcome, Usage};
 use super::transport_feedback::PacketResult;
 use super::twcc::{TransportFeedback, TwccHistory};
 
 /// A probe runs for this long: long enough for a delivered-rate measurement over a few
 /// feedback intervals, short enough that a link that cannot carry it only queues briefly.
-const PROBE_DURATION: Duration = Duration::from_millis(500);
+const PROBE_DURATION: Duration = Duration::from_millis(250);
 /// Padding goes out in bursts this far apart while a probe runs.
 pub(super) const PROBE_TICK: Duration = Duration::from_millis(20);
 /// Padding bytes per probe packet (RTP allows 255 padding bytes per packet).
@@ -22,7 +22,13 @@ pub(super) const PADDING_BYTES: usize = 255;
 /// The first probe waits this long after joining or after a layer change; failures
 /// double the wait up to [`MAX_PROBE_BACKOFF`].
 const MIN_PROBE_BACKOFF: Duration = Duration::from_secs(3);
-const MAX_PROBE_BACKOFF: Duration = Duration::from_secs(30);
+const MAX_PROBE_BACKOFF: Duration = Duration::from_secs(10);
+/// A probe never aims above this multiple of the estimate: on a link that cannot carry
+/// it, a probe is a burst of overload, and bounding it bounds the damage (a few queued
+/// packets, not a tail drop); successful probes climb step by step.
+const MAX_PROBE_STEP: f64 = 2.0;
+/// No probe while the link shows this much loss: it is already full.
+const MAX_PROBE_LOSS: f64 = 0.02;
 /// Most padding packets in one burst, so one tick cannot flood a weak link.
 const MAX_BURST: usize = 16;
 
@@ -117,9 +123,17 @@ impl SubscriberCc {
         if self.probe.is_some() || self.estimator.probe_in_progress() || now < self.next_probe {
             return false;
         }
-        if target_bps <= self.estimate_bps() {
+        let estimate = self.estimate_bps();
+        if target_bps <= estimate {
             return false;
         }
+        let state = self.estimator.state();
+        let calm =
+            state.usage == Usage::Normal && state.loss_fraction.is_none_or(|l| l < MAX_PROBE_LOSS);
+        if !calm {
+            return false;
+        }
+        let target_bps = target_bps.min((estimate as f64 * MAX_PROBE_STEP) as u64);
         let padding_bps = target_bps.saturating_sub(media_bps);
         if padding_bps == 0 {
             return false;

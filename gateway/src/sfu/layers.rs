@@ -72,6 +72,10 @@ pub const UPGRADE_HEADROOM: f64 = 1.25;
 pub const DOWNGRADE_MARGIN: f64 = 1.0;
 /// An estimate must support a higher layer for this long before the switch.
 pub const UPGRADE_HOLD: Duration = Duration::from_secs(2);
+/// An estimate must stay under the current layer's rate for this long before a
+/// downgrade: one feedback interval's dip (a scheduling hiccup on the viewer's side) is
+/// not a congested link, and a switch costs a keyframe.
+pub const DOWNGRADE_HOLD: Duration = Duration::from_secs(1);
 
 /// Active layers' indices ordered from lowest to highest bitrate, ties kept in offer
 /// order. Writes into `ranked` to stay allocation-free; returns how many.
@@ -123,6 +127,31 @@ pub fn choose_layer(
     let Some(estimate) = estimate_bps else {
         return Some(ranked[n - 1]);
     };
+    // A layer that just started has no measured rate yet and would look free. A viewer
+    // waiting for its first layer waits for the measurement (half a second) rather than
+    // start on a layer its link may not carry; one already watching ignores it for now.
+    if ranked.iter().any(|&i| layers[i].bitrate_bps == 0) {
+        if current.is_none() {
+            return None;
+        }
+        let mut measured = [LayerInfo {
+            active: false,
+            bitrate_bps: 0,
+        }; 3];
+        for (i, l) in layers.iter().enumerate().take(3) {
+            measured[i] = LayerInfo {
+                active: l.active && l.bitrate_bps > 0,
+                ..*l
+            };
+        }
+        return choose_layer(
+            request,
+            &measured[..layers.len().min(3)],
+            estimate_bps,
+            current,
+            upgrade_allowed,
+        );
+    }
     let estimate = estimate as f64;
     let current_rank = current.and_then(|c| ranked.iter().position(|&i| i == c));
     // Highest layer the estimate carries with upgrade headroom.
@@ -272,6 +301,22 @@ mod tests {
         let l = layers(&[(true, 150_000), (true, 500_000), (false, 0)]);
         assert_eq!(
             choose_layer(LayerRequest::Auto, &l, Some(2_000_000), Some(2), false),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn unmeasured_layers_are_not_taken_for_free() {
+        // Every layer just started: a viewer with an estimate waits for the rates
+        // instead of starting on the top layer because it looks free.
+        let l = layers(&[(true, 0), (true, 0), (true, 0)]);
+        assert_eq!(choose_layer(LayerRequest::Auto, &l, Some(250_000), None, true), None);
+        // Without feedback there is nothing to wait for: the top layer in offer order.
+        assert_eq!(choose_layer(LayerRequest::Auto, &l, None, None, true), Some(2));
+        // Watching the low layer when the top layer restarts: it is ignored until measured.
+        let l = layers(&[(true, 150_000), (true, 500_000), (true, 0)]);
+        assert_eq!(
+            choose_layer(LayerRequest::Auto, &l, Some(5_000_000), Some(0), true),
             Some(1)
         );
     }

@@ -67,6 +67,8 @@ pub(super) struct Slot {
     pub target: Option<usize>,
     /// Since when the estimate has supported a higher layer than the current one.
     pub upgrade_since: Option<Instant>,
+    /// Since when the estimate has been under the current layer's rate.
+    pub downgrade_since: Option<Instant>,
     /// Newest packet sent on this slot, across bindings: the continuity anchor.
     pub last_out: Option<LastOut>,
     /// VP8 picture-ID continuity across layer switches and rebinds.
@@ -87,6 +89,7 @@ impl Slot {
             binding: None,
             target: None,
             upgrade_since: None,
+            downgrade_since: None,
             last_out: None,
             picture_ids: Vp8Continuity::default(),
             vp8_switched: true,

@@ -329,6 +329,7 @@ impl RoomCore {
         sub.request = request;
         for slot in &mut sub.slots {
             slot.upgrade_since = None;
+            slot.downgrade_since = None;
         }
         self.evaluate_subscriber(id, now, false);
         true

@@ -7,7 +7,8 @@ use super::rewrite::{write_padding, PADDING_PACKET_LEN};
 use super::{MemberId, Output, RoomCore};
 use crate::sdp::{ExtensionKind, MediaKind};
 use crate::sfu::layers::{
-    choose_layer, next_layer_up, rank_of, LayerInfo, LayerRequest, UPGRADE_HEADROOM, UPGRADE_HOLD,
+    choose_layer, next_layer_up, rank_of, LayerInfo, LayerRequest, DOWNGRADE_HOLD,
+    UPGRADE_HEADROOM, UPGRADE_HOLD,
 };
 use crate::sfu::rtcp;
 use crate::sfu::sink::Sink;
@@ -206,19 +207,28 @@ impl RoomCore {
             let infos = &infos[..n];
             let current = b.layer;
             let eager = choose_layer(sub.request, infos, estimate, current, true);
-            let upgrading = match (eager, current) {
-                (Some(e), Some(c)) => rank_of(infos, e) > rank_of(infos, c),
-                _ => false,
+            // Moves the estimate asks for wait out their hold time; pinned requests, a
+            // viewer without an estimate and a current layer that stopped do not.
+            let still_active = current.is_some_and(|c| infos.get(c).is_some_and(|l| l.active));
+            let (up, down) = match (eager, current) {
+                (Some(e), Some(c))
+                    if sub.request == LayerRequest::Auto && still_active && estimate.is_some() =>
+                {
+                    let (e, c) = (rank_of(infos, e), rank_of(infos, c));
+                    (e > c, e < c)
+                }
+                _ => (false, false),
             };
-            if upgrading {
-                slot.upgrade_since.get_or_insert(now);
-            } else {
-                slot.upgrade_since = None;
-            }
-            let held = slot
-                .upgrade_since
-                .is_some_and(|t| now.saturating_duration_since(t) >= UPGRADE_HOLD);
-            let target = choose_layer(sub.request, infos, estimate, current, held);
+            let waited = |since: &mut Option<Instant>, wanted: bool, hold: Duration| {
+                if !wanted {
+                    *since = None;
+                    return true;
+                }
+                now.saturating_duration_since(*since.get_or_insert(now)) >= hold
+            };
+            let up_ok = waited(&mut slot.upgrade_since, up, UPGRADE_HOLD);
+            let down_ok = waited(&mut slot.downgrade_since, down, DOWNGRADE_HOLD);
+            let target = if up_ok && down_ok { eager } else { current };
             slot.target = target;
             let Some(target) = target else { continue };
             if Some(target) != current
