@@ -131,9 +131,7 @@ pub fn choose_layer(
     // waiting for its first layer waits for the measurement (half a second) rather than
     // start on a layer its link may not carry; one already watching ignores it for now.
     if ranked.iter().any(|&i| layers[i].bitrate_bps == 0) {
-        if current.is_none() {
-            return None;
-        }
+        current?;
         let mut measured = [LayerInfo {
             active: false,
             bitrate_bps: 0,
