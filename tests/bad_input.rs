@@ -362,34 +362,12 @@ fn rtp_with_extensions(
 
 /// Sum over every sample of `name` in the gateway's Prometheus exposition.
 fn metric(gw: &Gateway, name: &str) -> u64 {
-    let (code, v) = gw.get("/metrics");
-    let serde_json::Value::String(text) = v else {
-        panic!("GET /metrics: {code} {v}");
-    };
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    gw.metric_sum(name).unwrap_or(0.0) as u64
 }
 
 /// `(layer, requested)` of subscriber `participant`'s first video slot in the room listing.
 fn listed_layer(gw: &Gateway, participant: &str) -> Option<(String, String)> {
-    let (code, v) = gw.get(&format!("/api/rooms/{SIMULCAST_ROOM}"));
-    if code != 200 {
-        return None;
-    }
-    let p = v["participants"]
-        .as_array()?
-        .iter()
-        .find(|p| p["participant"] == participant)?;
-    let video = p["video"].as_array()?.first()?;
-    Some((
-        video["layer"].as_str().unwrap_or("none").to_owned(),
-        video["requested"].as_str()?.to_owned(),
-    ))
+    gw.listed_layer(SIMULCAST_ROOM, participant)
 }
 
 /// The stamp counters of the media packets `peer` received within `window`.

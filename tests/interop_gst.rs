@@ -309,38 +309,10 @@ const LAYER_SETTLE: Duration = Duration::from_secs(10);
 
 /// Sum over every sample of `name` in `/metrics`.
 fn metric(gw: &Gateway, name: &str) -> Option<u64> {
-    let (_, v) = gw.get("/metrics");
-    let text = v.as_str()?;
-    let samples: Vec<f64> = text
-        .lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .collect();
-    (!samples.is_empty()).then(|| samples.iter().sum::<f64>() as u64)
+    gw.metric_sum(name).map(|v| v as u64)
 }
 
 impl Scene {
-    /// `(layer, requested)` of subscriber `participant`'s first video slot in the room
-    /// listing; layer `none` while nothing flows.
-    fn listed_layer(&self, room: &str, participant: &str) -> Option<(String, String)> {
-        let (code, v) = self.gw.get(&format!("/api/rooms/{room}"));
-        if code != 200 {
-            return None;
-        }
-        let p = v["participants"]
-            .as_array()?
-            .iter()
-            .find(|p| p["participant"] == participant)?;
-        let video = p["video"].as_array()?.first()?;
-        Some((
-            video["layer"].as_str().unwrap_or("none").to_owned(),
-            video["requested"].as_str()?.to_owned(),
-        ))
-    }
-
     /// Subscriber `i` ran to completion decoding `size` all along its last seconds, with
     /// video still flowing at the end and audio.
     fn assert_watched_size(&mut self, i: usize, size: (u64, u64)) {
@@ -379,7 +351,7 @@ impl Scene {
         let deadline = Instant::now() + LAYER_SETTLE;
         let mut last = None;
         while Instant::now() < deadline {
-            last = self.listed_layer(room, participant);
+            last = self.gw.listed_layer(room, participant);
             if last.as_ref().is_some_and(|(l, r)| l == layer && r == layer) {
                 return;
             }

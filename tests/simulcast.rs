@@ -152,7 +152,7 @@ impl Scene {
 
     /// Sum of every sample of counter `name` (all threads), or None if it is not exported.
     fn metric_sum(&self, name: &str) -> Option<f64> {
-        metric_sum(&self.metrics(), name)
+        support::metric_sum(&self.metrics(), name)
     }
 
     /// Transport-cc feedback packets the gateway has sent to publishers.
@@ -458,19 +458,7 @@ impl Scene {
     /// The gateway's view of subscriber `participant`'s video in `GET /api/rooms/{room}`:
     /// the layer it forwards ("none" for null) and the layer asked for.
     fn gateway_layer(&self, participant: &str) -> Option<(String, String)> {
-        let (code, v) = self.gw.get(&format!("/api/rooms/{ROOM}"));
-        if code != 200 {
-            return None;
-        }
-        let p = v["participants"]
-            .as_array()?
-            .iter()
-            .find(|p| p["participant"] == participant)?;
-        let video = p["video"].as_array()?.first()?;
-        Some((
-            video["layer"].as_str().unwrap_or("none").to_owned(),
-            video["requested"].as_str()?.to_owned(),
-        ))
+        self.gw.listed_layer(ROOM, participant)
     }
 
     /// Wait until the room listing says subscriber `participant` gets `layer` and asked
@@ -554,22 +542,6 @@ fn resolution(sub: &Value) -> Option<(u64, u64)> {
     let v = &sub["video"];
     let w = v["frameWidth"].as_u64().filter(|&w| w > 0)?;
     Some((w, v["frameHeight"].as_u64()?))
-}
-
-/// Sum of the samples of `name` in a Prometheus text exposition (None if there are none).
-fn metric_sum(text: &str, name: &str) -> Option<f64> {
-    let values: Vec<f64> = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            if !(rest.starts_with('{') || rest.starts_with(' ')) {
-                return None;
-            }
-            rest.split_whitespace().last()?.parse().ok()
-        })
-        .collect();
-    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 /// A publishes 3 layers; B (300 kbit/s downlink) gets the low layer and C (unshaped) the

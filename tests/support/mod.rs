@@ -251,6 +251,34 @@ impl Gateway {
         v
     }
 
+    /// Sum over every sample of `name` in `/metrics` (all threads and labels); `None`
+    /// when the family has no sample.
+    pub fn metric_sum(&self, name: &str) -> Option<f64> {
+        let (code, v) = self.get("/metrics");
+        let Value::String(text) = v else {
+            panic!("GET /metrics: {code} {v}");
+        };
+        metric_sum(&text, name)
+    }
+
+    /// `(layer, requested)` of subscriber `participant`'s first video slot in
+    /// `GET /api/rooms/{room}`; layer `none` while nothing flows.
+    pub fn listed_layer(&self, room: &str, participant: &str) -> Option<(String, String)> {
+        let (code, v) = self.get(&format!("/api/rooms/{room}"));
+        if code != 200 {
+            return None;
+        }
+        let p = v["participants"]
+            .as_array()?
+            .iter()
+            .find(|p| p["participant"] == participant)?;
+        let video = p["video"].as_array()?.first()?;
+        Some((
+            video["layer"].as_str().unwrap_or("none").to_owned(),
+            video["requested"].as_str()?.to_owned(),
+        ))
+    }
+
     pub fn create(&self, room: &str) -> Participant {
         let (code, v) = self.post(&format!("/api/rooms/{room}/participants"));
         assert_eq!(code, 201, "create participant in {room}: {v}");
@@ -545,4 +573,20 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(25));
     }
+}
+
+/// Sum of the samples of `name` in a Prometheus text exposition (`None` if there are none).
+pub fn metric_sum(text: &str, name: &str) -> Option<f64> {
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            if !(rest.starts_with('{') || rest.starts_with(' ')) {
+                return None;
+            }
+            rest.split_whitespace().last()?.parse().ok()
+        })
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }

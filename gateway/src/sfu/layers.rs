@@ -308,9 +308,15 @@ mod tests {
         // Every layer just started: a viewer with an estimate waits for the rates
         // instead of starting on the top layer because it looks free.
         let l = layers(&[(true, 0), (true, 0), (true, 0)]);
-        assert_eq!(choose_layer(LayerRequest::Auto, &l, Some(250_000), None, true), None);
+        assert_eq!(
+            choose_layer(LayerRequest::Auto, &l, Some(250_000), None, true),
+            None
+        );
         // Without feedback there is nothing to wait for: the top layer in offer order.
-        assert_eq!(choose_layer(LayerRequest::Auto, &l, None, None, true), Some(2));
+        assert_eq!(
+            choose_layer(LayerRequest::Auto, &l, None, None, true),
+            Some(2)
+        );
         // Watching the low layer when the top layer restarts: it is ignored until measured.
         let l = layers(&[(true, 150_000), (true, 500_000), (true, 0)]);
         assert_eq!(

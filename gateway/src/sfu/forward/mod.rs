@@ -201,7 +201,49 @@ pub struct RoomCore {
     epoch: Option<Instant>,
 }
 
+/// The room split into the sink keyframe requests write to and the member maps, so a
+/// caller can hold all of them at once.
+struct Parts<'a> {
+    sink: Sink<'a>,
+    publishers: &'a mut IdMap<Publisher>,
+    subscribers: &'a mut IdMap<Subscriber>,
+    publisher_order: &'a [MemberId],
+}
+
+impl Sink<'_> {
+    /// A keyframe request to `layer` of a bound track, if its publisher is still here.
+    fn request_from(
+        &mut self,
+        publishers: &mut IdMap<Publisher>,
+        key: TrackKey,
+        layer: usize,
+        now: Instant,
+    ) -> bool {
+        let Some(p) = publishers.get_mut(&key.publisher) else {
+            return false;
+        };
+        let ready = p.ready;
+        p.tracks
+            .get_mut(key.index)
+            .is_some_and(|track| self.request_keyframe(key.publisher, ready, track, layer, now))
+    }
+}
+
 impl RoomCore {
+    fn parts(&mut self) -> Parts<'_> {
+        Parts {
+            sink: Sink {
+                config: &self.config,
+                out: &mut self.out,
+                stats: &mut self.stats,
+                pool: &mut self.pool,
+            },
+            publishers: &mut self.publishers,
+            subscribers: &mut self.subscribers,
+            publisher_order: &self.publisher_order,
+        }
+    }
+
     pub fn new(mut config: ForwardConfig) -> Self {
         config.rr_interval = config.rr_interval.max(Duration::from_millis(10));
         Self {
@@ -339,22 +381,12 @@ impl RoomCore {
     /// compatible track. A subscriber's slots take distinct tracks, so two video slots
     /// show two publishers rather than one twice.
     fn bind_unbound(&mut self, sub_id: MemberId, now: Instant) {
-        let Self {
-            config,
+        let Parts {
+            mut sink,
             publishers,
-            publisher_order: order,
             subscribers,
-            out,
-            stats,
-            pool,
-            ..
-        } = self;
-        let mut sink = Sink {
-            config,
-            out,
-            stats,
-            pool,
-        };
+            publisher_order: order,
+        } = self.parts();
         let Some(sub) = subscribers.get_mut(&sub_id) else {
             return;
         };
@@ -445,21 +477,12 @@ impl RoomCore {
         if let Some(p) = self.publishers.get_mut(&id) {
             p.ready = true;
         }
-        let Self {
-            config,
+        let Parts {
+            mut sink,
             publishers,
             subscribers,
-            out,
-            stats,
-            pool,
             ..
-        } = self;
-        let mut sink = Sink {
-            config,
-            out,
-            stats,
-            pool,
-        };
+        } = self.parts();
         let Some(sub) = subscribers.get_mut(&id) else {
             return;
         };
@@ -469,14 +492,8 @@ impl RoomCore {
         sub.ready = true;
         for slot in &sub.slots {
             let Some(b) = slot.binding else { continue };
-            let Some(layer) = slot.target.or(b.layer) else {
-                continue;
-            };
-            if let Some(p) = publishers.get_mut(&b.track.publisher) {
-                let ready = p.ready;
-                if let Some(track) = p.tracks.get_mut(b.track.index) {
-                    sink.request_keyframe(b.track.publisher, ready, track, layer, now);
-                }
+            if let Some(layer) = slot.target.or(b.layer) {
+                sink.request_from(publishers, b.track, layer, now);
             }
         }
     }
@@ -734,21 +751,12 @@ impl RoomCore {
     }
 
     fn on_keyframe_request(&mut self, from: MemberId, media_ssrc: u32, now: Instant) {
-        let Self {
-            config,
+        let Parts {
+            mut sink,
             publishers,
             subscribers,
-            out,
-            stats,
-            pool,
             ..
-        } = self;
-        let mut sink = Sink {
-            config,
-            out,
-            stats,
-            pool,
-        };
+        } = self.parts();
         let Some(sub) = subscribers.get(&from) else {
             return;
         };
@@ -759,14 +767,8 @@ impl RoomCore {
         // An unbound slot has no source to ask; nothing to count as a drop beyond the
         // request itself, which `plis_received`/`firs_received` already saw.
         let Some(b) = slot.binding else { return };
-        let Some(layer) = b.layer.or(slot.target) else {
-            return;
-        };
-        if let Some(p) = publishers.get_mut(&b.track.publisher) {
-            let ready = p.ready;
-            if let Some(track) = p.tracks.get_mut(b.track.index) {
-                sink.request_keyframe(b.track.publisher, ready, track, layer, now);
-            }
+        if let Some(layer) = b.layer.or(slot.target) {
+            sink.request_from(publishers, b.track, layer, now);
         }
     }
 

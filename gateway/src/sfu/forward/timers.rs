@@ -4,14 +4,13 @@
 use std::time::{Duration, Instant};
 
 use super::rewrite::{write_padding, PADDING_PACKET_LEN};
-use super::{MemberId, Output, RoomCore};
+use super::{MemberId, Output, Parts, RoomCore};
 use crate::sdp::{ExtensionKind, MediaKind};
 use crate::sfu::layers::{
     choose_layer, next_layer_up, rank_of, LayerInfo, LayerRequest, DOWNGRADE_HOLD,
     UPGRADE_HEADROOM, UPGRADE_HOLD,
 };
 use crate::sfu::rtcp;
-use crate::sfu::sink::Sink;
 use crate::sfu::track::{Track, MAX_LAYERS};
 
 /// How far above the next layer's upgrade threshold a probe aims.
@@ -165,21 +164,12 @@ impl RoomCore {
     /// Re-choose the layer of each of a subscriber's simulcast slots, ask the new
     /// target for a keyframe, and start a probe when a higher layer might fit.
     pub(super) fn evaluate_subscriber(&mut self, sid: MemberId, now: Instant, sample: bool) {
-        let Self {
-            config,
+        let Parts {
+            mut sink,
             publishers,
             subscribers,
-            out,
-            stats,
-            pool,
             ..
-        } = self;
-        let mut sink = Sink {
-            config,
-            out,
-            stats,
-            pool,
-        };
+        } = self.parts();
         let Some(sub) = subscribers.get_mut(&sid) else {
             return;
         };
