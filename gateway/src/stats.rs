@@ -174,6 +174,18 @@ pub struct MediaStats {
     pub switch_keyframe_requests: Counter,
     /// Padding packets sent to probe subscribers' links.
     pub probe_packets: Counter,
+    /// NACKs roomgate sent publishers for packets it missed, and missed packets it
+    /// stopped asking for.
+    pub nacks_sent: Counter,
+    pub nack_gave_up: Counter,
+    /// Publishers' RTX packets: repairs taken, duplicates and padding-only probes dropped.
+    pub rtx_repairs_received: Counter,
+    pub rtx_duplicates_received: Counter,
+    pub rtx_padding_received: Counter,
+    /// Retransmissions to subscribers on their RTX stream.
+    pub rtx_sent: Counter,
+    /// First NACK to repaired packet, ms (see [`crate::sfu::NACK_RTT_BUCKETS_MS`]).
+    pub nack_rtt: RttHistogram,
     /// Subscribers' bandwidth estimates, sampled each layer interval (see
     /// [`crate::sfu::ESTIMATE_BUCKETS_BPS`]).
     pub estimates: EstimateHistogram,
@@ -220,6 +232,24 @@ impl EstimateHistogram {
             b.add(n);
         }
         self.sum_bps.add(samples.sum_bps);
+        self.count.add(samples.count);
+    }
+}
+
+/// NACK round trips, folded from the rooms' samples.
+#[derive(Default)]
+pub struct RttHistogram {
+    pub buckets: [Counter; crate::sfu::NACK_RTT_BUCKETS_MS.len() + 1],
+    pub sum_ms: Counter,
+    pub count: Counter,
+}
+
+impl RttHistogram {
+    pub fn add(&self, samples: &crate::sfu::RttSamples) {
+        for (b, n) in self.buckets.iter().zip(samples.buckets) {
+            b.add(n);
+        }
+        self.sum_ms.add(samples.sum_ms);
         self.count.add(samples.count);
     }
 }

@@ -15,7 +15,7 @@ use crate::{
     ice::StunOutcome,
     logic::STATE_NAMES,
     media::UnprotectFailure,
-    sfu::ESTIMATE_BUCKETS_BPS,
+    sfu::{ESTIMATE_BUCKETS_BPS, NACK_RTT_BUCKETS_MS},
     stats::{Counter, MediaStats, HANDSHAKE_BUCKETS_MS, PROCESSING_BUCKETS_NS},
 };
 
@@ -30,7 +30,7 @@ type ThreadSeries = (
 type MediaSeries = (&'static str, &'static str, fn(&MediaStats) -> u64);
 
 /// Media-plane counters exposed one series per thread (`{thread}` only).
-const MEDIA_COUNTERS: [MediaSeries; 33] = [
+const MEDIA_COUNTERS: [MediaSeries; 39] = [
     (
         "roomgate_dtls_closed_total",
         "DTLS associations the client closed (close_notify or alert) after connecting.",
@@ -130,6 +130,36 @@ const MEDIA_COUNTERS: [MediaSeries; 33] = [
         "roomgate_probe_packets_total",
         "Padding packets sent to probe subscribers' links for a higher layer.",
         |m| m.probe_packets.get(),
+    ),
+    (
+        "roomgate_nacks_sent_total",
+        "NACKs roomgate sent publishers for packets it missed.",
+        |m| m.nacks_sent.get(),
+    ),
+    (
+        "roomgate_nack_gave_up_total",
+        "Missed publisher packets roomgate stopped asking for (older than 1 s, or asked three times).",
+        |m| m.nack_gave_up.get(),
+    ),
+    (
+        "roomgate_rtx_repairs_received_total",
+        "Publishers' RTX packets that repaired a packet roomgate missed.",
+        |m| m.rtx_repairs_received.get(),
+    ),
+    (
+        "roomgate_rtx_duplicates_received_total",
+        "Publishers' RTX packets repeating a packet roomgate already had; dropped.",
+        |m| m.rtx_duplicates_received.get(),
+    ),
+    (
+        "roomgate_rtx_padding_received_total",
+        "Publishers' padding-only RTX packets (their bandwidth probes); dropped.",
+        |m| m.rtx_padding_received.get(),
+    ),
+    (
+        "roomgate_rtx_sent_total",
+        "Retransmissions to subscribers sent on their RTX stream (RFC 4588).",
+        |m| m.rtx_sent.get(),
     ),
     (
         "roomgate_rtcp_packets_received_total",
@@ -468,6 +498,7 @@ pub fn render(state: &ApiState) -> Result<String, prometheus::Error> {
     processing_histogram(state, &mut text);
     handshake_histogram(&media, &mut text);
     estimate_histogram(&media, &mut text);
+    nack_rtt_histogram(&media, &mut text);
     Ok(text)
 }
 
@@ -569,6 +600,21 @@ fn estimate_histogram(threads: &[&MediaStats], out: &mut String) {
         threads.iter().map(|m| {
             let hist = &m.estimates;
             (&hist.buckets[..], hist.sum_bps.get() as f64)
+        }),
+    );
+}
+
+/// Time from roomgate's first NACK to a publisher until the repaired packet arrived.
+fn nack_rtt_histogram(threads: &[&MediaStats], out: &mut String) {
+    let bounds = NACK_RTT_BUCKETS_MS.map(|ms| ms as f64 / 1e3);
+    fixed_histogram(
+        out,
+        "roomgate_nack_round_trip_seconds",
+        "Time from roomgate's first NACK to a publisher until the repaired packet arrived.",
+        &bounds,
+        threads.iter().map(|m| {
+            let hist = &m.nack_rtt;
+            (&hist.buckets[..], hist.sum_ms.get() as f64 / 1e3)
         }),
     );
 }

@@ -103,17 +103,22 @@ pub fn plan(negotiated: sdp::Negotiated, role: Role, participant: &str) -> Media
                     codec: codec.clone(),
                     mid: m.mid.clone(),
                     rids: m.rids.clone(),
+                    rtx_payload_type: m.rtx_payload_type,
+                    rtx_ssrc: m.rtx_ssrc,
                 }),
                 (Role::Subscriber, sdp::Direction::SendOnly) => {
                     let ssrc = random_ssrc();
+                    let rtx = m.rtx_payload_type.map(|pt| (pt, random_ssrc()));
                     slots.push(SubscribedSlot {
                         kind,
                         out_ssrc: ssrc,
                         codec: codec.clone(),
                         mid: m.mid.clone(),
+                        rtx,
                     });
                     out = Some(sdp::OutboundTrack {
                         ssrc,
+                        rtx_ssrc: rtx.map(|(_, ssrc)| ssrc),
                         cname: format!("roomgate-{participant}"),
                         stream_id: format!("roomgate-{participant}"),
                         track_id: format!("{participant}-{}", m.mid),

@@ -51,6 +51,13 @@ pub fn add_forward_stats(stats: &ThreadStats, d: &ForwardStats) {
         switch_keyframe_requests,
         probe_packets,
         estimates,
+        nacks_sent,
+        nack_gave_up,
+        rtx_repairs_received,
+        rtx_duplicates_received,
+        rtx_padding_received,
+        rtx_sent,
+        nack_rtt,
     } = *d;
     let MediaStats {
         rtp_received: m_rtp_received,
@@ -82,6 +89,13 @@ pub fn add_forward_stats(stats: &ThreadStats, d: &ForwardStats) {
         switch_keyframe_requests: m_switch_keyframe_requests,
         probe_packets: m_probe_packets,
         estimates: m_estimates,
+        nacks_sent: m_nacks_sent,
+        nack_gave_up: m_nack_gave_up,
+        rtx_repairs_received: m_rtx_repairs_received,
+        rtx_duplicates_received: m_rtx_duplicates_received,
+        rtx_padding_received: m_rtx_padding_received,
+        rtx_sent: m_rtx_sent,
+        nack_rtt: m_nack_rtt,
         ..
     } = &stats.media;
     m_rtp_received.add(rtp_in);
@@ -113,6 +127,13 @@ pub fn add_forward_stats(stats: &ThreadStats, d: &ForwardStats) {
     m_switch_keyframe_requests.add(switch_keyframe_requests);
     m_probe_packets.add(probe_packets);
     m_estimates.add(&estimates);
+    m_nacks_sent.add(nacks_sent);
+    m_nack_gave_up.add(nack_gave_up);
+    m_rtx_repairs_received.add(rtx_repairs_received);
+    m_rtx_duplicates_received.add(rtx_duplicates_received);
+    m_rtx_padding_received.add(rtx_padding_received);
+    m_rtx_sent.add(rtx_sent);
+    m_nack_rtt.add(&nack_rtt);
 }
 
 #[cfg(test)]
@@ -156,6 +177,17 @@ mod tests {
                 sum_bps: 1_500_000,
                 count: 1,
             },
+            nacks_sent: 29,
+            nack_gave_up: 30,
+            rtx_repairs_received: 31,
+            rtx_duplicates_received: 32,
+            rtx_padding_received: 33,
+            rtx_sent: 34,
+            nack_rtt: crate::sfu::RttSamples {
+                buckets: [0, 0, 1, 0, 0, 0, 0, 0, 0],
+                sum_ms: 40,
+                count: 1,
+            },
         };
         add_forward_stats(&stats, &d);
         let m = &stats.media;
@@ -188,10 +220,18 @@ mod tests {
             m.layer_switches.get(),
             m.switch_keyframe_requests.get(),
             m.probe_packets.get(),
+            m.nacks_sent.get(),
+            m.nack_gave_up.get(),
+            m.rtx_repairs_received.get(),
+            m.rtx_duplicates_received.get(),
+            m.rtx_padding_received.get(),
+            m.rtx_sent.get(),
         ];
         assert_eq!(got, std::array::from_fn(|i| i as u64 + 1));
         assert_eq!(m.estimates.buckets[4].get(), 1);
         assert_eq!(m.estimates.sum_bps.get(), 1_500_000);
         assert_eq!(m.estimates.count.get(), 1);
+        assert_eq!(m.nack_rtt.buckets[2].get(), 1);
+        assert_eq!((m.nack_rtt.sum_ms.get(), m.nack_rtt.count.get()), (40, 1));
     }
 }

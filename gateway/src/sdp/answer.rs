@@ -12,6 +12,8 @@ use super::{Direction, ExtensionKind, Negotiated, NegotiatedMedia, Offer, Offere
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutboundTrack {
     pub ssrc: u32,
+    /// The RTX SSRC roomgate answers NACKs on, when RTX was negotiated.
+    pub rtx_ssrc: Option<u32>,
     pub cname: String,
     pub stream_id: String,
     pub track_id: String,
@@ -98,8 +100,12 @@ pub fn build_answer(offer: &Offer, negotiated: &Negotiated, params: &AnswerParam
             }
         };
         let pt = codec.payload_type;
+        let rtx = negotiated
+            .rtx_payload_type
+            .map(|r| format!(" {r}"))
+            .unwrap_or_default();
         line(format_args!(
-            "m={} 9 {} {pt}",
+            "m={} 9 {} {pt}{rtx}",
             offered.media, offered.protocol
         ));
         line(format_args!("c=IN IP4 0.0.0.0"));
@@ -127,6 +133,10 @@ pub fn build_answer(offer: &Offer, negotiated: &Negotiated, params: &AnswerParam
         for fb in &codec.rtcp_fb {
             line(format_args!("a=rtcp-fb:{pt} {fb}"));
         }
+        if let Some(rtx) = negotiated.rtx_payload_type {
+            line(format_args!("a=rtpmap:{rtx} rtx/{}", codec.clock_rate));
+            line(format_args!("a=fmtp:{rtx} apt={pt}"));
+        }
         if !negotiated.rids.is_empty() {
             // RFC 8853 §5.3: the answer's recv list is what the offerer may send; it
             // holds only RIDs also declared recv here.
@@ -144,8 +154,15 @@ pub fn build_answer(offer: &Offer, negotiated: &Negotiated, params: &AnswerParam
             let cname = clean(&track.cname);
             let ssrc = track.ssrc;
             line(format_args!("a=msid:{stream} {track_id}"));
+            if let Some(rtx) = track.rtx_ssrc {
+                line(format_args!("a=ssrc-group:FID {ssrc} {rtx}"));
+            }
             line(format_args!("a=ssrc:{ssrc} cname:{cname}"));
             line(format_args!("a=ssrc:{ssrc} msid:{stream} {track_id}"));
+            if let Some(rtx) = track.rtx_ssrc {
+                line(format_args!("a=ssrc:{rtx} cname:{cname}"));
+                line(format_args!("a=ssrc:{rtx} msid:{stream} {track_id}"));
+            }
         }
         // Some clients key remote candidates by m-line index even under BUNDLE, so every
         // accepted m-line repeats them. A v4-mapped IPv6 address is written as IPv4

@@ -37,6 +37,10 @@ pub struct NegotiatedMedia {
     /// lists them from its preferred stream down; browsers write them in `sendEncodings`
     /// order). Empty without simulcast; at most [`MAX_SIMULCAST_LAYERS`].
     pub rids: Vec<String>,
+    /// The `rtx` payload type paired with the codec (`apt=`), when offered with NACK.
+    pub rtx_payload_type: Option<u8>,
+    /// A publisher's RTX SSRC for its media SSRC (`a=ssrc-group:FID`), when announced.
+    pub rtx_ssrc: Option<u32>,
 }
 
 impl NegotiatedMedia {
@@ -144,6 +148,8 @@ fn negotiate_media(
         extensions: Vec::new(),
         extmap_allow_mixed: false,
         rids: Vec::new(),
+        rtx_payload_type: None,
+        rtx_ssrc: None,
     };
     let Some(kind) = m.kind else {
         return rejected;
@@ -168,7 +174,7 @@ fn negotiate_media(
     let twcc = extensions
         .iter()
         .any(|(_, k)| *k == ExtensionKind::TransportWideCc);
-    let rtcp_fb = codec
+    let rtcp_fb: Vec<String> = codec
         .rtcp_fb
         .iter()
         .filter(|fb| {
@@ -178,6 +184,14 @@ fn negotiate_media(
         .cloned()
         .collect();
     let rids = simulcast_layers(m, kind, direction, codec.payload_type, &extensions);
+    let rtx_payload_type = rtx_for(m, kind, &codec.payload_type, &rtcp_fb);
+    let rtx_ssrc = rtx_payload_type.and_then(|_| {
+        let media = m.ssrcs.first()?;
+        m.rtx_ssrcs
+            .iter()
+            .find(|(ssrc, _)| ssrc == media)
+            .map(|&(_, rtx)| rtx)
+    });
     NegotiatedMedia {
         mid: m.mid.clone(),
         kind: m.kind,
@@ -191,7 +205,23 @@ fn negotiate_media(
         extensions,
         extmap_allow_mixed: m.extmap_allow_mixed,
         rids,
+        rtx_payload_type,
+        rtx_ssrc,
     }
+}
+
+/// The offered `rtx` format (RFC 4588) whose `apt` is the chosen video codec, when NACK
+/// was agreed too: retransmissions then travel on their own SSRC and payload type, so
+/// receivers can tell a repair from the original and count it.
+fn rtx_for(m: &OfferedMedia, kind: MediaKind, payload_type: &u8, rtcp_fb: &[String]) -> Option<u8> {
+    if kind != MediaKind::Video || !rtcp_fb.iter().any(|fb| fb.eq_ignore_ascii_case("nack")) {
+        return None;
+    }
+    let apt = payload_type.to_string();
+    m.codecs
+        .iter()
+        .find(|c| c.name.eq_ignore_ascii_case("rtx") && c.fmtp_param("apt") == Some(apt.as_str()))
+        .map(|c| c.payload_type)
 }
 
 /// The offered extensions roomgate handles on an m-line of `kind` in `role`, first ID per

@@ -100,6 +100,8 @@ pub struct OfferedMedia {
     pub ssrcs: Vec<u32>,
     /// `a=msid` value (`<stream> <track>`), else the `msid:` of the first `a=ssrc`.
     pub msid: Option<String>,
+    /// `a=ssrc-group:FID <media> <rtx>` pairs (RFC 4588): each media SSRC's RTX SSRC.
+    pub rtx_ssrcs: Vec<(u32, u32)>,
     /// Session-level `a=extmap` lines followed by this m-line's, one per ID, every ID
     /// valid for [`OfferedMedia::extmap_allow_mixed`]. Unknown URIs are kept: the parser
     /// does not decide what roomgate negotiates.
@@ -529,6 +531,7 @@ struct MediaBuilder {
     rtcp_fb: Vec<(Option<u8>, String)>,
     ssrcs: Vec<u32>,
     repair_ssrcs: Vec<u32>,
+    rtx_ssrcs: Vec<(u32, u32)>,
     msid: Option<String>,
     ssrc_msid: Option<String>,
     transport: Transport,
@@ -594,6 +597,7 @@ impl MediaBuilder {
             rtcp_fb: Vec::new(),
             ssrcs: Vec::new(),
             repair_ssrcs: Vec::new(),
+            rtx_ssrcs: Vec::new(),
             msid: None,
             ssrc_msid: None,
             transport: Transport::default(),
@@ -786,6 +790,15 @@ impl MediaBuilder {
         let is_repair = ["FID", "FEC-FR", "FEC"]
             .iter()
             .any(|s| semantics.eq_ignore_ascii_case(s));
+        if semantics.eq_ignore_ascii_case("FID") {
+            if let [media, rtx, ..] = members[..] {
+                if !self.rtx_ssrcs.iter().any(|&(m, _)| m == media)
+                    && self.rtx_ssrcs.len() < MAX_SSRCS
+                {
+                    self.rtx_ssrcs.push((media, rtx));
+                }
+            }
+        }
         if is_repair {
             for ssrc in members.into_iter().skip(1) {
                 if !self.repair_ssrcs.contains(&ssrc) {
@@ -887,6 +900,7 @@ impl MediaBuilder {
             codecs,
             ssrcs,
             msid: self.msid.or(self.ssrc_msid),
+            rtx_ssrcs: self.rtx_ssrcs,
             extmaps: extmaps.into_iter().map(|(e, _)| e).collect(),
             extmap_allow_mixed,
             rids: self.rids,

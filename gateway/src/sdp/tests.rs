@@ -929,7 +929,7 @@ fn publisher_answer_to_chrome() {
     assert_eq!(
         lines[video_start..],
         [
-            "m=video 9 UDP/TLS/RTP/SAVPF 96",
+            "m=video 9 UDP/TLS/RTP/SAVPF 96 97",
             "c=IN IP4 0.0.0.0",
             "a=mid:1",
             "a=ice-ufrag:room1+abcd",
@@ -950,6 +950,8 @@ fn publisher_answer_to_chrome() {
             "a=rtcp-fb:96 ccm fir",
             "a=rtcp-fb:96 nack",
             "a=rtcp-fb:96 nack pli",
+            "a=rtpmap:97 rtx/90000",
+            "a=fmtp:97 apt=96",
             "a=candidate:1 1 udp 2130706431 203.0.113.7 7000 typ host",
             "a=candidate:2 1 udp 2130706430 2001:db8::7 7000 typ host",
             "a=candidate:3 1 udp 2130706429 198.51.100.9 7001 typ host",
@@ -973,6 +975,7 @@ fn answers_parse_back_with_every_required_field() {
                 .map(|(i, _)| {
                     (role == Role::Subscriber).then(|| OutboundTrack {
                         ssrc: 1000 + i as u32,
+                        rtx_ssrc: None,
                         cname: "roomgate".to_owned(),
                         stream_id: "room1".to_owned(),
                         track_id: format!("track{i}"),
@@ -999,10 +1002,22 @@ fn answers_parse_back_with_every_required_field() {
                     assert!(b.rtcp_mux);
                     assert_eq!(b.rtcp_rsize, o.rtcp_rsize, "{name}");
                     assert_eq!(b.direction, neg.direction);
-                    assert_eq!(
-                        b.codecs.as_slice(),
-                        std::slice::from_ref(neg.codec.as_ref().unwrap())
-                    );
+                    // The chosen codec, then its rtx format when RTX was agreed.
+                    assert_eq!(b.codecs.first(), neg.codec.as_ref());
+                    let rtx: Vec<(u8, Option<&str>)> = b.codecs[1..]
+                        .iter()
+                        .map(|c| (c.payload_type, c.fmtp.as_deref()))
+                        .collect();
+                    let apt = neg
+                        .codec
+                        .as_ref()
+                        .map(|c| format!("apt={}", c.payload_type));
+                    let expected: Vec<(u8, Option<&str>)> = neg
+                        .rtx_payload_type
+                        .map(|pt| (pt, apt.as_deref()))
+                        .into_iter()
+                        .collect();
+                    assert_eq!(rtx, expected, "{name}");
                     let back_ext: Vec<(u8, Option<ExtensionKind>)> =
                         b.extmaps.iter().map(|e| (e.id, e.kind())).collect();
                     let negotiated_ext: Vec<(u8, Option<ExtensionKind>)> = neg
@@ -1054,6 +1069,7 @@ fn subscriber_answer_announces_outbound_ssrcs() {
     let outbound = [
         Some(OutboundTrack {
             ssrc: 11223344,
+            rtx_ssrc: None,
             cname: "rg-7f3a".to_owned(),
             stream_id: "room1-alice".to_owned(),
             track_id: "audio-1".to_owned(),
@@ -1140,6 +1156,7 @@ fn caller_values_cannot_break_lines() {
     let outbound = [
         Some(OutboundTrack {
             ssrc: 1,
+            rtx_ssrc: None,
             cname: "c name\r\na=injected".to_owned(),
             stream_id: "room one\nx".to_owned(),
             track_id: String::new(),
@@ -1209,6 +1226,7 @@ fn exercise(text: &str) {
                 .map(|_| {
                     Some(OutboundTrack {
                         ssrc: 7,
+                        rtx_ssrc: None,
                         cname: "c".to_owned(),
                         stream_id: "s".to_owned(),
                         track_id: "t".to_owned(),
@@ -1884,7 +1902,7 @@ fn chrome_simulcast_publisher_answer() {
     assert_eq!(
         lines[video_start..lines.len() - 4],
         [
-            "m=video 9 UDP/TLS/RTP/SAVPF 96",
+            "m=video 9 UDP/TLS/RTP/SAVPF 96 97",
             "c=IN IP4 0.0.0.0",
             "a=mid:1",
             "a=ice-ufrag:room1+abcd",
@@ -1905,6 +1923,8 @@ fn chrome_simulcast_publisher_answer() {
             "a=rtcp-fb:96 ccm fir",
             "a=rtcp-fb:96 nack",
             "a=rtcp-fb:96 nack pli",
+            "a=rtpmap:97 rtx/90000",
+            "a=fmtp:97 apt=96",
             "a=rid:q recv",
             "a=rid:h recv",
             "a=rid:f recv",
@@ -2154,4 +2174,56 @@ fn rejected_m_lines_negotiate_nothing() {
     let data = &n.media[1];
     assert!(!data.accepted);
     assert!(data.extensions.is_empty() && data.rids.is_empty() && !data.extmap_allow_mixed);
+}
+
+#[test]
+fn rtx_is_negotiated_with_nack_and_announced_with_its_ssrc() {
+    // A publisher's FID group names its RTX SSRC; the answer pairs rtx with the codec.
+    let (_, n) = negotiated(CHROME_WHIP, Role::Publisher, &[]);
+    let video = n
+        .accepted()
+        .find(|m| m.kind == Some(MediaKind::Video))
+        .expect("video");
+    let pt = video.codec.as_ref().expect("codec").payload_type;
+    let rtx = video.rtx_payload_type.expect("rtx offered with apt");
+    assert_eq!((pt, rtx), (96, 97));
+    assert_eq!(video.rtx_ssrc, Some(1_120_593_447));
+    let audio = n
+        .accepted()
+        .find(|m| m.kind == Some(MediaKind::Audio))
+        .expect("audio");
+    assert_eq!(audio.rtx_payload_type, None, "no RTX for audio");
+
+    // A subscriber's answer announces roomgate's RTX stream in a FID group.
+    let (offer, n) = negotiated(CHROME_WHEP, Role::Subscriber, &[]);
+    let outbound: Vec<Option<OutboundTrack>> = n
+        .media
+        .iter()
+        .map(|m| {
+            (m.accepted && m.kind == Some(MediaKind::Video)).then(|| OutboundTrack {
+                ssrc: 5000,
+                rtx_ssrc: m.rtx_payload_type.map(|_| 5001),
+                cname: "c".to_owned(),
+                stream_id: "s".to_owned(),
+                track_id: "t".to_owned(),
+            })
+        })
+        .collect();
+    let answer = answer_for(&offer, &n, &outbound);
+    let lines = answer_lines(&answer);
+    for expected in [
+        "a=rtpmap:97 rtx/90000",
+        "a=fmtp:97 apt=96",
+        "a=ssrc-group:FID 5000 5001",
+        "a=ssrc:5001 cname:c",
+    ] {
+        assert!(lines.contains(&expected), "{expected} in {answer}");
+    }
+
+    // Without NACK there is nothing for RTX to carry.
+    let no_nack = edit(CHROME_WHEP, |l| {
+        (!l.contains(" nack")).then(|| l.to_owned())
+    });
+    let (_, n) = negotiated(&no_nack, Role::Subscriber, &[]);
+    assert!(n.accepted().all(|m| m.rtx_payload_type.is_none()));
 }

@@ -21,12 +21,15 @@ pub mod codec;
 mod congestion;
 mod forward;
 pub mod layers;
+mod nack_gen;
 mod pool;
 mod receive;
 pub mod rtcp;
 pub mod rtp;
 pub mod rtp_ext;
 mod rtx;
+#[cfg(test)]
+mod rtx_tests;
 #[cfg(test)]
 mod simulcast_tests;
 mod sink;
@@ -39,6 +42,6 @@ pub mod twcc;
 
 pub use forward::{
     EstimateSamples, ForwardConfig, ForwardError, ForwardStats, MemberId, Output, PublishedTrack,
-    RoomCore, SlotView, SubscribedSlot, ESTIMATE_BUCKETS_BPS,
+    RoomCore, RttSamples, SlotView, SubscribedSlot, ESTIMATE_BUCKETS_BPS, NACK_RTT_BUCKETS_MS,
 };
 pub use layers::LayerRequest;

@@ -677,29 +677,48 @@ pub fn write_sr_into(
 /// PID share that entry's bitmask; `lost` is best given in ascending order. Returns `None`
 /// for an empty list, since a NACK without FCI is invalid.
 pub fn write_nack(sender_ssrc: u32, media_ssrc: u32, lost: &[u16]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    write_nack_into(&mut out, sender_ssrc, media_ssrc, lost).then_some(out)
+}
+
+/// [`write_nack`] into a caller's buffer (appended; no allocation when `out` has room):
+/// `lost` in ascending order packs into PID/BLP pairs. `false` (nothing written) when
+/// `lost` is empty.
+pub fn write_nack_into(out: &mut Vec<u8>, sender_ssrc: u32, media_ssrc: u32, lost: &[u16]) -> bool {
     if lost.is_empty() {
-        return None;
+        return false;
     }
-    let mut entries: Vec<(u16, u16)> = Vec::new();
-    for &seq in lost {
-        match entries.last_mut() {
-            Some((pid, blp)) if (1..=16).contains(&seq.wrapping_sub(*pid)) => {
-                *blp |= 1 << (seq.wrapping_sub(*pid) - 1);
+    let pairs = |f: &mut dyn FnMut(u16, u16)| {
+        let mut current: Option<(u16, u16)> = None;
+        for &seq in lost {
+            match current.as_mut() {
+                Some((pid, blp)) if (1..=16).contains(&seq.wrapping_sub(*pid)) => {
+                    *blp |= 1 << (seq.wrapping_sub(*pid) - 1);
+                }
+                Some((pid, _)) if *pid == seq => {}
+                _ => {
+                    if let Some((pid, blp)) = current {
+                        f(pid, blp);
+                    }
+                    current = Some((seq, 0));
+                }
             }
-            Some((pid, _)) if *pid == seq => {}
-            _ => entries.push((seq, 0)),
         }
-    }
-    let body_len = 8 + 4 * entries.len();
-    let mut out = Vec::with_capacity(HEADER_LEN + body_len);
-    push_header(&mut out, FMT_NACK, PT_RTPFB, body_len);
+        if let Some((pid, blp)) = current {
+            f(pid, blp);
+        }
+    };
+    let mut count = 0;
+    pairs(&mut |_, _| count += 1);
+    let body_len = 8 + 4 * count;
+    push_header(out, FMT_NACK, PT_RTPFB, body_len);
     out.extend_from_slice(&sender_ssrc.to_be_bytes());
     out.extend_from_slice(&media_ssrc.to_be_bytes());
-    for (pid, blp) in entries {
+    pairs(&mut |pid, blp| {
         out.extend_from_slice(&pid.to_be_bytes());
         out.extend_from_slice(&blp.to_be_bytes());
-    }
-    Some(out)
+    });
+    true
 }
 
 #[cfg(test)]

@@ -65,6 +65,8 @@ fn room(now: Instant) -> RoomCore {
             codec: vp8(),
             mid: "0".into(),
             rids: RIDS.iter().map(|r| r.to_string()).collect(),
+            rtx_payload_type: None,
+            rtx_ssrc: None,
         }],
         now,
     );
@@ -84,6 +86,7 @@ fn subscribe(core: &mut RoomCore, with_twcc: bool, now: Instant) {
                 ..vp8()
             },
             mid: "0".into(),
+            rtx: None,
         }],
         None,
         now,

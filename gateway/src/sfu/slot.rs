@@ -78,6 +78,10 @@ pub(super) struct Slot {
     pub codec_kind: CodecKind,
     /// The newest packet sent ended a frame: padding may go out without splitting one.
     pub frame_done: bool,
+    /// `(payload type, SSRC)` of the subscriber's RTX stream, when negotiated.
+    pub rtx: Option<(u8, u32)>,
+    /// Sequence number of the next packet on the RTX stream (its own space).
+    pub rtx_seq: u16,
 }
 
 impl Slot {
@@ -95,6 +99,8 @@ impl Slot {
             vp8_switched: true,
             codec_kind: CodecKind::from(&codec),
             frame_done: false,
+            rtx: None,
+            rtx_seq: 0,
             codec,
         }
     }

@@ -57,6 +57,8 @@ fn video(ssrc: Option<u32>) -> PublishedTrack {
         codec: vp8(96),
         mid: "1".into(),
         rids: Vec::new(),
+        rtx_payload_type: None,
+        rtx_ssrc: None,
     }
 }
 
@@ -67,6 +69,8 @@ fn audio(ssrc: Option<u32>) -> PublishedTrack {
         codec: opus(111),
         mid: "0".into(),
         rids: Vec::new(),
+        rtx_payload_type: None,
+        rtx_ssrc: None,
     }
 }
 
@@ -76,6 +80,7 @@ fn video_slot(out_ssrc: u32, pt: u8) -> SubscribedSlot {
         out_ssrc,
         codec: vp8(pt),
         mid: "1".into(),
+        rtx: None,
     }
 }
 
@@ -85,6 +90,7 @@ fn audio_slot(out_ssrc: u32, pt: u8) -> SubscribedSlot {
         out_ssrc,
         codec: opus(pt),
         mid: "0".into(),
+        rtx: None,
     }
 }
 
@@ -547,6 +553,8 @@ fn fir_becomes_pli_or_fir_for_fir_only_publishers() {
             codec: fir_codec,
             mid: "1".into(),
             rids: Vec::new(),
+            rtx_payload_type: None,
+            rtx_ssrc: None,
         }],
         t0,
     );
@@ -736,6 +744,7 @@ fn codec_mismatch_never_binds() {
         kind: MediaKind::Video,
         out_ssrc: OUT,
         mid: "1".into(),
+        rtx: None,
         codec: Codec {
             payload_type: 102,
             name: "H264".into(),
@@ -814,7 +823,14 @@ fn receiver_report_loss_wrap_and_lsr() {
     );
     core.handle_rtcp(A, &sr, t0 + MS * 500).expect("valid");
     core.handle_timeout(t0 + MS * 999);
-    assert!(drain(&mut core).is_empty(), "not due yet");
+    // Only the NACKs for the missing seq 2 (repeated, then given up), no report yet.
+    let early = drain(&mut core);
+    assert!(
+        rtcp_to(&early, A).iter().all(|p| rtcp::parse_compound(p)
+            .flatten()
+            .all(|r| matches!(r, RtcpPacket::Nack(_)))),
+        "not due yet"
+    );
 
     core.handle_timeout(t0 + MS * 1000);
     let outs = drain(&mut core);
@@ -843,6 +859,11 @@ fn receiver_report_loss_wrap_and_lsr() {
         }]
     );
     assert_eq!(core.take_stats().rr_sent, 1);
+    // The NACK for seq 2 is repeated once more and then given up; after that only the
+    // RR timer is left.
+    core.handle_timeout(t0 + MS * 1300);
+    drain(&mut core);
+    assert_eq!(core.take_stats().nack_gave_up, 1);
     assert_eq!(core.poll_timeout(), Some(t0 + MS * 2000));
 
     // Nothing new since: no report.

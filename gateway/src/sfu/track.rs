@@ -9,6 +9,7 @@ use crate::sdp::{Codec, MediaKind};
 use super::codec::CodecKind;
 use super::forward::ForwardStats;
 use super::layers::LayerInfo;
+use super::nack_gen::NackGenerator;
 use super::receive::ReceiveStats;
 use super::rtp_ext::Extensions;
 use super::rtx::{RtxBuffer, AUDIO_ENTRY_RESERVE, VIDEO_ENTRY_RESERVE};
@@ -41,6 +42,11 @@ pub(super) struct Layer {
     pub rid: Option<Box<[u8]>>,
     /// From the SDP, else learned from the first packet naming this layer.
     pub ssrc: Option<u32>,
+    /// The layer's RTX stream (RFC 4588): from the SDP's FID group, the
+    /// `repaired-rtp-stream-id` extension, or learned.
+    pub rtx_ssrc: Option<u32>,
+    /// What roomgate missed of this layer and asks the publisher for.
+    pub nacks: NackGenerator,
     pub rtx: RtxBuffer,
     pub recv: ReceiveStats,
     /// LSR value (NTP middle 32 bits) and arrival time of the latest SR.
@@ -62,6 +68,8 @@ impl Layer {
         Self {
             rid,
             ssrc,
+            rtx_ssrc: None,
+            nacks: NackGenerator::default(),
             rtx: RtxBuffer::new(capacity, reserve),
             recv: ReceiveStats::default(),
             last_sr: None,
@@ -109,6 +117,10 @@ pub(super) struct Track {
     pub bound: Vec<SlotRef>,
     /// Publisher offered `ccm fir` without `nack pli`: it may ignore PLIs.
     pub fir_only: bool,
+    /// The publisher's `rtx` payload type, when negotiated.
+    pub rtx_pt: Option<u8>,
+    /// The publisher agreed to generic NACK: roomgate asks it for what it missed.
+    pub nack: bool,
 }
 
 impl Track {
@@ -129,6 +141,10 @@ impl Track {
                 .map(|r| Layer::new(Some(r.as_bytes().into()), None, kind, capacity))
                 .collect()
         };
+        let nack = codec
+            .rtcp_fb
+            .iter()
+            .any(|f| f.trim().eq_ignore_ascii_case("nack"));
         Self {
             kind,
             fir_only: fir_only(&codec),
@@ -137,6 +153,18 @@ impl Track {
             mid: mid.into(),
             layers,
             bound: Vec::new(),
+            rtx_pt: None,
+            nack,
+        }
+    }
+
+    /// RTX negotiated for this track: its payload type, and the RTX SSRC of a single
+    /// stream when the SDP named it.
+    pub fn set_rtx(&mut self, payload_type: Option<u8>, ssrc: Option<u32>) {
+        self.rtx_pt = payload_type;
+        let simulcast = self.is_simulcast();
+        if let (Some(layer), false) = (self.layers.first_mut(), simulcast) {
+            layer.rtx_ssrc = ssrc.filter(|_| payload_type.is_some());
         }
     }
 
@@ -209,6 +237,42 @@ pub(super) fn locate(
             None
         }
     }
+}
+
+/// Which (track, layer) a publisher's RTX packet repairs, learning RTX SSRCs from the
+/// `repaired-rtp-stream-id` extension (simulcast) or, for a single stream whose SDP did
+/// not name one, from the RTX payload type. `None`: not a retransmission.
+pub(super) fn locate_rtx(
+    tracks: &mut [Track],
+    ssrc: u32,
+    pt: u8,
+    ext: &Extensions<'_>,
+) -> Option<(usize, usize)> {
+    if let Some(found) = tracks.iter().enumerate().find_map(|(i, t)| {
+        t.layers
+            .iter()
+            .position(|l| l.rtx_ssrc == Some(ssrc))
+            .map(|l| (i, l))
+    }) {
+        return Some(found);
+    }
+    let is_rtx = |t: &Track| t.rtx_pt == Some(pt);
+    let mid_matches = |t: &Track| ext.mid.is_none_or(|m| t.mid.as_bytes() == m);
+    let (i, l) = match ext.repaired_rid {
+        Some(rid) => tracks
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| is_rtx(t) && mid_matches(t))
+            .find_map(|(i, t)| t.layer_by_rid(rid).map(|l| (i, l)))?,
+        None => {
+            let i = tracks
+                .iter()
+                .position(|t| is_rtx(t) && !t.is_simulcast() && t.layers[0].rtx_ssrc.is_none())?;
+            (i, 0)
+        }
+    };
+    tracks[i].layers[l].rtx_ssrc = Some(ssrc);
+    Some((i, l))
 }
 
 fn fir_only(codec: &Codec) -> bool {

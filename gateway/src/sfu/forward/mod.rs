@@ -12,20 +12,25 @@ mod rewrite;
 mod stats;
 mod timers;
 
-pub use stats::{EstimateSamples, ForwardStats, SlotView, ESTIMATE_BUCKETS_BPS};
+pub use stats::{
+    EstimateSamples, ForwardStats, RttSamples, SlotView, ESTIMATE_BUCKETS_BPS, NACK_RTT_BUCKETS_MS,
+};
 
 use super::codec::{self, CodecKind};
 use super::congestion::SubscriberCc;
 use super::layers::{choose_layer, rank_layers, rank_name, LayerInfo, LayerRequest};
+use super::nack_gen::Arrival;
 use super::pool::BufferPool;
 use super::rtcp::{self, Nack, ReportBlock, RtcpError, RtcpPacket, SenderReport};
 use super::rtp::{seq_newer, RtpError, RtpHeader};
 use super::rtp_ext::{self, ExtensionError, ExtensionIds, Extensions};
 use super::sink::Sink;
 use super::slot::{Binding, Slot};
-use super::track::{locate, SlotRef, Track, TrackKey, MAX_LAYERS};
+use super::track::{locate, locate_rtx, SlotRef, Track, TrackKey, MAX_LAYERS};
 use super::twcc::TwccRecorder;
-use rewrite::{continue_picture_ids, forwarded, rewrite_picture_ids, set_stream, stamp};
+use rewrite::{
+    continue_picture_ids, forwarded, rewrite_picture_ids, set_stream, stamp, unwrap_rtx, wrap_rtx,
+};
 
 /// Identifies a session inside a room; assigned by the logic thread.
 pub type MemberId = u32;
@@ -43,6 +48,11 @@ pub struct PublishedTrack {
     pub mid: String,
     /// Simulcast layers by RID (at most three); empty for a single stream.
     pub rids: Vec<String>,
+    /// The publisher's `rtx` payload type (RFC 4588), when negotiated.
+    pub rtx_payload_type: Option<u8>,
+    /// Its RTX SSRC for a single stream (`a=ssrc-group:FID`); simulcast layers' RTX
+    /// streams are bound by `repaired-rtp-stream-id`, or learned.
+    pub rtx_ssrc: Option<u32>,
 }
 
 /// One receiving m-line of a subscriber.
@@ -54,6 +64,9 @@ pub struct SubscribedSlot {
     /// The subscriber's negotiated payload type and format.
     pub codec: Codec,
     pub mid: String,
+    /// `(payload type, SSRC)` of the RTX stream NACKs are answered on; `None`: on the
+    /// original SSRC.
+    pub rtx: Option<(u8, u32)>,
 }
 
 /// A plaintext packet to protect and send to a member. The `packet` buffer comes from
@@ -199,6 +212,8 @@ pub struct RoomCore {
     next_layers: Option<Instant>,
     /// Origin of the abs-send-time roomgate writes.
     epoch: Option<Instant>,
+    /// Scratch for the seqs of one NACK to a publisher.
+    nack_scratch: Vec<u16>,
 }
 
 /// The room split into the sink keyframe requests write to and the member maps, so a
@@ -260,6 +275,7 @@ impl RoomCore {
             next_fast: None,
             next_layers: None,
             epoch: None,
+            nack_scratch: Vec::new(),
         }
     }
 
@@ -287,7 +303,11 @@ impl RoomCore {
         let capacity = self.config.rtx_buffer_packets;
         let tracks = tracks
             .into_iter()
-            .map(|t| Track::new(t.kind, t.codec, &t.mid, t.ssrc, &t.rids, capacity))
+            .map(|t| {
+                let mut track = Track::new(t.kind, t.codec, &t.mid, t.ssrc, &t.rids, capacity);
+                track.set_rtx(t.rtx_payload_type, t.rtx_ssrc);
+                track
+            })
             .collect();
         self.publishers.insert(
             id,
@@ -328,7 +348,11 @@ impl RoomCore {
         }
         let slots = slots
             .into_iter()
-            .map(|s| Slot::new(s.kind, s.out_ssrc, s.codec, &s.mid))
+            .map(|s| {
+                let mut slot = Slot::new(s.kind, s.out_ssrc, s.codec, &s.mid);
+                slot.rtx = s.rtx;
+                slot
+            })
             .collect();
         self.subscribers.insert(
             id,
@@ -600,23 +624,91 @@ impl RoomCore {
         if let (Some(seq), Some(twcc)) = (ext.transport_seq, publisher.twcc.as_mut()) {
             twcc.on_packet(ssrc, seq, now);
         }
+        if let Some((index, layer)) = locate_rtx(&mut publisher.tracks, ssrc, pt, &ext) {
+            return self.handle_publisher_rtx(from, (index, layer), &header, &ext, now);
+        }
         let Some((index, layer)) = locate(&mut publisher.tracks, ssrc, pt, &ext, &mut self.stats)
         else {
             return Ok(());
         };
-        let track = &mut publisher.tracks[index];
-        if pt != track.codec.payload_type {
+        if pt != publisher.tracks[index].codec.payload_type {
             self.stats.rtp_payload_type_mismatch += 1;
             return Ok(());
         }
+        self.forward_media(from, (index, layer), &header, &ext, now);
+        Ok(())
+    }
+
+    /// A publisher's retransmission (RFC 4588): its payload starts with the original
+    /// sequence number. Unwrapped, it is the packet roomgate missed, and takes the
+    /// media path from there (a copy roomgate already has is dropped and counted).
+    fn handle_publisher_rtx(
+        &mut self,
+        from: MemberId,
+        (index, layer): (usize, usize),
+        header: &RtpHeader<'_>,
+        ext: &Extensions<'_>,
+        now: Instant,
+    ) -> Result<(), ForwardError> {
+        let payload = header.payload();
+        let Some(osn) = payload.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])) else {
+            // Padding-only RTX packets are the publisher's own bandwidth probes.
+            self.stats.rtx_padding_received += 1;
+            return Ok(());
+        };
+        let track = self.publishers.get(&from).and_then(|p| p.tracks.get(index));
+        let Some((media_ssrc, media_pt, have)) = track.and_then(|t| {
+            let l = t.layers.get(layer)?;
+            Some((l.ssrc?, t.codec.payload_type, l.rtx.get(osn).is_some()))
+        }) else {
+            self.stats.rtp_unknown_ssrc += 1;
+            return Ok(());
+        };
+        if have {
+            self.stats.rtx_duplicates_received += 1;
+            return Ok(());
+        }
+        let mut original = self.pool.take();
+        unwrap_rtx(&mut original, header, media_ssrc, media_pt, osn);
+        if let Ok(repaired) = RtpHeader::parse(&original) {
+            self.stats.rtx_repairs_received += 1;
+            self.forward_media(from, (index, layer), &repaired, ext, now);
+        }
+        self.pool.give(original);
+        Ok(())
+    }
+
+    /// Store a publisher's media packet and send it to every slot it feeds.
+    fn forward_media(
+        &mut self,
+        from: MemberId,
+        (index, layer): (usize, usize),
+        header: &RtpHeader<'_>,
+        ext: &Extensions<'_>,
+        now: Instant,
+    ) {
+        let packet = header.as_bytes();
+        let Some(track) = self
+            .publishers
+            .get_mut(&from)
+            .and_then(|p| p.tracks.get_mut(index))
+        else {
+            return;
+        };
         let seq = header.sequence_number();
         let ts = header.timestamp();
         let clock_rate = track.codec.clock_rate;
         let codec_kind = track.codec_kind;
         let Some(source) = track.layers.get_mut(layer) else {
-            return Ok(());
+            return;
         };
         source.recv.update(seq, ts, clock_rate, now);
+        if track.nack {
+            if let Arrival::Repaired(rtt) = source.nacks.on_packet(seq, now) {
+                self.stats.nack_rtt.observe(rtt);
+            }
+        }
+        let gap = source.nacks.has_missing();
         let stored_at = source.rtx.insert(seq, packet);
         source.on_packet(packet.len(), now);
         let payload = header.payload();
@@ -662,8 +754,8 @@ impl RoomCore {
             let transport_seq = stamp(&mut sub.cc, &sub.extensions, packet.len(), now);
             let mut out = forwarded(
                 &mut self.pool,
-                &header,
-                &ext,
+                header,
+                ext,
                 &sub.extensions,
                 transport_seq,
                 abs_send_time,
@@ -688,7 +780,11 @@ impl RoomCore {
             });
             self.stats.rtp_forwarded += 1;
         }
-        Ok(())
+        // Ask for what is missing at once; the fast tick repeats the request.
+        if gap {
+            self.send_publisher_nacks(now);
+            self.next_fast.get_or_insert(now + timers::FAST_TICK);
+        }
     }
 
     /// Handle a plaintext RTCP compound packet. The whole compound is validated first,
@@ -786,7 +882,11 @@ impl RoomCore {
             sub.rtx_in_window = 0;
         }
         let sub = &mut *sub;
-        let Some(slot) = sub.slots.iter().find(|s| s.out_ssrc == nack.media_ssrc()) else {
+        let Some(slot) = sub
+            .slots
+            .iter_mut()
+            .find(|s| s.out_ssrc == nack.media_ssrc())
+        else {
             self.stats.rtcp_unknown_ssrc += 1;
             return;
         };
@@ -852,6 +952,13 @@ impl RoomCore {
                 out_seq,
                 h.timestamp().wrapping_add(off.ts),
             );
+            // With RTX the repair travels on its own stream, so the subscriber can tell
+            // it from the original and count it (RFC 4588).
+            if let Some((rtx_pt, rtx_ssrc)) = slot.rtx {
+                wrap_rtx(&mut packet, rtx_pt, rtx_ssrc, slot.rtx_seq);
+                slot.rtx_seq = slot.rtx_seq.wrapping_add(1);
+                self.stats.rtx_sent += 1;
+            }
             self.out.push_back(Output::Rtp { to: from, packet });
             self.stats.retransmissions += 1;
         }

@@ -138,3 +138,37 @@ pub(super) fn write_padding(
     out.resize(out.len() + padding - 1, 0);
     out.push(padding as u8);
 }
+
+/// The original packet inside a publisher's RTX packet (RFC 4588 4): the RTX header
+/// with the media SSRC, payload type and the original sequence number, and the payload
+/// after the 2-byte OSN. RTP padding is dropped with the RTX framing.
+pub(super) fn unwrap_rtx(out: &mut Vec<u8>, rtx: &RtpHeader<'_>, ssrc: u32, pt: u8, osn: u16) {
+    out.clear();
+    out.extend_from_slice(&rtx.as_bytes()[..rtx.payload_offset()]);
+    out.extend_from_slice(rtx.payload().get(2..).unwrap_or_default());
+    out[0] &= !PADDING_BIT;
+    let ts = rtx.timestamp();
+    set_stream(out, ssrc, pt, osn, ts);
+}
+
+/// Turn a retransmission ready for the subscriber's media stream into one on its RTX
+/// stream: the original seq becomes the payload's first two bytes (OSN), padding goes,
+/// and the packet takes the RTX stream's SSRC, payload type and next seq.
+pub(super) fn wrap_rtx(packet: &mut Vec<u8>, pt: u8, ssrc: u32, seq: u16) {
+    let Ok(h) = RtpHeader::parse(packet) else {
+        return;
+    };
+    let at = h.payload_offset();
+    let end = at + h.payload().len();
+    let osn = h.sequence_number();
+    let ts = h.timestamp();
+    packet.truncate(end);
+    packet[0] &= !PADDING_BIT;
+    // Shift the payload up by two bytes in place (the pooled buffer has the room).
+    packet.extend_from_slice(&[0, 0]);
+    packet.copy_within(at..end, at + 2);
+    packet[at..at + 2].copy_from_slice(&osn.to_be_bytes());
+    set_stream(packet, ssrc, pt, seq, ts);
+}
+
+const PADDING_BIT: u8 = 0x20;

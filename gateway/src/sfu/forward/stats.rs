@@ -61,6 +61,45 @@ pub struct ForwardStats {
     pub probe_packets: u64,
     /// Subscribers' bandwidth estimates, sampled every layer interval.
     pub estimates: EstimateSamples,
+    /// NACK packets roomgate sent to publishers for packets it missed.
+    pub nacks_sent: u64,
+    /// Missed packets roomgate stopped asking for (too old, asked three times).
+    pub nack_gave_up: u64,
+    /// Publishers' RTX packets that repaired a missed packet / repeated one roomgate
+    /// already had / carried only padding (the publisher's own probes). The last two
+    /// are dropped.
+    pub rtx_repairs_received: u64,
+    pub rtx_duplicates_received: u64,
+    pub rtx_padding_received: u64,
+    /// Retransmissions to subscribers sent on their RTX stream (also in
+    /// `retransmissions`).
+    pub rtx_sent: u64,
+    /// Time from roomgate's first NACK to the repaired packet's arrival.
+    pub nack_rtt: RttSamples,
+}
+
+/// Upper bounds (ms) of the NACK round-trip histogram's buckets; the last is +Inf.
+pub const NACK_RTT_BUCKETS_MS: [u64; 8] = [10, 25, 50, 100, 200, 400, 800, 1600];
+
+/// A histogram of NACK round trips, as counts to fold into the thread's exported one.
+#[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RttSamples {
+    pub buckets: [u64; NACK_RTT_BUCKETS_MS.len() + 1],
+    pub sum_ms: u64,
+    pub count: u64,
+}
+
+impl RttSamples {
+    pub(crate) fn observe(&mut self, rtt: std::time::Duration) {
+        let ms = rtt.as_millis() as u64;
+        let i = NACK_RTT_BUCKETS_MS
+            .iter()
+            .position(|b| ms <= *b)
+            .unwrap_or(NACK_RTT_BUCKETS_MS.len());
+        self.buckets[i] += 1;
+        self.sum_ms += ms;
+        self.count += 1;
+    }
 }
 
 /// Upper bounds (bit/s) of the estimate histogram's buckets; the last is +Inf.

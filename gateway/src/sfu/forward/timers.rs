@@ -17,7 +17,7 @@ use crate::sfu::track::{Track, MAX_LAYERS};
 const PROBE_MARGIN: f64 = 1.2;
 /// The room's periodic tick for transport-wide feedback and probe padding, while any
 /// member negotiated transport-wide-cc (feedback is due every 50 ms while packets flow).
-const FAST_TICK: Duration = Duration::from_millis(20);
+pub(super) const FAST_TICK: Duration = Duration::from_millis(20);
 /// Room for one feedback packet in a pooled buffer.
 const FEEDBACK_CAPACITY: usize = 1200;
 impl RoomCore {
@@ -36,7 +36,7 @@ impl RoomCore {
             (true, Some(t)) => Some(t),
             (true, None) => Some(now + self.config.layer_interval),
         };
-        let fast = cc || self.publishers.values().any(|p| p.twcc.is_some());
+        let fast = cc || self.fast_tick_needed();
         self.next_fast = match (fast, self.next_fast) {
             (false, _) => None,
             (true, Some(t)) => Some(t),
@@ -55,9 +55,12 @@ impl RoomCore {
             self.send_receiver_reports(now);
         }
         if self.next_fast.is_some_and(|due| now >= due) {
-            self.next_fast = Some(now + FAST_TICK);
             self.send_transport_feedback(now);
             self.send_probe_padding(now);
+            self.send_publisher_nacks(now);
+            let needed =
+                self.subscribers.values().any(|s| s.cc.is_some()) || self.fast_tick_needed();
+            self.next_fast = needed.then_some(now + FAST_TICK);
         }
         if self.next_layers.is_some_and(|due| now >= due) {
             self.next_layers = Some(now + self.config.layer_interval);
@@ -95,6 +98,51 @@ impl RoomCore {
             rtcp::write_rr_into(&mut packet, self.config.sender_ssrc, &self.rr_blocks);
             self.out.push_back(Output::Rtcp { to: pid, packet });
             self.stats.rr_sent += 1;
+        }
+    }
+
+    /// Publishers get transport-wide feedback, or roomgate still waits for packets it
+    /// asked a publisher to repeat.
+    fn fast_tick_needed(&self) -> bool {
+        self.publishers.values().any(|p| {
+            p.twcc.is_some()
+                || p.tracks
+                    .iter()
+                    .any(|t| t.layers.iter().any(|l| l.nacks.has_missing()))
+        })
+    }
+
+    /// NACKs to publishers for what roomgate missed of their layers: one RTCP packet per
+    /// layer with due requests, sent at a gap and repeated on the fast tick.
+    pub(super) fn send_publisher_nacks(&mut self, now: Instant) {
+        for &pid in &self.publisher_order {
+            let Some(publisher) = self.publishers.get_mut(&pid) else {
+                continue;
+            };
+            if !publisher.ready {
+                continue;
+            }
+            for layer in publisher
+                .tracks
+                .iter_mut()
+                .flat_map(|t| t.layers.iter_mut())
+            {
+                layer.nacks.poll_nack(now, &mut self.nack_scratch);
+                self.stats.nack_gave_up += layer.nacks.take_gave_up();
+                let Some(ssrc) = layer.ssrc else { continue };
+                let mut packet = self.pool.take();
+                if rtcp::write_nack_into(
+                    &mut packet,
+                    self.config.sender_ssrc,
+                    ssrc,
+                    &self.nack_scratch,
+                ) {
+                    self.out.push_back(Output::Rtcp { to: pid, packet });
+                    self.stats.nacks_sent += 1;
+                } else {
+                    self.pool.give(packet);
+                }
+            }
         }
     }
 

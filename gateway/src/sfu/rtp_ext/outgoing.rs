@@ -12,7 +12,7 @@ const KINDS: usize = ExtensionKind::ALL.len();
 
 /// Element data by kind, borrowed from the received packet or the caller's stack.
 ///
-/// ```ignore
+/// ```text
 /// let seq = encode_transport_seq(next_seq);
 /// let mut ext = OutgoingExtensions::default();
 /// ext.set(ExtensionKind::Mid, subscriber_mid.as_bytes());
