@@ -430,7 +430,21 @@ fn feedback_pli_fir_nack_and_receiver_reports() {
     all_rtcp.extend(rtcp);
     assert_media_delta(&gw, &before, "firs_received", 1);
 
-    // NACK for a packet the gateway forwarded: the same packet again.
+    // The first media is well over a second old now: past the retransmission buffer's
+    // time window, a NACK for it is a miss, not a late repair.
+    let before = gw.status();
+    sub.send_nack(sub_video, &[sent[&Kind::Video][7].seq]);
+    assert_nothing(
+        "subscriber after a NACK for a packet older than the buffer's window",
+        &sub,
+        Duration::from_millis(300),
+    );
+    assert_media_delta(&gw, &before, "nack_misses", 1);
+    assert_media_delta(&gw, &before, "retransmissions", 0);
+
+    // NACK for a packet the gateway just forwarded: the same packet again.
+    let sent = send_media(&publisher, &mut video, &mut audio, 10);
+    assert_received("subscriber", &sub, &sent);
     let before = gw.status();
     let wanted = &sent[&Kind::Video][7];
     sub.send_nack(sub_video, &[wanted.seq]);

@@ -148,6 +148,8 @@ pub struct MediaStats {
     pub nacks_received: Counter,
     pub retransmissions: Counter,
     pub nack_misses: Counter,
+    /// The same by [`crate::sfu::NackMiss`] reason.
+    pub nack_miss_reasons: [Counter; crate::sfu::NackMiss::ALL.len()],
     pub plis_received: Counter,
     pub firs_received: Counter,
     pub plis_sent: Counter,

@@ -30,7 +30,7 @@ type ThreadSeries = (
 type MediaSeries = (&'static str, &'static str, fn(&MediaStats) -> u64);
 
 /// Media-plane counters exposed one series per thread (`{thread}` only).
-const MEDIA_COUNTERS: [MediaSeries; 39] = [
+const MEDIA_COUNTERS: [MediaSeries; 38] = [
     (
         "roomgate_dtls_closed_total",
         "DTLS associations the client closed (close_notify or alert) after connecting.",
@@ -180,11 +180,6 @@ const MEDIA_COUNTERS: [MediaSeries; 39] = [
         "roomgate_retransmissions_total",
         "Packets resent to subscribers in answer to NACKs.",
         |m| m.retransmissions.get(),
-    ),
-    (
-        "roomgate_nack_misses_total",
-        "NACKed sequence numbers not resent: not (or no longer) in the retransmission buffer.",
-        |m| m.nack_misses.get(),
     ),
     (
         "roomgate_plis_received_total",
@@ -540,8 +535,22 @@ fn media_collectors(
             }
         }
     }
+    let misses = counter(
+        "roomgate_nack_misses_total",
+        "NACKed sequence numbers not resent, by reason: not_buffered (never received or pushed out), too_old (past the buffer's time window), rate_limited (over the subscriber's budget), not_forwarded (not sent to this subscriber under its current mapping).",
+        &["thread", "reason"],
+    )?;
+    for (i, m) in threads.iter().enumerate() {
+        let t = i.to_string();
+        for r in crate::sfu::NackMiss::ALL {
+            misses
+                .with_label_values(&[t.as_str(), r.name()])
+                .inc_by(m.nack_miss_reasons[r as usize].get());
+        }
+    }
     collectors.push(Box::new(handshakes));
     collectors.push(Box::new(unprotect));
+    collectors.push(Box::new(misses));
     for (name, help, get) in MEDIA_COUNTERS {
         let c = counter(name, help, &["thread"])?;
         for (i, m) in threads.iter().enumerate() {
@@ -702,6 +711,7 @@ mod tests {
         m.srtcp_unprotect_failures[UnprotectFailure::Replay as usize].add(3);
         m.rtp_forwarded.add(1000);
         m.nack_misses.add(2);
+        m.nack_miss_reasons[crate::sfu::NackMiss::TooOld as usize].add(2);
         m.subscribers.set(6);
         let text = media_text(&threads);
 
@@ -729,7 +739,10 @@ mod tests {
         assert_eq!(value(&text, uf, &l("srtcp", "auth")), Some(0.0));
         let series = |name| value(&text, name, &[("thread", "1")]);
         assert_eq!(series("roomgate_rtp_packets_forwarded_total"), Some(1000.0));
-        assert_eq!(series("roomgate_nack_misses_total"), Some(2.0));
+        let misses = "roomgate_nack_misses_total";
+        let reason = |r| [("thread", "1"), ("reason", r)];
+        assert_eq!(value(&text, misses, &reason("too_old")), Some(2.0));
+        assert_eq!(value(&text, misses, &reason("not_buffered")), Some(0.0));
         assert_eq!(series("roomgate_subscribers"), Some(6.0));
         assert!(text.contains("# TYPE roomgate_subscribers gauge"));
 

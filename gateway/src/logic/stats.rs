@@ -31,6 +31,7 @@ pub fn add_forward_stats(stats: &ThreadStats, d: &ForwardStats) {
         nacks_received,
         retransmissions,
         nack_misses,
+        nack_miss_reasons,
         plis_received,
         firs_received,
         plis_sent,
@@ -72,6 +73,7 @@ pub fn add_forward_stats(stats: &ThreadStats, d: &ForwardStats) {
         nacks_received: m_nacks_received,
         retransmissions: m_retransmissions,
         nack_misses: m_nack_misses,
+        nack_miss_reasons: m_nack_miss_reasons,
         plis_received: m_plis_received,
         firs_received: m_firs_received,
         plis_sent: m_plis_sent,
@@ -110,6 +112,9 @@ pub fn add_forward_stats(stats: &ThreadStats, d: &ForwardStats) {
     m_nacks_received.add(nacks_received);
     m_retransmissions.add(retransmissions);
     m_nack_misses.add(nack_misses);
+    for (counter, n) in m_nack_miss_reasons.iter().zip(nack_miss_reasons) {
+        counter.add(n);
+    }
     m_plis_received.add(plis_received);
     m_firs_received.add(firs_received);
     m_plis_sent.add(plis_sent);
@@ -153,6 +158,7 @@ mod tests {
             nacks_received: 7,
             retransmissions: 8,
             nack_misses: 9,
+            nack_miss_reasons: [1, 2, 3, 3],
             plis_received: 10,
             firs_received: 11,
             plis_sent: 12,
@@ -232,6 +238,8 @@ mod tests {
         assert_eq!(m.estimates.sum_bps.get(), 1_500_000);
         assert_eq!(m.estimates.count.get(), 1);
         assert_eq!(m.nack_rtt.buckets[2].get(), 1);
+        let reasons: Vec<u64> = m.nack_miss_reasons.iter().map(|c| c.get()).collect();
+        assert_eq!(reasons, [1, 2, 3, 3]);
         assert_eq!((m.nack_rtt.sum_ms.get(), m.nack_rtt.count.get()), (40, 1));
     }
 }

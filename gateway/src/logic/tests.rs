@@ -481,7 +481,7 @@ fn forwarding_allocates_nothing_once_the_room_is_warm() {
     let mut publisher_srtp = connect_media(&mut h, &room, Role::Publisher, CHROME_WHIP, publisher);
     let mut subscriber_srtp =
         connect_media(&mut h, &room, Role::Subscriber, CHROME_WHEP, subscriber);
-    let packets: Vec<Vec<u8>> = (0..800)
+    let packets: Vec<Vec<u8>> = (0..2300)
         .map(|seq| {
             let plain = opus_rtp(seq);
             let mut out = vec![0; plain.len() + 16];
@@ -511,16 +511,17 @@ fn forwarding_allocates_nothing_once_the_room_is_warm() {
     assert_eq!(&received[n - 160..n], &[0x5a; 160]);
     h.core.handle_sent(copy, Ok(()));
 
-    // Warm: past the room's retransmission buffer (512 packets), which fills first.
-    let warm: usize = packets[1..600]
+    // Warm: past the retransmission buffer's cap (2,048 packets), which the ring grows
+    // to here since every packet arrives at the same instant, so all are young.
+    let warm: usize = packets[1..2100]
         .iter()
         .map(|p| forward(&mut h, &mut buf, p, publisher, subscriber))
         .sum();
-    assert_eq!(warm, 599);
+    assert_eq!(warm, 2099);
 
     let before = crate::sfu::alloc_count::allocations();
     let mut sent = 0;
-    for p in &packets[600..] {
+    for p in &packets[2100..] {
         sent += forward(&mut h, &mut buf, p, publisher, subscriber);
     }
     let allocations = crate::sfu::alloc_count::allocations() - before;

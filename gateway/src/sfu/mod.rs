@@ -41,7 +41,8 @@ pub mod transport_feedback;
 pub mod twcc;
 
 pub use forward::{
-    EstimateSamples, ForwardConfig, ForwardError, ForwardStats, MemberId, Output, PublishedTrack,
-    RoomCore, RttSamples, SlotView, SubscribedSlot, ESTIMATE_BUCKETS_BPS, NACK_RTT_BUCKETS_MS,
+    EstimateSamples, ForwardConfig, ForwardError, ForwardStats, MemberId, NackMiss, Output,
+    PublishedTrack, RoomCore, RttSamples, SlotView, SubscribedSlot, ESTIMATE_BUCKETS_BPS,
+    NACK_RTT_BUCKETS_MS,
 };
 pub use layers::LayerRequest;

@@ -458,7 +458,7 @@ fn nack_answered_in_each_subscribers_seq_space() {
 fn nack_for_evicted_or_unknown_seq_is_a_miss() {
     let t0 = Instant::now();
     let mut core = RoomCore::new(ForwardConfig {
-        rtx_buffer_packets: 8,
+        rtx_max_packets: 8,
         ..cfg()
     });
     core.add_publisher(A, vec![video(Some(A_VIDEO))], t0);

@@ -60,7 +60,13 @@ pub(super) struct Layer {
 }
 
 impl Layer {
-    fn new(rid: Option<Box<[u8]>>, ssrc: Option<u32>, kind: MediaKind, capacity: usize) -> Self {
+    /// `buffer`: how long packets are kept for NACK answers, and at most how many.
+    fn new(
+        rid: Option<Box<[u8]>>,
+        ssrc: Option<u32>,
+        kind: MediaKind,
+        buffer: (Duration, usize),
+    ) -> Self {
         let reserve = match kind {
             MediaKind::Video => VIDEO_ENTRY_RESERVE,
             MediaKind::Audio => AUDIO_ENTRY_RESERVE,
@@ -70,7 +76,7 @@ impl Layer {
             ssrc,
             rtx_ssrc: None,
             nacks: NackGenerator::default(),
-            rtx: RtxBuffer::new(capacity, reserve),
+            rtx: RtxBuffer::new(buffer.0, buffer.1, reserve),
             recv: ReceiveStats::default(),
             last_sr: None,
             last_keyframe_request: None,
@@ -131,14 +137,14 @@ impl Track {
         mid: &str,
         ssrc: Option<u32>,
         rids: &[String],
-        capacity: usize,
+        buffer: (Duration, usize),
     ) -> Self {
         let layers = if rids.is_empty() {
-            vec![Layer::new(None, ssrc, kind, capacity)]
+            vec![Layer::new(None, ssrc, kind, buffer)]
         } else {
             rids.iter()
                 .take(MAX_LAYERS)
-                .map(|r| Layer::new(Some(r.as_bytes().into()), None, kind, capacity))
+                .map(|r| Layer::new(Some(r.as_bytes().into()), None, kind, buffer))
                 .collect()
         };
         let nack = codec
@@ -312,7 +318,8 @@ mod tests {
     #[test]
     fn layers_from_rids_and_bitrate_window() {
         let rids = ["q".to_string(), "h".into(), "f".into(), "x".into()];
-        let mut t = Track::new(MediaKind::Video, vp8(), "0", None, &rids, 8);
+        let buffer = (Duration::from_secs(1), 8);
+        let mut t = Track::new(MediaKind::Video, vp8(), "0", None, &rids, buffer);
         assert!(t.is_simulcast());
         assert_eq!(t.layers.len(), MAX_LAYERS, "a fourth layer is not taken");
         assert_eq!(t.layer_by_rid(b"h"), Some(1));
@@ -330,7 +337,7 @@ mod tests {
         );
         assert!(!t.layers[2].info(t0 + Duration::from_secs(5)).active);
         assert!(!t.layers[0].info(t0).active, "never sent");
-        let plain = Track::new(MediaKind::Video, vp8(), "0", Some(7), &[], 8);
+        let plain = Track::new(MediaKind::Video, vp8(), "0", Some(7), &[], buffer);
         assert!(!plain.is_simulcast());
         assert_eq!(plain.layer_by_ssrc(7), Some(0));
     }

@@ -13,13 +13,15 @@ mod stats;
 mod timers;
 
 pub use stats::{
-    EstimateSamples, ForwardStats, RttSamples, SlotView, ESTIMATE_BUCKETS_BPS, NACK_RTT_BUCKETS_MS,
+    EstimateSamples, ForwardStats, NackMiss, RttSamples, SlotView, ESTIMATE_BUCKETS_BPS,
+    NACK_RTT_BUCKETS_MS,
 };
 
 use super::codec::{self, CodecKind};
 use super::congestion::SubscriberCc;
 use super::layers::{choose_layer, rank_layers, rank_name, LayerInfo, LayerRequest};
 use super::nack_gen::Arrival;
+use super::rtx::Miss;
 use super::pool::BufferPool;
 use super::rtcp::{self, Nack, ReportBlock, RtcpError, RtcpPacket, SenderReport};
 use super::rtp::{seq_newer, RtpError, RtpHeader};
@@ -80,8 +82,12 @@ pub enum Output {
 
 #[derive(Debug, Clone)]
 pub struct ForwardConfig {
-    /// Packets kept per track for NACK answers; 0 disables retransmission.
-    pub rtx_buffer_packets: usize,
+    /// How long a layer's packets are kept for NACK answers: the buffer grows with the
+    /// layer's packet rate to hold this much.
+    pub rtx_history: Duration,
+    /// The most packets a layer's buffer holds, whatever the rate (memory bound); 0
+    /// disables retransmission.
+    pub rtx_max_packets: usize,
     /// Minimum spacing of keyframe requests sent to one publisher track.
     pub pli_min_interval: Duration,
     /// Receiver report period towards publishers (values below 10 ms are raised to
@@ -98,7 +104,8 @@ pub struct ForwardConfig {
 impl Default for ForwardConfig {
     fn default() -> Self {
         Self {
-            rtx_buffer_packets: 512,
+            rtx_history: Duration::from_secs(1),
+            rtx_max_packets: 2048,
             pli_min_interval: Duration::from_millis(500),
             rr_interval: Duration::from_secs(1),
             // "rmgt": any fixed value works as long as no slot uses it as out_ssrc.
@@ -300,11 +307,11 @@ impl RoomCore {
         if self.publishers.contains_key(&id) {
             self.remove_publisher(id, now);
         }
-        let capacity = self.config.rtx_buffer_packets;
+        let buffer = (self.config.rtx_history, self.config.rtx_max_packets);
         let tracks = tracks
             .into_iter()
             .map(|t| {
-                let mut track = Track::new(t.kind, t.codec, &t.mid, t.ssrc, &t.rids, capacity);
+                let mut track = Track::new(t.kind, t.codec, &t.mid, t.ssrc, &t.rids, buffer);
                 track.set_rtx(t.rtx_payload_type, t.rtx_ssrc);
                 track
             })
@@ -659,7 +666,7 @@ impl RoomCore {
         let track = self.publishers.get(&from).and_then(|p| p.tracks.get(index));
         let Some((media_ssrc, media_pt, have)) = track.and_then(|t| {
             let l = t.layers.get(layer)?;
-            Some((l.ssrc?, t.codec.payload_type, l.rtx.get(osn).is_some()))
+            Some((l.ssrc?, t.codec.payload_type, l.rtx.get(osn, now).is_ok()))
         }) else {
             self.stats.rtp_unknown_ssrc += 1;
             return Ok(());
@@ -709,7 +716,7 @@ impl RoomCore {
             }
         }
         let gap = source.nacks.has_missing();
-        let stored_at = source.rtx.insert(seq, packet);
+        let stored_at = source.rtx.insert(seq, packet, now);
         source.on_packet(packet.len(), now);
         let payload = header.payload();
         let mut keyframe = None;
@@ -897,7 +904,8 @@ impl RoomCore {
             Some((off, layer, &publisher.extensions))
         });
         let Some((off, layer, publisher_ids)) = source.filter(|_| sub.ready) else {
-            self.stats.nack_misses += nack.lost_seqs().count() as u64;
+            let n = nack.lost_seqs().count() as u64;
+            self.stats.miss(NackMiss::NotForwarded, n);
             return;
         };
         let abs_send_time = self.epoch.map(|e| rtp_ext::encode_abs_send_time(now - e));
@@ -906,26 +914,33 @@ impl RoomCore {
                 .seq_valid_from
                 .is_some_and(|from| seq_newer(from, out_seq))
             {
-                self.stats.nack_misses += 1;
+                self.stats.miss(NackMiss::NotForwarded, 1);
                 continue;
             }
             let seq = out_seq.wrapping_sub(off.seq);
             // Only packets this binding forwarded: earlier ones belong to a different
             // stream position (or were never sent to this subscriber).
-            let hit = layer
-                .rtx
-                .get(seq)
-                .filter(|s| s.index >= off.first_index && !off.predates(seq, s.index));
-            let Some(stored) = hit else {
-                self.stats.nack_misses += 1;
-                continue;
+            let stored = match layer.rtx.get(seq, now) {
+                Ok(s) if s.index >= off.first_index && !off.predates(seq, s.index) => s,
+                Ok(_) => {
+                    self.stats.miss(NackMiss::NotForwarded, 1);
+                    continue;
+                }
+                Err(Miss::NotBuffered) => {
+                    self.stats.miss(NackMiss::NotBuffered, 1);
+                    continue;
+                }
+                Err(Miss::TooOld) => {
+                    self.stats.miss(NackMiss::TooOld, 1);
+                    continue;
+                }
             };
             if sub.rtx_in_window >= RTX_PER_WINDOW {
-                self.stats.nack_misses += 1;
+                self.stats.miss(NackMiss::RateLimited, 1);
                 continue;
             }
             let Ok(h) = RtpHeader::parse(stored.data) else {
-                self.stats.nack_misses += 1;
+                self.stats.miss(NackMiss::NotBuffered, 1);
                 continue;
             };
             let ext = rtp_ext::parse_extensions(&h, publisher_ids).unwrap_or_default();

@@ -19,8 +19,10 @@ pub struct ForwardStats {
     pub nacks_received: u64,
     /// Packets re-sent from a retransmission buffer.
     pub retransmissions: u64,
-    /// NACKed sequence numbers not (or no longer) in the buffer, or not ours to answer.
+    /// NACKed sequence numbers not resent, in all.
     pub nack_misses: u64,
+    /// The same by [`NackMiss`] reason.
+    pub nack_miss_reasons: [u64; NackMiss::ALL.len()],
     pub plis_received: u64,
     pub firs_received: u64,
     /// Keyframe requests sent to publishers (PLI, or FIR to a FIR-only publisher).
@@ -76,6 +78,47 @@ pub struct ForwardStats {
     pub rtx_sent: u64,
     /// Time from roomgate's first NACK to the repaired packet's arrival.
     pub nack_rtt: RttSamples,
+}
+
+/// Why a NACKed packet was not resent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NackMiss {
+    /// Never received, or pushed out of the buffer by its packet cap.
+    NotBuffered,
+    /// Older than the buffer's time window.
+    TooOld,
+    /// Over the subscriber's retransmission budget.
+    RateLimited,
+    /// Not a packet this subscriber was sent under the slot's current mapping (before
+    /// its binding or a layer switch, before probe padding moved its seqs, or nothing
+    /// bound at all).
+    NotForwarded,
+}
+
+impl NackMiss {
+    pub const ALL: [NackMiss; 4] = [
+        NackMiss::NotBuffered,
+        NackMiss::TooOld,
+        NackMiss::RateLimited,
+        NackMiss::NotForwarded,
+    ];
+
+    /// The `reason` label value.
+    pub fn name(self) -> &'static str {
+        match self {
+            NackMiss::NotBuffered => "not_buffered",
+            NackMiss::TooOld => "too_old",
+            NackMiss::RateLimited => "rate_limited",
+            NackMiss::NotForwarded => "not_forwarded",
+        }
+    }
+}
+
+impl ForwardStats {
+    pub(crate) fn miss(&mut self, reason: NackMiss, n: u64) {
+        self.nack_misses += n;
+        self.nack_miss_reasons[reason as usize] += n;
+    }
 }
 
 /// Upper bounds (ms) of the NACK round-trip histogram's buckets; the last is +Inf.
