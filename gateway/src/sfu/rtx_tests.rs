@@ -209,3 +209,69 @@ fn subscriber_nacks_are_answered_on_its_rtx_stream() {
     let stats = core.take_stats();
     assert_eq!((stats.retransmissions, stats.rtx_sent), (2, 2));
 }
+
+#[test]
+fn simulcast_rtx_is_bound_by_its_repaired_rid() {
+    use super::rtp_ext::ExtensionIds;
+    use crate::sdp::ExtensionKind;
+    let t0 = Instant::now();
+    let mut core = RoomCore::new(ForwardConfig {
+        sender_ssrc: SENDER,
+        ..ForwardConfig::default()
+    });
+    core.add_publisher(
+        P,
+        vec![PublishedTrack {
+            kind: MediaKind::Video,
+            ssrc: None,
+            codec: vp8(96),
+            mid: "0".into(),
+            rids: vec!["q".into(), "h".into()],
+            rtx_payload_type: Some(97),
+            rtx_ssrc: None,
+        }],
+        t0,
+    );
+    let ids = ExtensionIds::new(&[
+        (10, ExtensionKind::RtpStreamId),
+        (11, ExtensionKind::RepairedRtpStreamId),
+    ])
+    .expect("ids");
+    core.set_extensions(P, ids, t0);
+    core.set_ready(P, t0);
+    // One-byte extension block with a single 1-byte element.
+    let with_ext = |mut p: Vec<u8>, id: u8, value: u8| {
+        p[0] |= 0x10;
+        let payload = p.split_off(12);
+        p.extend_from_slice(&[0xbe, 0xde, 0, 1, id << 4, value, 0, 0]);
+        p.extend_from_slice(&payload);
+        p
+    };
+    // Layer h's media binds its SSRC by RID; a gap makes roomgate NACK it.
+    for seq in [10u16, 12] {
+        let mut m = media(seq);
+        m[8..12].copy_from_slice(&0x0ab0u32.to_be_bytes());
+        core.handle_rtp(P, &with_ext(m, 10, b'h'), t0)
+            .expect("media");
+    }
+    let out = drain(&mut core);
+    assert!(!out.is_empty(), "a NACK for 11");
+    // The repair comes on an RTX SSRC never signalled, named by repaired-rtp-stream-id.
+    let mut rtx = publisher_rtx(1, 11);
+    rtx[8..12].copy_from_slice(&0xbeefu32.to_be_bytes());
+    core.handle_rtp(P, &with_ext(rtx, 11, b'h'), t0 + 40 * MS)
+        .expect("rtx");
+    let stats = core.take_stats();
+    assert_eq!(stats.rtx_repairs_received, 1);
+    assert_eq!(stats.nack_rtt.count, 1);
+    // Later RTX packets on that SSRC need no extension: a repeat of 12 is known as
+    // layer h's, and dropped as a duplicate.
+    let mut again = publisher_rtx(2, 12);
+    again[8..12].copy_from_slice(&0xbeefu32.to_be_bytes());
+    core.handle_rtp(P, &again, t0 + 50 * MS).expect("rtx");
+    let stats = core.take_stats();
+    assert_eq!(
+        (stats.rtx_duplicates_received, stats.rtp_unknown_ssrc),
+        (1, 0)
+    );
+}
