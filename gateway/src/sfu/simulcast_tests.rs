@@ -648,3 +648,78 @@ fn a_warm_simulcast_room_with_feedback_forwards_without_allocating() {
     );
     assert!(core.take_stats().twcc_feedback_received > 0);
 }
+
+#[test]
+fn with_rtx_probe_padding_rides_the_rtx_stream_and_media_seqs_stay_put() {
+    let t0 = Instant::now();
+    let mut core = room(t0);
+    core.add_subscriber(
+        S,
+        vec![SubscribedSlot {
+            kind: MediaKind::Video,
+            out_ssrc: OUT,
+            codec: Codec {
+                payload_type: 100,
+                ..vp8()
+            },
+            mid: "0".into(),
+            rtx: Some((101, OUT + 1)),
+        }],
+        None,
+        t0,
+    );
+    let sub_ids = ExtensionIds::new(&[(5, ExtensionKind::TransportWideCc)]).expect("id");
+    core.set_extensions(S, sub_ids, t0);
+    core.set_ready(S, t0);
+    let mut tx = Sender::new();
+    let mut out = Vec::new();
+    send_frames(
+        &mut core,
+        &mut tx,
+        (0, t0),
+        150,
+        |_, f| f == 0 || f == 20,
+        &mut out,
+    );
+    let to_s: Vec<RtpHeader<'_>> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Rtp { to: S, packet } => Some(RtpHeader::parse(packet).expect("rtp")),
+            _ => None,
+        })
+        .collect();
+    let (padding, media): (Vec<&RtpHeader<'_>>, Vec<&RtpHeader<'_>>) =
+        to_s.iter().partition(|h| h.ssrc() == OUT + 1);
+    assert!(padding.len() >= 10, "{} padding packets", padding.len());
+    for (i, h) in padding.iter().enumerate() {
+        assert!(h.payload().is_empty() && h.has_padding());
+        assert_eq!((h.payload_type(), h.sequence_number()), (101, i as u16));
+    }
+    for w in media.windows(2) {
+        assert_eq!(
+            w[1].sequence_number(),
+            w[0].sequence_number().wrapping_add(1)
+        );
+    }
+    // The media mapping never moved, so a NACK for media sent just before the padding
+    // is still answered, on the RTX stream after the padding's seqs.
+    let first_pad = to_s
+        .iter()
+        .position(|h| h.ssrc() == OUT + 1)
+        .expect("padding");
+    let early = to_s[first_pad - 1].sequence_number();
+    let nack = rtcp::write_nack(0x5, OUT, &[early]).expect("nack");
+    core.handle_rtcp(S, &nack, t0 + Duration::from_millis(4500))
+        .expect("nack");
+    let repairs: Vec<Output> = std::iter::from_fn(|| core.poll_output()).collect();
+    let repair = repairs
+        .iter()
+        .find_map(|o| match o {
+            Output::Rtp { to: S, packet } => Some(RtpHeader::parse(packet).expect("rtp")),
+            _ => None,
+        })
+        .expect("a repair");
+    assert_eq!(repair.ssrc(), OUT + 1);
+    assert_eq!(repair.sequence_number(), padding.len() as u16);
+    assert_eq!(&repair.payload()[..2], &early.to_be_bytes());
+}

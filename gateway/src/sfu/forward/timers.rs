@@ -177,11 +177,13 @@ impl RoomCore {
             if due == 0 || !sub.ready {
                 continue;
             }
-            let Some(slot) = sub
-                .slots
-                .iter_mut()
-                .find(|s| s.kind == MediaKind::Video && s.frame_done && s.last_out.is_some())
-            else {
+            // With RTX the padding rides the RTX stream, in its own sequence space, as
+            // browsers expect; without, it takes seqs of the media stream between frames.
+            let Some(slot) = sub.slots.iter_mut().find(|s| {
+                s.kind == MediaKind::Video
+                    && s.last_out.is_some()
+                    && (s.rtx.is_some() || s.frame_done)
+            }) else {
                 continue;
             };
             let Some(twcc_id) = sub.extensions.id(ExtensionKind::TransportWideCc) else {
@@ -189,20 +191,21 @@ impl RoomCore {
             };
             for _ in 0..due {
                 let Some(last) = slot.last_out else { break };
-                let seq = last.seq.wrapping_add(1);
-                let size = PADDING_PACKET_LEN;
-                let transport_seq = cc.stamp_probe(size, now);
+                let transport_seq = cc.stamp_probe(PADDING_PACKET_LEN, now);
                 let mut packet = self.pool.take();
-                write_padding(
-                    &mut packet,
-                    slot.codec.payload_type,
-                    seq,
-                    last.ts,
-                    slot.out_ssrc,
-                    twcc_id,
-                    transport_seq,
-                );
-                slot.padded(seq, now);
+                let (pt, ssrc, seq) = match slot.rtx {
+                    Some((pt, ssrc)) => {
+                        let seq = slot.rtx_seq;
+                        slot.rtx_seq = seq.wrapping_add(1);
+                        (pt, ssrc, seq)
+                    }
+                    None => {
+                        let seq = last.seq.wrapping_add(1);
+                        slot.padded(seq, now);
+                        (slot.codec.payload_type, slot.out_ssrc, seq)
+                    }
+                };
+                write_padding(&mut packet, pt, seq, last.ts, ssrc, twcc_id, transport_seq);
                 self.out.push_back(Output::Rtp { to: sid, packet });
                 self.stats.probe_packets += 1;
             }
