@@ -3,6 +3,21 @@
 //! An ICE-lite server sends no checks of its own: the client's Binding Requests are both
 //! its connectivity checks and its consent refreshes. So the state machine only reacts to
 //! "a check verified" and to time passing.
+//!
+//! The media path (where media and DTLS go) follows the client without an ICE restart
+//! when its address changes (NAT rebinding, Wi-Fi to LTE), but only on verified checks:
+//! - a check with USE-CANDIDATE moves it at once (RFC 8445 7.3.2: the controlling agent
+//!   nominates, the lite agent follows). Chrome, controlling against a lite peer, sets
+//!   USE-CANDIDATE on every check of its selected writable pair, so it renominates a new
+//!   path itself;
+//! - a check without it moves it only when the path's own last check did not nominate
+//!   (the client nominated once, like aioice, and its consent checks cannot tell us about
+//!   a rebinding it does not see) and the path has had no verified check for
+//!   [`MOVE_AFTER_SILENCE`]: the client's consent checks now come from elsewhere. A client
+//!   that renominates is never moved by its unnominated backup checks.
+//!
+//! The address the path leaves is handed out as evicted, so its pin is released once the
+//! new address is pinned.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -15,6 +30,12 @@ pub const CONSENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// candidate (host v4/v6, srflx, relay): a handful. The bound stops an authenticated but
 /// misbehaving client from pinning unbounded flows.
 pub const MAX_ADDRESSES: usize = 8;
+/// A check without USE-CANDIDATE takes the media path from an address that has had no
+/// verified check for this long (and whose last check did not nominate). Consent checks
+/// come every 4-6 s (RFC 7675 5.1), so when the check due on the old address arrives from
+/// the new one, the old address has been silent for far longer; while both are alive,
+/// a nominate-once client checks only the path.
+pub const MOVE_AFTER_SILENCE: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IceState {
@@ -51,9 +72,24 @@ pub struct IceSession {
     last_valid: Option<Instant>,
     /// Validated addresses, least recently checked first, so eviction takes the front.
     addresses: Vec<SocketAddr>,
-    nominated: Option<SocketAddr>,
-    /// Addresses dropped to make room, waiting for the caller to unpin them.
+    /// Where media goes.
+    path: Option<Path>,
+    /// The path and state before the last check moved the path: put back if the new
+    /// address cannot be pinned.
+    displaced: Option<(Path, IceState)>,
+    /// Addresses dropped to make room or left by the path, waiting for the caller to
+    /// unpin them.
     evicted: Vec<SocketAddr>,
+}
+
+/// The media path: the client address media goes to, and its last verified check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Path {
+    addr: SocketAddr,
+    last_check: Instant,
+    /// That check carried USE-CANDIDATE: the client renominates, so only a nomination
+    /// moves the path.
+    nominating: bool,
 }
 
 impl IceSession {
@@ -64,7 +100,8 @@ impl IceSession {
             created: now,
             last_valid: None,
             addresses: Vec::new(),
-            nominated: None,
+            path: None,
+            displaced: None,
             evicted: Vec::new(),
         }
     }
@@ -85,8 +122,10 @@ impl IceSession {
 
     /// Called after `answer` returned Success for a request from `from`. Returns
     /// `Some(from)` when the address was not validated before: the caller pins it. If that
-    /// overflowed [`MAX_ADDRESSES`], the least recently checked non-nominated address was
-    /// evicted: drain [`Self::take_evicted`] after every call and unpin those.
+    /// overflowed [`MAX_ADDRESSES`], the least recently checked address other than the
+    /// path was evicted; if the check moved the media path (see the module docs), the
+    /// address it left was evicted too: drain [`Self::take_evicted`] after every call and
+    /// unpin those once `from` is pinned.
     pub fn on_valid_check(
         &mut self,
         from: SocketAddr,
@@ -94,13 +133,31 @@ impl IceSession {
         now: Instant,
     ) -> Option<SocketAddr> {
         self.last_valid = Some(now);
+        self.displaced = None;
+        let before = self.state;
         if use_candidate {
-            // A later nomination replaces an earlier one (e.g. the client's network
-            // changed); the controlling agent decides, we follow.
-            self.nominated = Some(from);
             self.state = IceState::Nominated;
         } else if matches!(self.state, IceState::New | IceState::Expired) {
             self.state = IceState::Connected;
+        }
+        let here = Path {
+            addr: from,
+            last_check: now,
+            nominating: use_candidate,
+        };
+        match self.path {
+            Some(path) if path.addr == from => self.path = Some(here),
+            Some(path) => {
+                let silent = !path.nominating && now >= path.last_check + MOVE_AFTER_SILENCE;
+                if use_candidate || silent {
+                    self.displaced = Some((path, before));
+                    self.path = Some(here);
+                    if let Some(pos) = self.addresses.iter().position(|a| *a == path.addr) {
+                        self.evicted.push(self.addresses.remove(pos));
+                    }
+                }
+            }
+            None => self.path = Some(here),
         }
 
         if let Some(pos) = self.addresses.iter().position(|a| *a == from) {
@@ -109,8 +166,8 @@ impl IceSession {
             return None;
         }
         if self.addresses.len() >= MAX_ADDRESSES {
-            let nominated = self.nominated;
-            if let Some(pos) = self.addresses.iter().position(|a| Some(*a) != nominated) {
+            let path = self.path.map(|p| p.addr);
+            if let Some(pos) = self.addresses.iter().position(|a| Some(*a) != path) {
                 self.evicted.push(self.addresses.remove(pos));
             }
         }
@@ -120,19 +177,37 @@ impl IceSession {
 
     /// Undo the validation of `addr`, for when the caller could not pin it (pin conflict
     /// or failure): the next verified check from it is reported as new again, so pinning is
-    /// retried. If it was nominated the nomination goes too; if no address is left the
-    /// session is back to `New` (nothing validated, so nothing to keep fresh).
+    /// retried. If the check had moved the media path there, the path (and the state) go
+    /// back to where they were; if no address is left the session is back to `New`
+    /// (nothing validated, so nothing to keep fresh).
     pub fn forget(&mut self, addr: SocketAddr) {
         self.addresses.retain(|a| *a != addr);
-        if self.nominated == Some(addr) {
-            self.nominated = None;
-            if self.state == IceState::Nominated {
-                self.state = IceState::Connected;
+        if self.displaced.is_some_and(|(p, _)| p.addr == addr) {
+            self.displaced = None;
+        }
+        if self.path.is_some_and(|p| p.addr == addr) {
+            match self.displaced.take() {
+                Some((path, state)) => {
+                    self.path = Some(path);
+                    self.state = state;
+                    // Still pinned: the caller restores the eviction, which this covers.
+                    if !self.addresses.contains(&path.addr) && self.addresses.len() < MAX_ADDRESSES
+                    {
+                        self.addresses.insert(0, path.addr);
+                    }
+                }
+                None => {
+                    self.path = None;
+                    if self.state == IceState::Nominated {
+                        self.state = IceState::Connected;
+                    }
+                }
             }
         }
         if self.addresses.is_empty() && self.state != IceState::New {
             self.state = IceState::New;
             self.last_valid = None;
+            self.path = None;
         }
     }
 
@@ -159,9 +234,10 @@ impl IceSession {
         self.addresses.iter().copied()
     }
 
-    /// Where to send media: the nominated address, else the most recently checked one.
+    /// Where media goes: the latest nomination, the first validated address before any,
+    /// or where the client's checks moved it (see the module docs).
     pub fn selected(&self) -> Option<SocketAddr> {
-        self.nominated.or_else(|| self.addresses.last().copied())
+        self.path.map(|p| p.addr)
     }
 
     /// When consent runs out unless another verified check arrives; `None` when not
@@ -183,7 +259,8 @@ impl IceSession {
             Some(deadline) if now >= deadline => {
                 self.state = IceState::Expired;
                 self.addresses.clear();
-                self.nominated = None;
+                self.path = None;
+                self.displaced = None;
                 // Pending evictions are covered by "unpin everything".
                 self.evicted.clear();
                 true
@@ -268,25 +345,91 @@ mod tests {
         s.on_valid_check(addr(1), false, t0);
         assert_eq!(s.on_valid_check(addr(2), true, t0 + secs(1)), Some(addr(2)));
         assert_eq!(s.state(), IceState::Nominated);
-        // A later plain check elsewhere neither un-nominates nor changes selection.
-        s.on_valid_check(addr(3), false, t0 + secs(2));
+        assert_eq!(
+            s.take_evicted().collect::<Vec<_>>(),
+            [addr(1)],
+            "the address the path left is released"
+        );
+        // A later plain check elsewhere neither un-nominates nor changes selection: the
+        // path's last check nominated, so the client renominates when it moves.
+        s.on_valid_check(addr(3), false, t0 + secs(20));
         assert_eq!(s.state(), IceState::Nominated);
         assert_eq!(s.selected(), Some(addr(2)));
-        assert_eq!(
-            s.addresses().collect::<Vec<_>>(),
-            [addr(1), addr(2), addr(3)]
-        );
+        assert_eq!(s.addresses().collect::<Vec<_>>(), [addr(2), addr(3)]);
+        assert_eq!(s.take_evicted().count(), 0);
     }
 
     #[test]
-    fn selected_is_most_recent_without_nomination() {
+    fn the_first_validated_address_is_the_path_until_something_moves_it() {
         let t0 = Instant::now();
         let mut s = session(t0);
         s.on_valid_check(addr(1), false, t0);
-        s.on_valid_check(addr(2), false, t0 + secs(1));
-        assert_eq!(s.selected(), Some(addr(2)));
-        s.on_valid_check(addr(1), false, t0 + secs(2));
+        s.on_valid_check(addr(2), false, t0 + Duration::from_millis(500));
+        assert_eq!(s.selected(), Some(addr(1)), "addr(1) checked 0.5 s ago");
+        assert_eq!(s.take_evicted().count(), 0);
+        s.on_valid_check(addr(1), false, t0 + Duration::from_millis(900));
+        s.on_valid_check(addr(2), false, t0 + Duration::from_millis(1800));
+        assert_eq!(s.selected(), Some(addr(1)), "silent for 0.9 s only");
+    }
+
+    #[test]
+    fn a_nominate_once_client_moves_when_its_path_goes_silent() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        let (old, new) = (addr(1), addr(2));
+        s.on_valid_check(old, true, t0);
+        // Consent checks without USE-CANDIDATE, then the client's address changes.
+        s.on_valid_check(old, false, t0 + secs(5));
+        let t1 = t0 + secs(5) + MOVE_AFTER_SILENCE;
+        assert_eq!(
+            s.on_valid_check(new, false, t1 - Duration::from_millis(1)),
+            Some(new)
+        );
+        assert_eq!(s.selected(), Some(old), "not silent long enough");
+        assert_eq!(s.take_evicted().count(), 0);
+        assert_eq!(s.on_valid_check(new, false, t1), None, "known address");
+        assert_eq!(s.selected(), Some(new));
+        assert_eq!(s.state(), IceState::Nominated, "still nominated");
+        assert_eq!(s.take_evicted().collect::<Vec<_>>(), [old]);
+        assert_eq!(s.addresses().collect::<Vec<_>>(), [new]);
+        // The old address coming back later is a new address that does not take over
+        // a path checked a moment ago.
+        let t2 = t1 + Duration::from_millis(500);
+        assert_eq!(s.on_valid_check(old, false, t2), Some(old));
+        assert_eq!(s.selected(), Some(new));
+    }
+
+    #[test]
+    fn a_renominating_client_is_moved_only_by_nominations() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        s.on_valid_check(addr(1), true, t0);
+        // Chrome pings a backup pair without USE-CANDIDATE, long after the path's last
+        // (nominating) check.
+        s.on_valid_check(addr(2), false, t0 + secs(25));
         assert_eq!(s.selected(), Some(addr(1)));
+        assert_eq!(s.take_evicted().count(), 0);
+        s.on_valid_check(addr(2), true, t0 + secs(26));
+        assert_eq!(s.selected(), Some(addr(2)));
+        assert_eq!(s.take_evicted().collect::<Vec<_>>(), [addr(1)]);
+    }
+
+    #[test]
+    fn a_refused_move_puts_the_path_back() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        s.on_valid_check(addr(1), false, t0);
+        assert_eq!(s.state(), IceState::Connected);
+        assert_eq!(s.on_valid_check(addr(2), true, t0 + secs(1)), Some(addr(2)));
+        let evicted: Vec<SocketAddr> = s.take_evicted().collect();
+        assert_eq!(evicted, [addr(1)]);
+        // The shell could not pin addr(2).
+        s.forget(addr(2));
+        s.restore(evicted);
+        assert_eq!(s.selected(), Some(addr(1)));
+        assert_eq!(s.state(), IceState::Connected);
+        assert_eq!(s.addresses().collect::<Vec<_>>(), [addr(1)]);
+        assert_eq!(s.poll_timeout(), Some(t0 + secs(1) + CONSENT_TIMEOUT));
     }
 
     #[test]
@@ -324,18 +467,21 @@ mod tests {
     fn a_refused_pin_gives_the_evicted_address_back() {
         let t0 = Instant::now();
         let mut s = session(t0);
-        for i in 1..=MAX_ADDRESSES as u16 {
+        // addr(1) is the path (checked first); checked again last, so addr(2) is the
+        // least recently checked.
+        for i in (1..=MAX_ADDRESSES as u16).chain([1]) {
             s.on_valid_check(addr(i), false, t0);
         }
         let before: Vec<SocketAddr> = s.addresses().collect();
         let new = addr(100);
         assert_eq!(s.on_valid_check(new, false, t0), Some(new));
         let evicted: Vec<SocketAddr> = s.take_evicted().collect();
-        assert_eq!(evicted, [addr(1)]);
+        assert_eq!(evicted, [addr(2)]);
         // The shell could not pin `new`: forget it and take the eviction back.
         s.forget(new);
         s.restore(evicted);
         assert_eq!(s.addresses().collect::<Vec<_>>(), before);
+        assert_eq!(s.selected(), Some(addr(1)));
     }
 
     #[test]

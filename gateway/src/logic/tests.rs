@@ -335,7 +335,8 @@ fn delete_releases_the_pins_and_the_room() {
     let room = room_owned_by(0, 1);
     let p = h.create(&room);
     h.check(h.t0, client(40000), &p, &p.pwd);
-    h.check(h.t0, client(40001), &p, &p.pwd);
+    // Not nominating: a nomination would move the path and release the first address.
+    h.consent(h.t0, client(40001), &p, &p.pwd);
     assert_eq!(h.flows.len(), 2);
 
     let (reply, mut rx) = tokio::sync::oneshot::channel();
@@ -392,6 +393,17 @@ fn connect_media(
     offer: &str,
     from: SocketAddr,
 ) -> SrtpSession {
+    connect_media_created(h, room, role, offer, from).0
+}
+
+/// [`connect_media`], also returning what the core created (answer with ICE credentials).
+fn connect_media_created(
+    h: &mut Harness,
+    room: &RoomId,
+    role: Role,
+    offer: &str,
+    from: SocketAddr,
+) -> (SrtpSession, MediaCreated) {
     let (client, fingerprint) = test_client::with_new_certificate();
     let offer: String = offer
         .lines()
@@ -439,7 +451,10 @@ fn connect_media(
         std::thread::sleep(Duration::from_millis(2));
     }
     let material = client.done.join().unwrap().unwrap();
-    SrtpSession::new(&test_client::client_side_keys(&material)).unwrap()
+    (
+        SrtpSession::new(&test_client::client_side_keys(&material)).unwrap(),
+        created,
+    )
 }
 
 /// A plaintext Opus RTP packet as the CHROME_WHIP publisher sends it.
@@ -527,4 +542,239 @@ fn forwarding_allocates_nothing_once_the_room_is_warm() {
     let allocations = crate::sfu::alloc_count::allocations() - before;
     assert_eq!(sent, 200);
     assert_eq!(allocations, 0, "heap allocations for 200 forwarded packets");
+}
+
+// ---- Address changes without an ICE restart (mobility) ----
+
+use super::api::ParticipantView;
+
+/// A participant's view as `GET /api/rooms/{room}` lists it.
+fn participant_view(h: &mut Harness, room: &RoomId, participant: &str) -> ParticipantView {
+    let (reply, mut rx) = tokio::sync::oneshot::channel();
+    let now = h.t0;
+    h.command(
+        now,
+        Command::GetRoom {
+            room: room.clone(),
+            reply,
+        },
+    );
+    let view = rx.try_recv().unwrap().unwrap();
+    view.participants
+        .into_iter()
+        .find(|p| p.participant == participant)
+        .unwrap()
+}
+
+fn selected(h: &mut Harness, room: &RoomId, participant: &str) -> Option<SocketAddr> {
+    participant_view(h, room, participant)
+        .selected
+        .map(|a| a.parse().unwrap())
+}
+
+fn pinned(h: &Harness) -> Vec<SocketAddr> {
+    let mut flows: Vec<SocketAddr> = h.flows.keys().copied().collect();
+    flows.sort();
+    flows
+}
+
+impl Harness {
+    /// A consent check (no USE-CANDIDATE) as a nominate-once client sends it.
+    fn consent(&mut self, now: Instant, from: SocketAddr, p: &ParticipantCreated, pwd: &str) {
+        let msg = check(&format!("{}:cli", p.ufrag), Some(pwd), false);
+        self.datagram(now, from, msg);
+    }
+}
+
+#[test]
+fn a_nominate_once_client_moves_to_its_new_address_once_the_old_one_is_silent() {
+    let mut h = harness(ActiveMode::Ebpf, 0, 1);
+    let room = room_owned_by(0, 1);
+    let p = h.create(&room);
+    let (old, new) = (client(40000), client(40002));
+    h.check(h.t0, old, &p, &p.pwd);
+    h.consent(h.at(5.0), old, &p, &p.pwd);
+
+    // A spoofed move: wrong MESSAGE-INTEGRITY from the new address.
+    h.consent(h.at(7.0), new, &p, "forged-password-forged-pw");
+    assert_eq!(h.stats.stun(StunOutcome::Unauthorized).get(), 1);
+    assert_eq!(pinned(&h), [old]);
+    assert_eq!(selected(&mut h, &room, &p.participant), Some(old));
+
+    // The rebinding: consent checks now come from the new address; the old one has been
+    // silent for 2 s.
+    let sent = h.sent.len();
+    h.consent(h.at(7.0), new, &p, &p.pwd);
+    assert_eq!(selected(&mut h, &room, &p.participant), Some(new));
+    assert_eq!(pinned(&h), [new], "the old address's pin is released");
+    assert_eq!(h.stats.unpins.get(), 1);
+    assert_eq!(h.sent.len(), sent + 1);
+    assert_eq!(
+        h.sent.last().map(|t| t.to),
+        Some(new),
+        "answered at the new address"
+    );
+    assert_eq!(
+        participant_view(&mut h, &room, &p.participant).addresses,
+        [new.to_string()]
+    );
+}
+
+#[test]
+fn a_check_from_a_second_live_address_does_not_move_the_path() {
+    let mut h = harness(ActiveMode::Ebpf, 0, 1);
+    let room = room_owned_by(0, 1);
+    let p = h.create(&room);
+    let (a, b) = (client(40000), client(40001));
+    h.check(h.t0, a, &p, &p.pwd);
+    h.consent(h.at(1.0), a, &p, &p.pwd);
+    // `a` was checked 0.5 s ago: `b` is pinned (it proved the password) but media stays.
+    h.consent(h.at(1.5), b, &p, &p.pwd);
+    assert_eq!(pinned(&h), [a, b]);
+    assert_eq!(selected(&mut h, &room, &p.participant), Some(a));
+    // A client that nominates on every check (Chrome against a lite agent) is followed by
+    // its nominations only, however long its path's checks are apart.
+    let q = h.create(&room);
+    let (c, d) = (client(40010), client(40011));
+    h.check(h.at(2.0), c, &q, &q.pwd);
+    h.consent(h.at(20.0), d, &q, &q.pwd);
+    assert_eq!(selected(&mut h, &room, &q.participant), Some(c));
+    h.check(h.at(21.0), d, &q, &q.pwd);
+    assert_eq!(selected(&mut h, &room, &q.participant), Some(d));
+    assert_eq!(pinned(&h), [a, b, d], "c released when d was nominated");
+}
+
+#[test]
+fn a_move_onto_an_address_pinned_to_another_session_is_refused() {
+    let mut h = harness(ActiveMode::Ebpf, 0, 1);
+    let room = room_owned_by(0, 1);
+    let victim = h.create(&room);
+    let mover = h.create(&room);
+    let (taken, mine) = (client(40000), client(40001));
+    h.check(h.t0, taken, &victim, &victim.pwd);
+    h.check(h.t0, mine, &mover, &mover.pwd);
+    // Valid credentials, nominating, from the other session's address.
+    h.check(h.at(5.0), taken, &mover, &mover.pwd);
+    h.consent(h.at(9.0), taken, &mover, &mover.pwd);
+    assert_eq!(h.stats.pin_conflicts.get(), 2);
+    assert_eq!(pinned(&h), [taken, mine]);
+    assert_eq!(selected(&mut h, &room, &mover.participant), Some(mine));
+    assert_eq!(selected(&mut h, &room, &victim.participant), Some(taken));
+}
+
+#[test]
+fn a_refused_pin_keeps_the_path_and_its_pin() {
+    let mut h = harness(ActiveMode::Ebpf, 0, 1);
+    let room = room_owned_by(0, 1);
+    let p = h.create(&room);
+    let (old, new) = (client(40000), client(40001));
+    h.check(h.t0, old, &p, &p.pwd);
+    // The kernel map has `new` held by another thread (a race the table cannot see).
+    h.flows.insert(new, 1);
+    h.check(h.at(1.0), new, &p, &p.pwd);
+    assert_eq!(h.stats.pin_conflicts.get(), 1);
+    assert_eq!(selected(&mut h, &room, &p.participant), Some(old));
+    assert_eq!(
+        h.flows.get(&old),
+        Some(&0),
+        "the old address is still pinned"
+    );
+    let view = participant_view(&mut h, &room, &p.participant);
+    assert_eq!(view.ice_state, "nominated");
+    assert_eq!(view.addresses, [old.to_string()]);
+}
+
+/// [`connect_media`], also returning the session's ICE credentials.
+fn connect_media_ice(
+    h: &mut Harness,
+    room: &RoomId,
+    role: Role,
+    offer: &str,
+    from: SocketAddr,
+) -> (SrtpSession, ParticipantCreated) {
+    let (srtp, created) = connect_media_created(h, room, role, offer, from);
+    let p = ParticipantCreated {
+        ufrag: sdp_attr(&created.answer, "ice-ufrag").to_owned(),
+        pwd: sdp_attr(&created.answer, "ice-pwd").to_owned(),
+        participant: created.participant,
+        thread: created.thread,
+    };
+    (srtp, p)
+}
+
+/// Feed one datagram at `now` and return where the core sent datagrams.
+fn destinations(h: &mut Harness, now: Instant, from: SocketAddr, packet: &[u8]) -> Vec<SocketAddr> {
+    let mut data = packet.to_vec();
+    h.core
+        .handle_datagram(now, from, None, Arrival::Group, &mut data);
+    let mut to = Vec::new();
+    while let Some(t) = h.core.poll_transmit() {
+        to.push(t.to);
+        h.core.handle_sent(t, Ok(()));
+    }
+    to
+}
+
+fn protect(srtp: &mut SrtpSession, plain: &[u8]) -> Vec<u8> {
+    let mut out = vec![0; plain.len() + 16];
+    let n = srtp.protect_rtp_into(plain, &mut out).unwrap();
+    out.truncate(n);
+    out
+}
+
+#[test]
+fn media_follows_a_moved_client_and_a_spoofed_move_moves_nothing() {
+    let mut h = harness(ActiveMode::Ebpf, 0, 1);
+    let room = room_owned_by(0, 1);
+    let (pub_old, pub_new) = (client(41000), client(41100));
+    let (sub_old, sub_new) = (client(41001), client(41101));
+    let (mut publisher, p) =
+        connect_media_ice(&mut h, &room, Role::Publisher, CHROME_WHIP, pub_old);
+    let (_subscriber, s) = connect_media_ice(&mut h, &room, Role::Subscriber, CHROME_WHEP, sub_old);
+    let t = Instant::now();
+    let mut seq = 0u16;
+    // Where the publisher's packets go; feedback to the publisher is not counted.
+    let mut send = |h: &mut Harness, now: Instant, from: SocketAddr| {
+        seq += 1;
+        let to = destinations(h, now, from, &protect(&mut publisher, &opus_rtp(seq)));
+        to.into_iter()
+            .filter(|a| ![pub_old, pub_new].contains(a))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(send(&mut h, t, pub_old), [sub_old]);
+    h.consent(t, sub_old, &s, &s.pwd);
+
+    // The subscriber's address changes. A spoofed check from its new address (wrong
+    // MESSAGE-INTEGRITY) moves nothing; media still goes to the old address.
+    h.consent(
+        t + Duration::from_secs(2),
+        sub_new,
+        &s,
+        "forged-password-forged-pw",
+    );
+    assert_eq!(h.stats.stun(StunOutcome::Unauthorized).get(), 1);
+    assert_eq!(send(&mut h, t + Duration::from_secs(2), pub_old), [sub_old]);
+    // Its consent checks from the new address, the old one silent for 2 s: media moves.
+    h.consent(t + Duration::from_secs(2), sub_new, &s, &s.pwd);
+    assert_eq!(send(&mut h, t + Duration::from_secs(2), pub_old), [sub_new]);
+    assert!(!h.flows.contains_key(&sub_old), "old pin released");
+    assert!(h.flows.contains_key(&sub_new));
+
+    // The publisher moves too. Its media from the new address before any check is
+    // dropped (nothing pinned there) and moves nothing.
+    let no_session = h.stats.no_session.get();
+    assert_eq!(send(&mut h, t + Duration::from_secs(3), pub_new), []);
+    assert_eq!(h.stats.no_session.get(), no_session + 1);
+    assert_eq!(selected(&mut h, &room, &p.participant), Some(pub_old));
+    // A nominating check (Chrome renominates the path it uses) moves it at once.
+    let msg = check(&format!("{}:cli", p.ufrag), Some(&p.pwd), true);
+    h.datagram(t + Duration::from_secs(3), pub_new, msg);
+    assert_eq!(selected(&mut h, &room, &p.participant), Some(pub_new));
+    assert_eq!(send(&mut h, t + Duration::from_secs(3), pub_new), [sub_new]);
+    // The old address is released: its datagrams reach no session.
+    assert_eq!(send(&mut h, t + Duration::from_secs(3), pub_old), []);
+    assert_eq!(h.stats.no_session.get(), no_session + 2);
+    let mut flows: Vec<SocketAddr> = h.flows.keys().copied().collect();
+    flows.sort();
+    assert_eq!(flows, [pub_new, sub_new]);
 }

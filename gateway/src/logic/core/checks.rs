@@ -97,7 +97,13 @@ impl ThreadCore {
                 use_candidate,
             } => {
                 session.valid_checks += 1;
+                let path_before = session.ice.selected();
                 let newly_valid = session.ice.on_valid_check(from, use_candidate, now);
+                // A check that moved the media path (a nomination, or a nominate-once
+                // client's consent checks arriving from a new address after the old one
+                // went silent) carries the reply path along like a nomination.
+                let moves = use_candidate
+                    || (path_before != Some(from) && session.ice.selected() == Some(from));
                 // Evictions are applied only once the new address is pinned: a refused pin
                 // must not cost the session an address it already had.
                 let evicted: Vec<SocketAddr> = session.ice.take_evicted().collect();
@@ -108,19 +114,11 @@ impl ThreadCore {
                         session: id,
                         arrival,
                         response,
-                        use_candidate,
+                        use_candidate: moves,
                         evicted,
                     })),
                     None => {
-                        self.finish_check(
-                            id,
-                            from,
-                            reply,
-                            arrival,
-                            response,
-                            use_candidate,
-                            evicted,
-                        );
+                        self.finish_check(id, from, reply, arrival, response, moves, evicted);
                         self.arm_session(id);
                     }
                 }
@@ -151,7 +149,8 @@ impl ThreadCore {
             session: id,
             arrival,
             response,
-            use_candidate,
+            // The request carries whether the check moved the media path.
+            use_candidate: moves,
             evicted,
         } = req;
         let result = match result {
@@ -168,7 +167,7 @@ impl ThreadCore {
             Ok(_) => {
                 self.stats.pins.inc();
                 debug!(thread = self.index, client = %addr, mode = self.mode.as_str(), "flow pinned");
-                self.finish_check(id, addr, reply, arrival, response, use_candidate, evicted);
+                self.finish_check(id, addr, reply, arrival, response, moves, evicted);
             }
             Err(PinError::Conflict) => {
                 // The address is pinned to another session (here or on another thread).
@@ -196,8 +195,9 @@ impl ThreadCore {
         self.arm_session(id);
     }
 
-    /// A verified check whose source is pinned: apply evictions, move the media path if
-    /// the check says so, answer.
+    /// A verified check whose source is pinned: apply evictions (the address the media
+    /// path left among them), move the reply path if the check moved the media path,
+    /// answer.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn finish_check(
         &mut self,
@@ -206,7 +206,7 @@ impl ThreadCore {
         mut reply: ReplyPath,
         arrival: Arrival,
         response: Vec<u8>,
-        use_candidate: bool,
+        moves: bool,
         evicted: Vec<SocketAddr>,
     ) {
         for addr in evicted {
@@ -220,7 +220,7 @@ impl ThreadCore {
             Arrival::Conn { conn, .. } => Some(conn),
             _ => None,
         });
-        if stun::moves_media(use_candidate, s.reply.is_some()) {
+        if stun::moves_media(moves, s.reply.is_some()) {
             s.reply = Some(reply);
         }
         self.stats.stun(StunOutcome::Success).inc();
