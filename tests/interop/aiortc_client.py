@@ -3,14 +3,17 @@
 via aioice, DTLS via OpenSSL/cryptography, SRTP via pylibsrtp), used by tests/interop.rs
 to show that roomgate works with standard clients and not only with the demo page.
 
-    publish   --url http://HOST:PORT/whip/ROOM  [--token T] [--seconds N]
-    subscribe --url http://HOST:PORT/whep/ROOM[?publisher=P] [--token T] [--seconds N]
+    publish   --url http://HOST:PORT/whip/ROOM  [--token T] [--seconds N] [--trickle]
+    subscribe --url http://HOST:PORT/whep/ROOM[?publisher=P] [--token T] [--seconds N] [--trickle]
 
 Signalling follows WHIP/WHEP without trickle: gather all candidates, POST the offer
-(application/sdp), apply the 201 answer, DELETE the Location when done. Output is one
+(application/sdp), apply the 201 answer, DELETE the Location when done. With --trickle,
+once connected it also PATCHes one of its candidates and end-of-candidates to the
+resource (RFC 9725 4.3.1, If-Match: the 201's ETag) and reports the status. Output is one
 JSON object per line on stdout:
 
     {"event":"connected","location":...}        publisher and subscriber, once
+    {"event":"trickle","status":204,...}        with --trickle, once connected
     {"event":"stats","video_frames":n,...}      subscriber, every second
     {"event":"error","status":s,"body":...}     HTTP refusal; exit code 2
     {"event":"failed","reason":...}             connection failed or timed out; exit code 3
@@ -36,7 +39,7 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError
-from whip_http import HttpRefused, delete_resource, emit, post_offer
+from whip_http import HttpRefused, delete_resource, emit, post_offer_etag, trickle
 
 WIDTH, HEIGHT, FPS = 320, 240, 15
 VIDEO_CLOCK = 90000
@@ -156,7 +159,7 @@ async def wait_gathered(pc):
 
 async def negotiate(pc, url, token):
     """Offer with every candidate included, POST it, apply the answer; returns the
-    absolute resource URL from Location."""
+    absolute resource URL from Location and the resource's ETag."""
     await pc.setLocalDescription(await pc.createOffer())
     # aiortc gathers inside setLocalDescription; this is a no-op unless that changes.
     await wait_gathered(pc)
@@ -169,10 +172,16 @@ async def negotiate(pc, url, token):
             "aioice gathered no host candidate: it skips loopback addresses, so the "
             "host needs another IPv4/IPv6 address (it may still talk to 127.0.0.1)"
         )
-    answer, resource = await in_thread(post_offer, url, offer, token=token)
+    answer, resource, etag = await in_thread(post_offer_etag, url, offer, token=token)
     logging.debug("answer:\n%s", answer)
     await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
-    return resource
+    return resource, etag
+
+
+async def connected(args, pc, resource, etag):
+    emit(event="connected", location=resource)
+    if args.trickle:
+        await in_thread(trickle, resource, pc.localDescription.sdp, etag=etag, token=args.token)
 
 
 async def wait_connected(pc):
@@ -216,10 +225,10 @@ def new_peer_connection():
 async def publish(args, pc):
     pc.addTransceiver(SineAudioTrack(), direction="sendonly")
     pc.addTransceiver(PatternVideoTrack(), direction="sendonly")
-    resource = await negotiate(pc, args.url, args.token)
+    resource, etag = await negotiate(pc, args.url, args.token)
     try:
         await wait_connected(pc)
-        emit(event="connected", location=resource)
+        await connected(args, pc, resource, etag)
         await until(args.seconds, pc)
     finally:
         await delete(resource, args.token)
@@ -246,10 +255,10 @@ async def subscribe(args, pc):
 
     pc.addTransceiver("audio", direction="recvonly")
     pc.addTransceiver("video", direction="recvonly")
-    resource = await negotiate(pc, args.url, args.token)
+    resource, etag = await negotiate(pc, args.url, args.token)
     try:
         await wait_connected(pc)
-        emit(event="connected", location=resource)
+        await connected(args, pc, resource, etag)
         end = None if args.seconds is None else time.monotonic() + args.seconds
         while end is None or time.monotonic() < end:
             step = 1.0 if end is None else min(1.0, end - time.monotonic())
@@ -293,6 +302,11 @@ def parse_args(argv):
     p.add_argument("--url", required=True, help="WHIP or WHEP endpoint URL")
     p.add_argument("--token", help="bearer token (roomgate --auth-token)")
     p.add_argument("--seconds", type=float, help="stop after this long (default: until killed)")
+    p.add_argument(
+        "--trickle",
+        action="store_true",
+        help="once connected, PATCH a candidate and end-of-candidates (RFC 9725 trickle)",
+    )
     p.add_argument("--debug", action="store_true", help="debug logs (aioice, aiortc, SDP)")
     return p.parse_args(argv)
 

@@ -5,12 +5,16 @@ show that roomgate works with GStreamer-based clients and not only with the demo
 
     publish   --url http://HOST:PORT/whip/ROOM  [--token T] [--seconds N] [--simulcast]
     subscribe --url http://HOST:PORT/whep/ROOM[?publisher=P] [--token T] [--seconds N]
+    (either with --trickle)
 
 Signalling follows WHIP/WHEP without trickle: gather all candidates, POST the offer
-(application/sdp), apply the 201 answer, DELETE the Location when done. Output is one
+(application/sdp), apply the 201 answer, DELETE the Location when done. With --trickle,
+once connected it also PATCHes one of its candidates and end-of-candidates to the
+resource (RFC 9725 4.3.1, If-Match: the 201's ETag) and reports the status. Output is one
 JSON object per line on stdout:
 
     {"event":"connected","location":...}        publisher and subscriber, once
+    {"event":"trickle","status":204,...}        with --trickle, once connected
     {"event":"stats","video_frames":n,...}      subscriber, every second
     {"event":"error","status":s,"body":...}     HTTP refusal; exit code 2
     {"event":"failed","reason":...}             connection failed or timed out; exit code 3
@@ -42,7 +46,7 @@ gi.require_version("GstSdp", "1.0")
 gi.require_version("GstWebRTC", "1.0")
 gi.require_version("Nice", "0.1")
 from gi.repository import GLib, Gst, GstRtp, GstSdp, GstWebRTC, Nice  # noqa: E402
-from whip_http import HttpRefused, delete_resource, emit, post_offer  # noqa: E402
+from whip_http import HttpRefused, delete_resource, emit, post_offer_etag, trickle  # noqa: E402
 
 WIDTH, HEIGHT, FPS = 320, 240, 15
 VIDEO_PT, AUDIO_PT = 96, 111
@@ -181,6 +185,7 @@ class Session:
         self.loop = GLib.MainLoop()
         self.code = None
         self.resource = None
+        self.etag = None
         self.negotiating = False
         self.connected = False
         self.gathered = False
@@ -327,7 +332,9 @@ class Session:
             )
             return GLib.SOURCE_REMOVE
         try:
-            answer, resource = post_offer(self.args.url, offer, token=self.args.token)
+            answer, resource, self.etag = post_offer_etag(
+                self.args.url, offer, token=self.args.token
+            )
         except HttpRefused as e:
             emit(event="error", status=e.status, body=e.body)
             self.finish(2)
@@ -356,6 +363,9 @@ class Session:
         if state == GstWebRTC.WebRTCPeerConnectionState.CONNECTED and not self.connected:
             self.connected = True
             emit(event="connected", location=self.resource)
+            if self.args.trickle:
+                local = self.webrtc.get_property("local-description").sdp.as_text()
+                trickle(self.resource, local, etag=self.etag, token=self.args.token)
             self.on_connected()
         elif state in (
             GstWebRTC.WebRTCPeerConnectionState.FAILED,
@@ -480,6 +490,11 @@ def parse_args(argv):
         "--simulcast",
         action="store_true",
         help="publish: send three VP8 layers with rids (see SIMULCAST_LAYERS)",
+    )
+    p.add_argument(
+        "--trickle",
+        action="store_true",
+        help="once connected, PATCH a candidate and end-of-candidates (RFC 9725 trickle)",
     )
     p.add_argument("--debug", action="store_true", help="debug logs (webrtcbin, libnice, SDP)")
     return p.parse_args(argv)

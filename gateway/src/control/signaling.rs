@@ -3,6 +3,11 @@
 //! The offer is parsed here, so malformed SDP is refused before any thread is asked;
 //! negotiation happens on the room's thread, which knows the codecs the room already
 //! forwards. Either way a refused offer leaves nothing behind.
+//!
+//! PATCH on a session resource carries trickled candidates or an ICE restart
+//! ([`patch`]); the resource's `ETag` names its ICE session.
+mod patch;
+
 use std::sync::Arc;
 
 use axum::{
@@ -37,12 +42,20 @@ pub fn routes() -> Router<Arc<ApiState>> {
         // (last, so clients can read it off the Location).
         .route(
             "/whip/{room}/{key}/{participant}",
-            axum::routing::delete(delete_whip).patch(no_patch),
+            axum::routing::delete(delete_whip)
+                .patch(patch_whip)
+                .layer(fragment_limit()),
         )
         .route(
             "/whep/{room}/{key}/{participant}",
-            axum::routing::delete(delete_whep).patch(no_patch),
+            axum::routing::delete(delete_whep)
+                .patch(patch_whep)
+                .layer(fragment_limit()),
         )
+}
+
+fn fragment_limit() -> axum::extract::DefaultBodyLimit {
+    axum::extract::DefaultBodyLimit::max(crate::ice::sdpfrag::MAX_FRAGMENT_BYTES)
 }
 
 #[derive(Debug, Deserialize)]
@@ -151,7 +164,8 @@ async fn create(
         "/{kind}/{room}/{}/{}",
         created.resource_key, created.participant
     );
-    Ok((
+    let etag = patch::answer_etag(&created.answer);
+    let mut response = (
         StatusCode::CREATED,
         [
             (header::CONTENT_TYPE, "application/sdp".to_owned()),
@@ -159,7 +173,12 @@ async fn create(
         ],
         created.answer,
     )
-        .into_response())
+        .into_response();
+    // RFC 9725 §4.3.1: the entity-tag a later PATCH's If-Match names.
+    if let Some(etag) = etag {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    Ok(response)
 }
 
 /// The status of a refused WHIP/WHEP offer: the offer's own fault (400/406), a named
@@ -216,16 +235,26 @@ async fn delete_session(
     }
 }
 
-/// RFC 9725 4.3: an endpoint without trickle ICE / ICE restart answers PATCH with 405.
-async fn no_patch() -> Response {
-    (
-        StatusCode::METHOD_NOT_ALLOWED,
-        [(header::ALLOW, "DELETE, OPTIONS")],
-        axum::Json(serde_json::json!({
-            "error": "trickle ICE and ICE restarts are not supported: roomgate is ICE-lite and learns the client's address from its checks"
-        })),
-    )
-        .into_response()
+async fn patch_whip(
+    State(state): State<Arc<ApiState>>,
+    Path((room, key, participant)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| ApiError::new(e.status(), format!("request body: {e}")))?;
+    let resource = (Role::Publisher, key);
+    patch::patch_session(&state, &room, participant, resource, &headers, &body).await
+}
+
+async fn patch_whep(
+    State(state): State<Arc<ApiState>>,
+    Path((room, key, participant)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| ApiError::new(e.status(), format!("request body: {e}")))?;
+    let resource = (Role::Subscriber, key);
+    patch::patch_session(&state, &room, participant, resource, &headers, &body).await
 }
 
 /// Bearer-token check for signaling routes (`--auth-token`).

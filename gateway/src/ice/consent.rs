@@ -80,6 +80,25 @@ pub struct IceSession {
     /// Addresses dropped to make room or left by the path, waiting for the caller to
     /// unpin them.
     evicted: Vec<SocketAddr>,
+    /// ICE restarts (WHIP/WHEP PATCH): see [`IceSession::restart`].
+    restart: Restart,
+}
+
+/// What ICE restarts add to a session's ICE state.
+#[derive(Debug)]
+struct Restart {
+    /// The server ufrag the session was created with: it names the session for good
+    /// (the participant id in URLs is its participant part), also after restarts.
+    initial_ufrag: String,
+    /// The server ufrag before the latest restart: still a name of the session, so a
+    /// client's late check under it is answered (401) rather than dropped as unknown.
+    previous_ufrag: Option<String>,
+    /// The client's ufrag of the current ICE session, when known (WHIP/WHEP offers and
+    /// restarts): a PATCH fragment carrying it again is trickle, not a restart.
+    remote_ufrag: Option<String>,
+    /// After a restart: the addresses validated under the old credentials and not since,
+    /// released once the media path is on an address checked under the new ones.
+    stale: Vec<SocketAddr>,
 }
 
 /// The media path: the client address media goes to, and its last verified check.
@@ -95,6 +114,12 @@ struct Path {
 impl IceSession {
     pub fn new(credentials: Credentials, now: Instant) -> Self {
         IceSession {
+            restart: Restart {
+                initial_ufrag: credentials.ufrag.clone(),
+                previous_ufrag: None,
+                remote_ufrag: None,
+                stale: Vec::new(),
+            },
             credentials,
             state: IceState::New,
             created: now,
@@ -133,6 +158,8 @@ impl IceSession {
         now: Instant,
     ) -> Option<SocketAddr> {
         self.last_valid = Some(now);
+        // Checked under the current credentials: no longer an old session's address.
+        self.restart.stale.retain(|a| *a != from);
         self.displaced = None;
         let before = self.state;
         if use_candidate {
@@ -225,6 +252,7 @@ impl IceSession {
 
     /// Addresses evicted since the last call; the caller unpins each.
     pub fn take_evicted(&mut self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.release_stale();
         self.evicted.drain(..)
     }
 
@@ -267,6 +295,145 @@ impl IceSession {
             }
             _ => false,
         }
+    }
+}
+
+/// ICE restarts (RFC 8445 §9), as WHIP/WHEP PATCH asks for them (RFC 9725 §4.3.2).
+impl IceSession {
+    /// From now on only `credentials` authenticate checks, and the client's ufrag is
+    /// `remote_ufrag`. The DTLS association above is untouched. The addresses validated
+    /// so far stay pinned and the media path stays where it is (RFC 8445: media continues
+    /// on the previous pair until the new session completes) until the path is on an
+    /// address checked under the new credentials; then the old ones are evicted. Returns
+    /// the server ufrag that stops naming the session, for the caller's index.
+    pub fn restart(&mut self, credentials: Credentials, remote_ufrag: String) -> Option<String> {
+        let old = std::mem::replace(&mut self.credentials, credentials);
+        self.restart.remote_ufrag = Some(remote_ufrag);
+        self.restart.stale = self.addresses.clone();
+        let dropped = self.restart.previous_ufrag.replace(old.ufrag)?;
+        (!self.names().any(|n| n == dropped)).then_some(dropped)
+    }
+
+    /// Every server ufrag the session is found by: the current one, the one it was
+    /// created with and the one before the latest restart, each once. Only the current
+    /// one authenticates checks.
+    pub fn names(&self) -> impl Iterator<Item = &str> + '_ {
+        let current = self.credentials.ufrag.as_str();
+        let initial = self.restart.initial_ufrag.as_str();
+        let previous = self
+            .restart
+            .previous_ufrag
+            .as_deref()
+            .filter(|p| *p != current && *p != initial);
+        std::iter::once(current)
+            .chain(Some(initial).filter(|i| *i != current))
+            .chain(previous)
+    }
+
+    pub fn remote_ufrag(&self) -> Option<&str> {
+        self.restart.remote_ufrag.as_deref()
+    }
+
+    pub fn set_remote_ufrag(&mut self, ufrag: String) {
+        self.restart.remote_ufrag = Some(ufrag);
+    }
+
+    /// Once the media path is on an address checked since the restart, the old session's
+    /// addresses are evicted with the check that put it there: not before, so media
+    /// kept flowing on the old path meanwhile.
+    fn release_stale(&mut self) {
+        let Some(path) = self.path else {
+            return;
+        };
+        if self.restart.stale.is_empty() || self.restart.stale.contains(&path.addr) {
+            return;
+        }
+        for addr in std::mem::take(&mut self.restart.stale) {
+            if let Some(pos) = self.addresses.iter().position(|a| *a == addr) {
+                self.evicted.push(self.addresses.remove(pos));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod restart_tests {
+    use super::*;
+
+    fn credentials(ufrag: &str) -> Credentials {
+        Credentials {
+            ufrag: ufrag.into(),
+            pwd: "abcdefghijklmnopqrstuvwx".into(),
+        }
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([192, 0, 2, 1], port))
+    }
+
+    #[test]
+    fn old_addresses_go_once_a_new_path_is_nominated_not_before() {
+        let t0 = Instant::now();
+        let mut s = IceSession::new(credentials("roomAsrv00001"), t0);
+        s.set_remote_ufrag("cli1".into());
+        s.on_valid_check(addr(1), true, t0);
+        s.on_valid_check(addr(2), false, t0);
+        assert_eq!(s.take_evicted().count(), 0);
+
+        assert_eq!(s.restart(credentials("roomAnew00002"), "cli2".into()), None);
+        assert_eq!(s.credentials().ufrag, "roomAnew00002");
+        assert_eq!(s.remote_ufrag(), Some("cli2"));
+        // New checks that do not (yet) take the path change nothing for the old ones.
+        assert_eq!(s.on_valid_check(addr(3), false, t0), Some(addr(3)));
+        assert_eq!(s.take_evicted().count(), 0);
+        assert_eq!(s.selected(), Some(addr(1)), "media stays on the old path");
+        // The first nomination under the new credentials releases both old addresses.
+        assert_eq!(s.on_valid_check(addr(3), true, t0), None);
+        let mut evicted: Vec<SocketAddr> = s.take_evicted().collect();
+        evicted.sort();
+        assert_eq!(evicted, [addr(1), addr(2)]);
+        assert_eq!(s.addresses().collect::<Vec<_>>(), [addr(3)]);
+        assert_eq!(s.selected(), Some(addr(3)));
+    }
+
+    #[test]
+    fn an_old_address_checked_under_the_new_credentials_stays() {
+        let t0 = Instant::now();
+        let mut s = IceSession::new(credentials("roomAsrv00001"), t0);
+        s.on_valid_check(addr(1), true, t0);
+        s.on_valid_check(addr(2), false, t0);
+        s.restart(credentials("roomAnew00002"), "cli2".into());
+        // The client kept its port: its nomination under the new credentials keeps the
+        // path where it is and releases the address it did not check again.
+        assert_eq!(s.on_valid_check(addr(1), true, t0), None);
+        assert_eq!(s.take_evicted().collect::<Vec<_>>(), [addr(2)]);
+        assert_eq!(s.addresses().collect::<Vec<_>>(), [addr(1)]);
+    }
+
+    #[test]
+    fn the_session_keeps_its_first_name_and_one_previous_one() {
+        let t0 = Instant::now();
+        let mut s = IceSession::new(credentials("roomAsrv00001"), t0);
+        assert_eq!(s.names().collect::<Vec<_>>(), ["roomAsrv00001"]);
+        assert_eq!(s.restart(credentials("roomAnew00002"), "c2".into()), None);
+        assert_eq!(
+            s.names().collect::<Vec<_>>(),
+            ["roomAnew00002", "roomAsrv00001"]
+        );
+        assert_eq!(s.restart(credentials("roomAnew00003"), "c3".into()), None);
+        assert_eq!(
+            s.names().collect::<Vec<_>>(),
+            ["roomAnew00003", "roomAsrv00001", "roomAnew00002"]
+        );
+        assert_eq!(
+            s.restart(credentials("roomAnew00004"), "c4".into()),
+            Some("roomAnew00002".into()),
+            "the name before the previous restart is dropped"
+        );
+        assert_eq!(
+            s.names().collect::<Vec<_>>(),
+            ["roomAnew00004", "roomAsrv00001", "roomAnew00003"]
+        );
     }
 }
 

@@ -9,9 +9,13 @@
 //! - [`consent`]: per-session ICE state, the bounded set of validated client addresses and
 //!   consent expiry (RFC 7675).
 //! - [`credentials`]: server-side ICE credentials and their random generation.
+//! - [`sdpfrag`]: RFC 8840 SDP fragments (WHIP/WHEP PATCH: trickle and ICE restarts);
+//!   [`patch`]: what a PATCH asks of a session and what came of it.
 
 pub mod consent;
 pub mod credentials;
+pub mod patch;
+pub mod sdpfrag;
 pub mod stun;
 
 #[cfg(test)]

@@ -12,7 +12,11 @@ use mio::Waker;
 use serde::Serialize;
 
 use crate::{
-    ice::RandomError,
+    ice::{
+        patch::{IfMatch, PatchRefused, Patched},
+        sdpfrag::Fragment,
+        RandomError,
+    },
     room::RoomId,
     sdp::{Offer, Role, SdpError},
     sfu::LayerRequest,
@@ -57,6 +61,18 @@ pub enum Command {
         /// WHEP only: the simulcast layer the viewer asked for.
         layer: LayerRequest,
         reply: tokio::sync::oneshot::Sender<Result<MediaCreated, CreateRefused>>,
+    },
+    /// WHIP/WHEP PATCH (RFC 9725 §4.3): a validated SDP fragment for one session
+    /// resource, with trickled candidates or an ICE restart.
+    PatchIce {
+        room: RoomId,
+        participant: String,
+        /// Only a session of this role with this resource key matches (as for DELETE).
+        resource: (Role, String),
+        /// The request's `If-Match`, `None` when absent.
+        if_match: Option<IfMatch>,
+        fragment: Box<Fragment>,
+        reply: tokio::sync::oneshot::Sender<Result<Patched, PatchRefused>>,
     },
     /// A viewer's simulcast layer request, live. Replies whether the subscriber exists.
     SetLayer {

@@ -10,6 +10,7 @@ use std::{
 };
 
 use crate::{
+    ice::Credentials,
     room::RoomId,
     sfu::{ForwardConfig, MemberId, RoomCore},
 };
@@ -182,7 +183,10 @@ type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
 /// Every key a session or room is found by.
 #[derive(Default)]
 struct Index {
-    /// Server ufrag (STUN USERNAME) -> session; control path and STUN checks only.
+    /// Server ufrag (STUN USERNAME) -> session; control path and STUN checks only. Every
+    /// name of a session is here (see `IceSession::names`): after an ICE restart its
+    /// current ufrag, the ufrag it was created with (the participant id in URLs is that
+    /// one's participant part) and the one before the restart.
     ufrag: HashMap<String, SessionId>,
     /// Canonical client address -> the session it is pinned to.
     addr: FastMap<SocketAddr, SessionId>,
@@ -317,13 +321,15 @@ impl Table {
 
     /// Insert a session into its room (`session.room`, which must exist) and the index.
     pub fn insert(&mut self, session: Session) -> SessionId {
-        let ufrag = session.ice.credentials().ufrag.clone();
+        let names: Vec<String> = session.ice.names().map(str::to_owned).collect();
         let member = session.media.as_ref().map(|m| m.member);
         let room = session.room;
         debug_assert!(session.pinned.is_empty(), "pins go through Table::pin");
         let (index, generation) = self.sessions.insert(session);
         let id = SessionId { index, generation };
-        self.index.ufrag.insert(ufrag, id);
+        for name in names {
+            self.index.ufrag.insert(name, id);
+        }
         if let Some(member) = member {
             self.index.member.insert(member, id);
         }
@@ -338,7 +344,11 @@ impl Table {
     /// table (flow map entries, connected sockets) from `session.pinned`.
     pub fn remove(&mut self, id: SessionId) -> Option<Session> {
         let session = self.sessions.remove(id.index, id.generation)?;
-        self.index.ufrag.remove(&session.ice.credentials().ufrag);
+        for name in session.ice.names() {
+            if self.index.ufrag.get(name) == Some(&id) {
+                self.index.ufrag.remove(name);
+            }
+        }
         if let Some(m) = &session.media {
             if self.index.member.get(&m.member) == Some(&id) {
                 self.index.member.remove(&m.member);
@@ -353,6 +363,31 @@ impl Table {
             r.sessions.retain(|s| *s != id);
         }
         Some(session)
+    }
+
+    /// ICE restart of session `id` with new server `credentials` (client ufrag
+    /// `remote_ufrag`), keeping the index in step with the session's names. False, and
+    /// nothing changed, if the session is gone or the new ufrag already names a session.
+    pub fn restart_ice(
+        &mut self,
+        id: SessionId,
+        credentials: Credentials,
+        remote_ufrag: String,
+    ) -> bool {
+        if self.index.ufrag.contains_key(&credentials.ufrag) {
+            return false;
+        }
+        let Some(session) = self.sessions.get_mut(id.index, id.generation) else {
+            return false;
+        };
+        let ufrag = credentials.ufrag.clone();
+        if let Some(dropped) = session.ice.restart(credentials, remote_ufrag) {
+            if self.index.ufrag.get(&dropped) == Some(&id) {
+                self.index.ufrag.remove(&dropped);
+            }
+        }
+        self.index.ufrag.insert(ufrag, id);
+        true
     }
 
     /// Record that canonical `addr` is pinned to session `id` (through `conn` in
@@ -497,6 +532,43 @@ mod tests {
         assert_eq!(table.get(a).unwrap().reply.unwrap().conn, None);
         assert!(table.pin(a, addr, Some(ConnId(5))));
         assert_eq!(table.get(a).unwrap().reply.unwrap().conn, Some(ConnId(5)));
+    }
+
+    #[test]
+    fn an_ice_restart_keeps_the_session_found_by_its_old_names() {
+        let mut table = Table::default();
+        let room = RoomId::parse("r").unwrap();
+        let a = session(&mut table, &room, "rAAAAAAAA");
+        let b = session(&mut table, &room, "rBBBBBBBB");
+        let creds = |ufrag: &str| Credentials {
+            ufrag: ufrag.into(),
+            pwd: "p".into(),
+        };
+        assert!(
+            !table.restart_ice(a, creds("rBBBBBBBB"), "c".into()),
+            "another session's name is not free"
+        );
+        assert_eq!(table.get(a).unwrap().ice.credentials().ufrag, "rAAAAAAAA");
+        for (i, ufrag) in ["rCCCCCCCC", "rDDDDDDDD", "rEEEEEEEE"]
+            .into_iter()
+            .enumerate()
+        {
+            assert!(table.restart_ice(a, creds(ufrag), format!("c{i}")));
+            assert_eq!(table.by_ufrag(ufrag), Some(a));
+        }
+        assert_eq!(
+            table.by_ufrag("rAAAAAAAA"),
+            Some(a),
+            "the name it was created with"
+        );
+        assert_eq!(table.by_ufrag("rDDDDDDDD"), Some(a), "the previous ufrag");
+        assert_eq!(table.by_ufrag("rCCCCCCCC"), None, "older ones are dropped");
+        assert!(table.contains_ufrag("rEEEEEEEE"));
+        table.remove(a).unwrap();
+        for gone in ["rAAAAAAAA", "rDDDDDDDD", "rEEEEEEEE"] {
+            assert_eq!(table.by_ufrag(gone), None, "{gone}");
+        }
+        assert_eq!(table.by_ufrag("rBBBBBBBB"), Some(b));
     }
 
     #[test]

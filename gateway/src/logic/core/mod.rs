@@ -11,8 +11,10 @@
 //! - [`checks`]: STUN checks, pins and handoffs.
 //! - [`media`]: DTLS records, SRTP and forwarding (the hot path).
 //! - [`sessions`]: creation, deletion, timeouts, room views.
+//! - [`restart`]: WHIP/WHEP PATCH: trickle and ICE restarts.
 mod checks;
 mod media;
+mod restart;
 mod sessions;
 
 use std::{
@@ -336,6 +338,7 @@ impl ThreadCore {
                 reply,
             } => match self.create_media_session(&room, role, &offer, publisher, layer, now) {
                 Ok((id, created)) => {
+                    self.set_remote_ufrag(id, &offer.ice_ufrag);
                     if reply.send(Ok(created)).is_err() {
                         self.remove_session(id, now);
                     }
@@ -344,6 +347,17 @@ impl ThreadCore {
                     let _ = reply.send(Err(refused));
                 }
             },
+            Command::PatchIce {
+                room,
+                participant,
+                resource,
+                if_match,
+                fragment,
+                reply,
+            } => {
+                let result = self.patch_ice(&room, &participant, resource, if_match, &fragment);
+                let _ = reply.send(result);
+            }
             Command::SetLayer {
                 room,
                 participant,
