@@ -16,25 +16,22 @@
 //! the gateway's metrics and its log.
 #[path = "support/browser.rs"]
 mod browser_support;
+#[path = "support/scene.rs"]
+mod scene;
 #[path = "support/shaping.rs"]
 mod shaping;
 mod support;
 
-use std::{
-    sync::{Mutex, MutexGuard},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
-};
+use std::time::{Duration, Instant};
 
-use browser_support::{chromium_available, demo_page_source, Browser, LaunchOptions, ReportServer};
+use browser_support::chromium_available;
+use scene::{now_ms, serial, subscription, Scene, SPAN_MS, START};
 use serde_json::Value;
-use shaping::{Star, HUB_IP};
-use support::Gateway;
 
-const THREADS: usize = 2;
 const ROOM: &str = "simulcast";
+/// A failure prints the gateway's metrics about layers and the estimator.
+const METRIC_WORDS: &[&str] = &["twcc", "layer", "estimated_bitrate", "keyframe"];
 
-/// Browser start-up, negotiation and first frames on a busy 2-core machine.
-const START: Duration = Duration::from_secs(60);
 /// From both viewers decoding to B showing the low layer and C the high one (the 20 s).
 const CONVERGE: Duration = Duration::from_secs(20);
 /// How long the layers must then stay put: hysteresis means no flapping.
@@ -70,289 +67,17 @@ const MAX_FREEZE_SECONDS_GOOD: f64 = 2.0;
 const MAX_HOLD_FREEZES: u64 = 1;
 const MAX_HOLD_FREEZE_SECONDS: f64 = 1.0;
 const MIN_HOLD_FPS: f64 = 5.0;
-/// A window over which a layer's byte counter must not move to count as paused, and over
-/// which counters must move to count as flowing.
-const SPAN_MS: u64 = 2_000;
 
 /// How long the gateway's room listing may lag behind what a page decodes.
 const LISTING_LAG: Duration = Duration::from_secs(5);
-const POLL: Duration = Duration::from_millis(200);
 
-/// Chromium instances are heavy; one test at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Field order is drop order: browsers, then the report server and the gateway, then the
-/// namespaces they ran in.
-struct Scene {
-    browsers: Vec<Browser>,
-    reports: ReportServer,
-    gw: Gateway,
-    star: Star,
-}
-
+/// What only this test asks of a scene.
 impl Scene {
-    /// Hub plus leaves A, B and C; the gateway and the report server on the hub's address.
-    fn new(steering: &str, tag: &str) -> Scene {
-        let star = Star::enter(tag, &["A", "B", "C"]);
-        let gw = Gateway::builder(steering, THREADS)
-            .set("--udp-bind", format!("{HUB_IP}:0"))
-            .set("--http-bind", format!("{HUB_IP}:0"))
-            .set("--public-ip", HUB_IP.to_string())
-            .start();
-        assert_eq!(gw.mode, steering, "gateway runs in the requested mode");
-        let reports = ReportServer::start_on(HUB_IP.into(), Some(demo_page_source()));
-        Scene {
-            browsers: Vec::new(),
-            reports,
-            gw,
-            star,
-        }
-    }
-
-    /// Open the demo page as `name` inside leaf `name`, joining the room at once. The page
-    /// comes from the report server (so it is the file on disk) and talks to the gateway
-    /// through `?gateway=`.
-    fn open(&mut self, name: &str, extra: &str) {
-        let query = format!(
-            "room={ROOM}&autostart=1&name={name}&report={}&gateway=http://{}{extra}",
-            self.reports.report_url(),
-            self.gw.http
-        );
-        let url = self.reports.page_url(&query);
-        let options = LaunchOptions {
-            netns: Some(self.star.netns(name).to_owned()),
-            // getUserMedia needs a secure context; only loopback origins are one over http.
-            args: vec![format!(
-                "--unsafely-treat-insecure-origin-as-secure=http://{}",
-                self.reports.addr
-            )],
-        };
-        self.browsers
-            .push(Browser::launch_with(name, &url, &options));
-    }
-
-    fn metrics(&self) -> String {
-        match self.gw.get("/metrics") {
-            (200, Value::String(text)) => text,
-            (code, v) => self.fail(&format!("GET /metrics -> {code}: {v}")),
-        }
-    }
-
-    /// Sum of every sample of counter `name` (all threads), or None if it is not exported.
-    fn metric_sum(&self, name: &str) -> Option<f64> {
-        support::metric_sum(&self.metrics(), name)
-    }
-
     /// Transport-cc feedback packets the gateway has sent to publishers.
     fn feedback_sent(&self) -> f64 {
         let name = "roomgate_twcc_feedback_sent_total";
         self.metric_sum(name)
             .unwrap_or_else(|| self.fail(&format!("/metrics has no {name}")))
-    }
-
-    /// Print everything that helps to understand a failure, then panic with `msg`.
-    fn fail(&self, msg: &str) -> ! {
-        eprintln!("==== FAILED: {msg}");
-        eprintln!("==== page reports:\n{}", self.reports.dump());
-        for name in ["A", "B", "C"] {
-            eprintln!(
-                "==== timeline of {name} (last 40 reports):\n{}",
-                self.timeline(name, 40)
-            );
-        }
-        for b in &self.browsers {
-            eprintln!(
-                "==== browser {} ({}), console/errors:\n{}",
-                b.name,
-                if b.running() { "running" } else { "EXITED" },
-                b.log_tail(30)
-            );
-        }
-        eprintln!("==== links:\n{}", self.star.describe());
-        let (code, listing) = self.gw.get(&format!("/api/rooms/{ROOM}"));
-        eprintln!("==== GET /api/rooms/{ROOM} -> {code}:\n{listing:#}");
-        if let (200, Value::String(text)) = self.gw.get("/metrics") {
-            let interesting: Vec<&str> = text
-                .lines()
-                .filter(|l| {
-                    !l.starts_with('#')
-                        && (l.contains("twcc")
-                            || l.contains("layer")
-                            || l.contains("estimated_bitrate")
-                            || l.contains("keyframe"))
-                })
-                .collect();
-            eprintln!(
-                "==== gateway metrics (simulcast):\n{}",
-                interesting.join("\n")
-            );
-        }
-        let log = self.gw.stderr();
-        let lines: Vec<&str> = log
-            .lines()
-            .filter(|l| !l.trim_start().starts_with("at "))
-            .collect();
-        let start = lines.len().saturating_sub(80);
-        eprintln!(
-            "==== gateway stderr (last {} of {} lines):\n{}",
-            lines.len() - start,
-            lines.len(),
-            lines[start..].join("\n")
-        );
-        panic!("{msg}");
-    }
-
-    /// One line per report: what a viewer decodes, or what the publisher sends per rid.
-    fn timeline(&self, name: &str, last: usize) -> String {
-        let all = self.reports.all(name);
-        let first = all.first().and_then(|r| r["time"].as_u64()).unwrap_or(0);
-        all.iter()
-            .skip(all.len().saturating_sub(last))
-            .map(|r| {
-                let t = r["time"].as_u64().unwrap_or(0).saturating_sub(first) as f64 / 1000.0;
-                let mut line = format!("{t:7.1}s");
-                if let Some(out) = r["outbound"].as_object() {
-                    line.push_str(&format!(
-                        " estimate {}",
-                        out.get("availableOutgoingBitrate").unwrap_or(&Value::Null)
-                    ));
-                    for l in out
-                        .get("layers")
-                        .and_then(Value::as_array)
-                        .into_iter()
-                        .flatten()
-                    {
-                        line.push_str(&format!(
-                            " | {} {}x{} {}B {}f {}bps {}",
-                            l["rid"],
-                            l["frameWidth"],
-                            l["frameHeight"],
-                            l["bytesSent"],
-                            l["framesEncoded"],
-                            l["bitrate_bps"],
-                            l["qualityLimitationReason"]
-                        ));
-                    }
-                }
-                for sub in r["subscriptions"].as_array().into_iter().flatten() {
-                    let v = &sub["video"];
-                    line.push_str(&format!(
-                        " | {}x{} {}f ({} key) {}bps freezes {} ({}s) lost {} nack {} pli {} gateway {}",
-                        v["frameWidth"],
-                        v["frameHeight"],
-                        v["framesDecoded"],
-                        v["keyFramesDecoded"],
-                        v["bitrate_bps"],
-                        v["freezeCount"],
-                        v["totalFreezesDuration"],
-                        v["packetsLost"],
-                        v["nackCount"],
-                        v["pliCount"],
-                        sub["gateway_video"]
-                    ));
-                }
-                line
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    /// Poll `f` until it gives a value or `deadline` passes; fail with `what` otherwise, or
-    /// as soon as a browser died.
-    fn wait_until<T>(
-        &self,
-        what: &str,
-        deadline: Instant,
-        mut f: impl FnMut(&Self) -> Option<T>,
-    ) -> T {
-        loop {
-            if let Some(v) = f(self) {
-                return v;
-            }
-            if let Some(b) = self.browsers.iter().find(|b| !b.running()) {
-                self.fail(&format!(
-                    "browser {} exited while waiting until {what}",
-                    b.name
-                ));
-            }
-            if Instant::now() > deadline {
-                self.fail(&format!("timed out waiting until {what}"));
-            }
-            // Pages report once a second; some conditions ask the gateway over HTTP.
-            std::thread::sleep(POLL);
-        }
-    }
-
-    fn check(&self, cond: bool, msg: impl FnOnce() -> String) {
-        if !cond {
-            let msg = msg();
-            self.fail(&msg);
-        }
-    }
-
-    /// The participant ID of `name`'s WHIP session; a failed publish fails at once.
-    fn publisher_id(&self, name: &str) -> String {
-        let found = self.wait_until(
-            &format!("page {name} publishes (WHIP 201)"),
-            Instant::now() + START,
-            |s| {
-                let r = s.reports.latest(name)?;
-                let failed = r["errors"].as_array().and_then(|errs| {
-                    errs.iter()
-                        .filter_map(Value::as_str)
-                        .find(|e| e.starts_with("publish:"))
-                        .map(str::to_owned)
-                });
-                if let Some(err) = failed {
-                    return Some(Err(err));
-                }
-                if r["publishing"] != Value::Bool(true) {
-                    return None;
-                }
-                r["participant"].as_str().map(|p| Ok(p.to_owned()))
-            },
-        );
-        found.unwrap_or_else(|err| self.fail(&format!("page {name} could not publish: {err}")))
-    }
-
-    /// `(older, newer)` of `value` in `name`'s latest report and in the latest report at
-    /// least [`SPAN_MS`] older.
-    fn across_span(&self, name: &str, value: impl Fn(&Value) -> Option<f64>) -> Option<(f64, f64)> {
-        let all = self.reports.all(name);
-        let newest = all.last()?;
-        let t = newest["time"].as_u64()?;
-        let older = all
-            .iter()
-            .rev()
-            .find(|r| r["time"].as_u64().is_some_and(|o| o + SPAN_MS <= t))?;
-        Some((value(older)?, value(newest)?))
-    }
-
-    /// `watcher` decodes `publisher`'s video (frames rising over a span) and gets its audio.
-    fn assert_receiving(&self, watcher: &str, publisher: &str) {
-        let frames = |r: &Value| -> Option<f64> {
-            let sub = subscription(r, publisher)?;
-            (sub["audio"]["packetsReceived"].as_u64()? > 0)
-                .then(|| sub["video"]["framesDecoded"].as_f64())?
-        };
-        let (before, after) = self.wait_until(
-            &format!("{watcher} (in its own namespace) decodes video and receives audio from {publisher}"),
-            Instant::now() + START,
-            |s| s.across_span(watcher, frames).filter(|&(a, b)| b > a && a > 0.0),
-        );
-        eprintln!("{watcher} <- {publisher}: framesDecoded {before} -> {after}");
     }
 
     /// A sends all three layers, each with frames encoded over the last span; returns the
@@ -380,28 +105,6 @@ impl Scene {
     fn resolution(&self, name: &str, publisher: &str) -> Option<(u64, u64)> {
         let r = self.reports.latest(name)?;
         resolution(subscription(&r, publisher)?)
-    }
-
-    /// Freeze count, freeze seconds and frames decoded of `name`'s view of `publisher`.
-    fn freezes(&self, name: &str, publisher: &str) -> (u64, f64, u64) {
-        let r = self.reports.latest(name).unwrap_or(Value::Null);
-        let v = subscription(&r, publisher).map_or(Value::Null, |s| s["video"].clone());
-        (
-            v["freezeCount"].as_u64().unwrap_or(0),
-            v["totalFreezesDuration"].as_f64().unwrap_or(0.0),
-            v["framesDecoded"].as_u64().unwrap_or(0),
-        )
-    }
-
-    /// Sleep through `span` while watching that no browser dies.
-    fn observe(&self, span: Duration) {
-        let until = Instant::now() + span;
-        while Instant::now() < until {
-            if let Some(b) = self.browsers.iter().find(|b| !b.running()) {
-                self.fail(&format!("browser {} exited while observing", b.name));
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
     }
 
     /// Every report `name` sent between `from` and `to` (wall-clock ms) that shows a decoded
@@ -439,20 +142,6 @@ impl Scene {
 
     fn publisher_estimate(&self) -> Option<f64> {
         self.reports.latest("A")?["outbound"]["availableOutgoingBitrate"].as_f64()
-    }
-
-    /// The participant ID of `name`'s WHEP session watching `publisher`.
-    fn subscriber_id(&self, name: &str, publisher: &str) -> String {
-        self.wait_until(
-            &format!("{name} has a WHEP session watching {publisher}"),
-            Instant::now() + START,
-            |s| {
-                let r = s.reports.latest(name)?;
-                subscription(&r, publisher)?["participant"]
-                    .as_str()
-                    .map(str::to_owned)
-            },
-        )
     }
 
     /// The gateway's view of subscriber `participant`'s video in `GET /api/rooms/{room}`:
@@ -531,13 +220,6 @@ fn layer<'r>(report: &'r Value, rid: &str) -> Option<&'r Value> {
         .find(|l| l["rid"] == rid)
 }
 
-fn subscription<'r>(report: &'r Value, publisher: &str) -> Option<&'r Value> {
-    report["subscriptions"]
-        .as_array()?
-        .iter()
-        .find(|s| s["publisher"] == publisher)
-}
-
 fn resolution(sub: &Value) -> Option<(u64, u64)> {
     let v = &sub["video"];
     let w = v["frameWidth"].as_u64().filter(|&w| w > 0)?;
@@ -548,7 +230,13 @@ fn resolution(sub: &Value) -> Option<(u64, u64)> {
 /// high one within 20 s, both hold them with bounded freezes, and B moves up once its cap
 /// is lifted.
 fn weak_viewer_gets_low_layer(steering: &str) {
-    let mut s = Scene::new(steering, &format!("w{}", &steering[..1]));
+    let mut s = Scene::new(
+        steering,
+        &format!("w{}", &steering[..1]),
+        ROOM,
+        &["A", "B", "C"],
+        METRIC_WORDS,
+    );
     s.star.downlink("B").limit(WEAK_KBIT);
     s.open("A", "&simulcast=1");
     let a = s.publisher_id("A");
@@ -677,7 +365,13 @@ fn weak_viewer_gets_low_layer_connected() {
 /// pauses within 15 s; lifted, both recover; the gateway's transport-cc feedback to A keeps
 /// flowing throughout. C watches unshaped the whole time.
 fn publisher_follows_uplink_cap(steering: &str) {
-    let mut s = Scene::new(steering, &format!("u{}", &steering[..1]));
+    let mut s = Scene::new(
+        steering,
+        &format!("u{}", &steering[..1]),
+        ROOM,
+        &["A", "B", "C"],
+        METRIC_WORDS,
+    );
     s.open("A", "&simulcast=1");
     let a = s.publisher_id("A");
     s.open("C", "&publish=0");
@@ -777,7 +471,13 @@ fn publisher_follows_uplink_cap_connected() {
 /// on "auto" (from the page's tile menu) it stays high, because its link carries that. Bad
 /// requests are refused.
 fn pinned_layer_overrides_the_estimate(steering: &str) {
-    let mut s = Scene::new(steering, &format!("p{}", &steering[..1]));
+    let mut s = Scene::new(
+        steering,
+        &format!("p{}", &steering[..1]),
+        ROOM,
+        &["A", "B", "C"],
+        METRIC_WORDS,
+    );
     s.open("A", "&simulcast=1");
     let a = s.publisher_id("A");
     s.open("C", "&publish=0&layer=low");

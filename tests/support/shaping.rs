@@ -1,10 +1,19 @@
 //! A star of network namespaces for tests that need links of different quality: the hub is
 //! the test thread's own namespace (the gateway and the report server it starts live
 //! there), and every leaf is joined to the hub by its own veth pair, so a `tbf` rate limit
-//! on one link (this kernel has no netem) shapes one client and nobody else.
+//! on one link (this kernel has no netem) shapes one client and nobody else. Random loss
+//! is an nftables `numgen random` rule on the leaf's ingress, with counters that say how
+//! much it really dropped.
 #![allow(dead_code)]
 
-use std::{net::Ipv4Addr, process::Command};
+use std::{
+    io::Write,
+    net::{Ipv4Addr, SocketAddr},
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use serde_json::Value;
 
 use crate::support::netns::TestNetns;
 
@@ -50,6 +59,8 @@ struct Leaf {
 /// then the hub, and moves the thread back; drop everything running in a leaf first.
 pub struct Star {
     leaves: Vec<Leaf>,
+    /// Labels of the leaves whose downlink drops packets at random.
+    lossy: Vec<String>,
     hub: TestNetns,
 }
 
@@ -71,6 +82,7 @@ impl Star {
         // The star exists before its leaves, so a failure half-way still deletes them.
         let mut star = Star {
             leaves: Vec::new(),
+            lossy: Vec::new(),
             hub,
         };
         for (i, label) in labels.iter().enumerate() {
@@ -167,14 +179,178 @@ impl Star {
         }
     }
 
-    /// `tc -s qdisc` of every link in both directions, for failure messages.
+    /// `tc -s qdisc` of every link in both directions, and the loss rules' counters, for
+    /// failure messages.
     pub fn describe(&self) -> String {
         self.leaves
             .iter()
             .flat_map(|l| [self.downlink(&l.label), self.uplink(&l.label)])
             .map(|link| link.stats())
+            .chain(self.lossy.iter().map(|label| {
+                let counts = self.loss_counts(label);
+                format!(
+                    "{label} downlink loss ({LOSS_TABLE} in {}): {counts:?}",
+                    self.netns(label)
+                )
+            }))
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// Drop `percent` % of the UDP datagrams `from` sends to leaf `label`, each on its own
+    /// draw, and count what was dropped and what passed.
+    ///
+    /// The rule sits on the leaf's ingress, where datagrams arrive one by one, because the
+    /// gateway sends runs of datagrams to one client as one UDP GSO buffer and a veth hands
+    /// such a buffer on whole: dropped there, a whole run would go as one "packet". So the
+    /// hub's end also gets `gso_max_segs 1`, which makes the hub's stack cut runs into
+    /// datagrams before the link, as a NIC does on a wire.
+    pub fn downlink_loss(&mut self, label: &str, percent: u32, from: SocketAddr) {
+        assert!(percent <= 100, "a loss rate is a percentage");
+        let (netns, hub_dev) = {
+            let leaf = self.leaf(label);
+            (leaf.netns.clone(), leaf.hub_dev.clone())
+        };
+        ip(&[
+            "-n",
+            &self.hub.name,
+            "link",
+            "set",
+            "dev",
+            &hub_dev,
+            "gso_max_segs",
+            "1",
+        ]);
+        let source = format!("ip saddr {} udp sport {}", from.ip(), from.port());
+        // Whitespace is nft's own business; the rules read as they would in a file.
+        let ruleset = format!(
+            "table netdev {LOSS_TABLE} {{
+                counter dropped {{ }}
+                counter passed {{ }}
+                chain downlink {{
+                    type filter hook ingress device \"eth0\" priority 0; policy accept;
+                    {source} numgen random mod 100 < {percent} counter name \"dropped\" drop
+                    {source} counter name \"passed\"
+                }}
+            }}
+            "
+        );
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &netns, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("run nft: {e}"));
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(ruleset.as_bytes())
+                .unwrap_or_else(|e| panic!("write the ruleset to nft: {e}"));
+        }
+        let out = child
+            .wait_with_output()
+            .unwrap_or_else(|e| panic!("wait for nft: {e}"));
+        assert!(
+            out.status.success(),
+            "nft -f - in {netns}: {}\n{ruleset}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        self.lossy.push(label.to_owned());
+    }
+
+    /// What the loss rule on `label`'s downlink has dropped and let pass so far (an error
+    /// says why nft could not tell).
+    pub fn loss_counts(&self, label: &str) -> Result<LossCounts, String> {
+        let netns = self.netns(label);
+        let out = Command::new("ip")
+            .args(["netns", "exec", netns])
+            .args(["nft", "-j", "list", "table", "netdev", LOSS_TABLE])
+            .output()
+            .map_err(|e| format!("run nft: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "nft list table netdev {LOSS_TABLE} in {netns}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let listing: Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("nft -j printed no JSON ({e})"))?;
+        let counter = |name: &str| -> Result<(u64, u64), String> {
+            let c = listing["nftables"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|item| &item["counter"])
+                .find(|c| c["name"] == name)
+                .ok_or_else(|| format!("no counter {name} in {LOSS_TABLE}: {listing}"))?;
+            let field = |key: &str| {
+                c[key]
+                    .as_u64()
+                    .ok_or_else(|| format!("counter {name}: no {key}"))
+            };
+            Ok((field("packets")?, field("bytes")?))
+        };
+        let (dropped, dropped_bytes) = counter("dropped")?;
+        let (passed, passed_bytes) = counter("passed")?;
+        Ok(LossCounts {
+            dropped,
+            passed,
+            bytes: dropped_bytes + passed_bytes,
+        })
+    }
+}
+
+/// The nftables table that holds a leaf's loss rule (one per leaf namespace).
+const LOSS_TABLE: &str = "rgloss";
+const NFT: &str = "/usr/sbin/nft";
+
+/// Whether the loss tests can run: without `nft` they fail, with the way to install it.
+pub fn nft_available() -> bool {
+    if Path::new(NFT).exists() {
+        return true;
+    }
+    panic!(
+        "{NFT} is missing: `apt-get install -y nftables` (cargo xtask test installs it); \
+         the loss tests drop packets with nftables because this kernel has no netem"
+    );
+}
+
+/// A loss rule's counters: datagrams dropped, datagrams let through, bytes of both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LossCounts {
+    pub dropped: u64,
+    pub passed: u64,
+    pub bytes: u64,
+}
+
+impl LossCounts {
+    /// What happened between `earlier` and `self`.
+    pub fn since(self, earlier: LossCounts) -> LossCounts {
+        LossCounts {
+            dropped: self.dropped.saturating_sub(earlier.dropped),
+            passed: self.passed.saturating_sub(earlier.passed),
+            bytes: self.bytes.saturating_sub(earlier.bytes),
+        }
+    }
+
+    pub fn total(self) -> u64 {
+        self.dropped + self.passed
+    }
+
+    /// The share of datagrams dropped (0 when none were seen).
+    pub fn rate(self) -> f64 {
+        if self.total() == 0 {
+            return 0.0;
+        }
+        self.dropped as f64 / self.total() as f64
+    }
+
+    /// Mean bytes per counted packet: at most a link MTU if every packet was one datagram.
+    pub fn mean_size(self) -> f64 {
+        if self.total() == 0 {
+            return 0.0;
+        }
+        self.bytes as f64 / self.total() as f64
     }
 }
 

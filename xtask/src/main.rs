@@ -127,8 +127,8 @@ fn test(args: &[String]) -> Result<()> {
     let object = build_all(false)?;
     let root = build::workspace_root();
     // ip for the namespace tests, prometheus/promtool for the monitoring tests,
-    // chromium for the real-browser tests.
-    setup::apt_install(&["iproute2", "prometheus", "chromium"])?;
+    // chromium for the real-browser tests, nft for their random loss (no netem here).
+    setup::apt_install(&["iproute2", "prometheus", "chromium", "nftables"])?;
     // aiortc: an independent WebRTC stack (Python) for the WHIP/WHEP interop tests.
     setup::pip_install("aiortc", "aiortc==1.16.0")?;
     // Node.js runs the TypeScript check of the dashboard against Grafana's published schema.
