@@ -182,7 +182,11 @@ mod tests {
         assert_eq!(b.get(10, t0).map(|s| s.data.to_vec()), Ok(vec![10]));
         assert_eq!(b.get(13, t0).map(|s| s.index), Ok(3));
         b.insert(14, &[14], t0);
-        assert_eq!(b.get(10, t0).err(), Some(Miss::NotBuffered), "evicted by 14");
+        assert_eq!(
+            b.get(10, t0).err(),
+            Some(Miss::NotBuffered),
+            "evicted by 14"
+        );
         assert_eq!(b.get(99, t0).err(), Some(Miss::NotBuffered), "never stored");
     }
 
@@ -199,7 +203,11 @@ mod tests {
         assert!(b.get(999, now).is_ok());
         assert!(b.get(510, now).is_ok(), "0.98 s old");
         assert_eq!(b.get(490, now).err(), Some(Miss::TooOld), "1.02 s old");
-        assert_eq!(b.get(480, now).err(), Some(Miss::NotBuffered), "overwritten by 992");
+        assert_eq!(
+            b.get(480, now).err(),
+            Some(Miss::NotBuffered),
+            "overwritten by 992"
+        );
         // The same packet asked for too late.
         assert_eq!(b.get(999, now + 2 * SEC).err(), Some(Miss::TooOld));
         // A slow layer keeps the small ring.
