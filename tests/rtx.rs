@@ -212,8 +212,10 @@ fn viewer_recovers_loss_with_rtx(steering: &str) {
 
     // ... on B's RTX stream: last, so a run without RTX shows everything else first.
     s.check(retransmitted.is_some_and(|n| n > 0), || match after.retransmitted {
-        None => "B's inbound video has no retransmittedPacketsReceived: Chrome counts no RTX stream, \
-                 so the gateway's answer did not accept rtx (a=rtpmap rtx + a=fmtp apt=, a=ssrc-group:FID)"
+        // Chrome lists the field once a packet came on an RTX stream.
+        None => "B's inbound video has no retransmittedPacketsReceived: no packet came on an RTX stream \
+                 (the answer did not accept rtx with apt= and a=ssrc-group:FID, or retransmissions \
+                 came on the media SSRC)"
             .to_owned(),
         Some(n) => format!(
             "B's retransmittedPacketsReceived stayed at {n} while the gateway sent {gateway_retransmitted:?} \
