@@ -17,7 +17,10 @@
 //!   that renominates is never moved by its unnominated backup checks.
 //!
 //! The address the path leaves is handed out as evicted, so its pin is released once the
-//! new address is pinned.
+//! new address is pinned; if it was checked less than [`MOVE_AFTER_SILENCE`] ago it is
+//! still in use (a client that nominates several pairs, or a path changed on purpose),
+//! so it is released with the first check after it has been silent that long, unless it
+//! is checked again.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -77,6 +80,9 @@ pub struct IceSession {
     /// The path and state before the last check moved the path: put back if the new
     /// address cannot be pinned.
     displaced: Option<(Path, IceState)>,
+    /// Addresses the path left while they were still being checked, with their last
+    /// check: released once silent for [`MOVE_AFTER_SILENCE`].
+    left: Vec<(SocketAddr, Instant)>,
     /// Addresses dropped to make room or left by the path, waiting for the caller to
     /// unpin them.
     evicted: Vec<SocketAddr>,
@@ -127,6 +133,7 @@ impl IceSession {
             addresses: Vec::new(),
             path: None,
             displaced: None,
+            left: Vec::new(),
             evicted: Vec::new(),
         }
     }
@@ -161,6 +168,8 @@ impl IceSession {
         // Checked under the current credentials: no longer an old session's address.
         self.restart.stale.retain(|a| *a != from);
         self.displaced = None;
+        // Checked again: in use, an ordinary address of the session.
+        self.left.retain(|(a, _)| *a != from);
         let before = self.state;
         if use_candidate {
             self.state = IceState::Nominated;
@@ -179,13 +188,12 @@ impl IceSession {
                 if use_candidate || silent {
                     self.displaced = Some((path, before));
                     self.path = Some(here);
-                    if let Some(pos) = self.addresses.iter().position(|a| *a == path.addr) {
-                        self.evicted.push(self.addresses.remove(pos));
-                    }
+                    self.left.push((path.addr, path.last_check));
                 }
             }
             None => self.path = Some(here),
         }
+        self.release_left(now);
 
         if let Some(pos) = self.addresses.iter().position(|a| *a == from) {
             let addr = self.addresses.remove(pos);
@@ -200,6 +208,21 @@ impl IceSession {
         }
         self.addresses.push(from);
         Some(from)
+    }
+
+    /// Evict the addresses the path left that have been silent for [`MOVE_AFTER_SILENCE`].
+    fn release_left(&mut self, now: Instant) {
+        let addresses = &mut self.addresses;
+        let evicted = &mut self.evicted;
+        self.left.retain(|&(addr, last_check)| {
+            if now < last_check + MOVE_AFTER_SILENCE {
+                return true;
+            }
+            if let Some(pos) = addresses.iter().position(|a| *a == addr) {
+                evicted.push(addresses.remove(pos));
+            }
+            false
+        });
     }
 
     /// Undo the validation of `addr`, for when the caller could not pin it (pin conflict
@@ -217,6 +240,7 @@ impl IceSession {
                 Some((path, state)) => {
                     self.path = Some(path);
                     self.state = state;
+                    self.left.retain(|(a, _)| *a != path.addr);
                     // Still pinned: the caller restores the eviction, which this covers.
                     if !self.addresses.contains(&path.addr) && self.addresses.len() < MAX_ADDRESSES
                     {
@@ -289,6 +313,7 @@ impl IceSession {
                 self.addresses.clear();
                 self.path = None;
                 self.displaced = None;
+                self.left.clear();
                 // Pending evictions are covered by "unpin everything".
                 self.evicted.clear();
                 true
@@ -579,6 +604,36 @@ mod tests {
         s.on_valid_check(addr(2), true, t0 + secs(26));
         assert_eq!(s.selected(), Some(addr(2)));
         assert_eq!(s.take_evicted().collect::<Vec<_>>(), [addr(1)]);
+    }
+
+    #[test]
+    fn a_live_address_the_path_left_is_released_once_silent() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut s = session(t0);
+        s.on_valid_check(addr(1), true, t0);
+        s.on_valid_check(addr(3), false, t0);
+        s.on_valid_check(addr(1), false, t0 + secs(5));
+        // The client nominates another pair while the path is in use.
+        assert_eq!(
+            s.on_valid_check(addr(2), true, t0 + ms(5200)),
+            Some(addr(2))
+        );
+        assert_eq!(s.selected(), Some(addr(2)));
+        assert_eq!(s.take_evicted().count(), 0, "addr(1) was checked 0.2 s ago");
+        s.on_valid_check(addr(2), true, t0 + ms(5800));
+        assert_eq!(s.take_evicted().count(), 0, "silent for 0.8 s");
+        s.on_valid_check(addr(2), true, t0 + ms(6200));
+        assert_eq!(s.take_evicted().collect::<Vec<_>>(), [addr(1)]);
+        assert_eq!(s.addresses().collect::<Vec<_>>(), [addr(3), addr(2)]);
+        // A left address checked again is in use: it stays, as any other address does.
+        s.on_valid_check(addr(3), true, t0 + secs(7));
+        s.on_valid_check(addr(3), false, t0 + ms(7100));
+        s.on_valid_check(addr(2), false, t0 + ms(7200));
+        s.on_valid_check(addr(3), true, t0 + secs(9));
+        assert_eq!(s.selected(), Some(addr(3)));
+        assert_eq!(s.take_evicted().count(), 0);
+        assert_eq!(s.addresses().count(), 2);
     }
 
     #[test]

@@ -778,3 +778,22 @@ fn media_follows_a_moved_client_and_a_spoofed_move_moves_nothing() {
     flows.sort();
     assert_eq!(flows, [pub_new, sub_new]);
 }
+
+#[test]
+fn nominations_in_quick_succession_release_only_addresses_gone_silent() {
+    let mut h = harness(ActiveMode::Ebpf, 0, 1);
+    let room = room_owned_by(0, 1);
+    let p = h.create(&room);
+    let addrs: Vec<SocketAddr> = (40000..40008).map(client).collect();
+    for &a in &addrs {
+        h.check(h.t0, a, &p, &p.pwd);
+    }
+    assert_eq!(pinned(&h), addrs, "every nominated address is live");
+    assert_eq!(selected(&mut h, &room, &p.participant), Some(addrs[7]));
+    h.check(h.at(0.5), addrs[7], &p, &p.pwd);
+    assert_eq!(h.flows.len(), 8);
+    // Only the last one kept checking; the others went silent 1 s ago.
+    h.check(h.at(1.0), addrs[7], &p, &p.pwd);
+    assert_eq!(pinned(&h), [addrs[7]]);
+    assert_eq!(h.stats.unpins.get(), 7);
+}
