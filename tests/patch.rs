@@ -306,6 +306,10 @@ fn patch_answers_and_refusals() {
         "{a:?}"
     );
 
+    // Applied PATCHes are counted; refused ones are not.
+    assert_eq!(gw.metric_sum("roomgate_ice_restarts_total"), Some(1.0));
+    assert_eq!(gw.metric_sum("roomgate_ice_trickles_total"), Some(3.0));
+
     // The participant id in the URL still deletes it.
     let (code, v) = gw.delete(
         s.resource

@@ -88,6 +88,9 @@ pub struct ThreadStats {
     pub unpin_failures: Counter,
     /// Sessions whose consent expired (30 s without a valid check).
     pub consent_expired: Counter,
+    /// WHIP/WHEP PATCHes applied: trickle (nothing to do for ICE-lite) and ICE restarts.
+    pub ice_trickles: Counter,
+    pub ice_restarts: Counter,
     /// Datagrams whose handling panicked (a bug): caught, counted, dropped.
     pub datagram_panics: Counter,
     /// Failed sends, by [`SendErrno`] index; the datagram is lost.

@@ -286,7 +286,7 @@ pub fn render(state: &ApiState) -> Result<String, prometheus::Error> {
         .set(i64::from(state.steering.fallback_reason.is_some()));
     collectors.push(Box::new(fallback));
 
-    let per_thread: [ThreadSeries; 14] = [
+    let per_thread: [ThreadSeries; 16] = [
         (
             "roomgate_tx_gso_fallbacks_total",
             "GSO sends the kernel refused (path MTU, no offload); their datagrams went one by one.",
@@ -356,6 +356,16 @@ pub fn render(state: &ApiState) -> Result<String, prometheus::Error> {
             "roomgate_consent_expired_total",
             "Sessions whose ICE consent expired.",
             |s| s.consent_expired.get(),
+        ),
+        (
+            "roomgate_ice_trickles_total",
+            "WHIP/WHEP PATCHes with trickled candidates (answered 204; ICE-lite needs none).",
+            |s| s.ice_trickles.get(),
+        ),
+        (
+            "roomgate_ice_restarts_total",
+            "ICE restarts through WHIP/WHEP PATCH (new server credentials, same DTLS and SRTP).",
+            |s| s.ice_restarts.get(),
         ),
     ];
     for (name, help, get) in per_thread {

@@ -45,6 +45,7 @@ impl ThreadCore {
             return Err(PatchRefused::PreconditionFailed);
         }
         let Some(client) = &fragment.credentials else {
+            self.stats.ice_trickles.inc();
             return Ok(Patched::Trickle { etag });
         };
         if let Some(named) = self.table.by_ufrag(&client.ufrag) {
@@ -59,6 +60,7 @@ impl ThreadCore {
             });
         }
         if session.ice.remote_ufrag() == Some(client.ufrag.as_str()) {
+            self.stats.ice_trickles.inc();
             return Ok(Patched::Trickle { etag });
         }
         // The session's room, which `resource` checked is `room`: the new ufrag must
@@ -79,6 +81,7 @@ impl ThreadCore {
                 .restart_ice(id, credentials, client.ufrag.clone())
             {
                 debug!(thread = self.index, room = %room, participant, "ICE restart");
+                self.stats.ice_restarts.inc();
                 return Ok(Patched::Restarted { etag, answer });
             }
         }
