@@ -127,6 +127,9 @@ pub struct MediaStats {
     /// queue, or, after the handshake, records no legitimate peer sends (plaintext
     /// application data or alerts, malformed CCS, unknown types).
     pub dtls_records_dropped: Counter,
+    /// roomgate's last handshake flight sent again to a client that repeated its own
+    /// after the handshake (it lost ours).
+    pub dtls_flights_repeated: Counter,
     /// Handshake duration from ClientHello to keys, bucketed (see [`HANDSHAKE_BUCKETS_MS`]).
     pub dtls_handshake: HandshakeHistogram,
     /// SRTP / SRTCP packets refused, by [`UnprotectFailure`] index.

@@ -30,7 +30,7 @@ type ThreadSeries = (
 type MediaSeries = (&'static str, &'static str, fn(&MediaStats) -> u64);
 
 /// Media-plane counters exposed one series per thread (`{thread}` only).
-const MEDIA_COUNTERS: [MediaSeries; 38] = [
+const MEDIA_COUNTERS: [MediaSeries; 39] = [
     (
         "roomgate_dtls_closed_total",
         "DTLS associations the client closed (close_notify or alert) after connecting.",
@@ -130,6 +130,11 @@ const MEDIA_COUNTERS: [MediaSeries; 38] = [
         "roomgate_probe_packets_total",
         "Padding packets sent to probe subscribers' links for a higher layer.",
         |m| m.probe_packets.get(),
+    ),
+    (
+        "roomgate_dtls_flights_repeated_total",
+        "roomgate's last DTLS handshake flight sent again to a client that lost it.",
+        |m| m.dtls_flights_repeated.get(),
     ),
     (
         "roomgate_nacks_sent_total",

@@ -4,7 +4,9 @@
 //! - [`dtls`]: webrtc-dtls server handshakes run on the owning logic thread.
 //! - [`srtp`]: SRTP/SRTCP contexts from the exported keying material.
 //! - [`transport`]: one session's DTLS-SRTP behind `handle_*`/`poll_*`.
+//! - `final_flight`: roomgate's last handshake flight, repeated for a client that lost it.
 pub mod dtls;
+mod final_flight;
 pub mod identity;
 pub mod srtp;
 pub mod transport;

@@ -14,6 +14,7 @@ use std::{
 
 use super::{
     dtls::{acceptable_after_handshake, DtlsDriver, DtlsHandle, SrtpKeys, FLIGHT_INTERVAL},
+    final_flight::FinalFlight,
     srtp::{ProtectError, SrtpError, SrtpSession, UnprotectFailure},
 };
 
@@ -28,6 +29,8 @@ const HANDSHAKE_RECORD_BUDGET: u32 = 256;
 /// up to the next millisecond: waking this much later finds the timer expired. A wake-up
 /// that comes too early costs a retransmission one more interval, never a handshake.
 const TIMER_SLACK: Duration = Duration::from_millis(10);
+/// DTLS content type of handshake records.
+const HANDSHAKE: u8 = 22;
 
 /// What became of one DTLS record from the client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +42,9 @@ pub enum DtlsInput {
     /// Over the handshake's budget or queue, or after the handshake a record no
     /// legitimate peer sends.
     Dropped,
+    /// After the handshake, the client repeated its last flight: it missed roomgate's.
+    /// Send [`Transport::flight_to_repeat`] again.
+    RepeatFlight,
 }
 
 /// Why a packet from the client was not turned into plaintext.
@@ -81,6 +87,8 @@ pub struct Transport {
     /// SHA-256 fingerprint from the client's SDP; the DTLS client must present it.
     remote_fingerprint: String,
     phase: Phase,
+    /// roomgate's latest handshake flight, for a client that missed it.
+    final_flight: FinalFlight,
 }
 
 impl Transport {
@@ -88,6 +96,7 @@ impl Transport {
         Transport {
             remote_fingerprint,
             phase: Phase::New,
+            final_flight: FinalFlight::default(),
         }
     }
 
@@ -140,26 +149,39 @@ impl Transport {
                 *records += 1;
                 if *records <= HANDSHAKE_RECORD_BUDGET && handle.feed(record) {
                     *wake = now + FLIGHT_INTERVAL + TIMER_SLACK;
+                    self.final_flight.client_flight();
                     DtlsInput::Fed
                 } else {
                     DtlsInput::Dropped
                 }
             }
             Phase::Connected { handle, .. } => {
-                if acceptable_after_handshake(record) && handle.feed(record) {
-                    DtlsInput::Fed
+                if !acceptable_after_handshake(record) || !handle.feed(record) {
+                    return DtlsInput::Dropped;
+                }
+                // A handshake record now is the client repeating its last flight.
+                if record.first() == Some(&HANDSHAKE) && self.final_flight.repeat(now).is_some() {
+                    DtlsInput::RepeatFlight
                 } else {
-                    DtlsInput::Dropped
+                    DtlsInput::Fed
                 }
             }
         }
     }
 
-    /// The handshake sent a flight: webrtc-dtls restarted its retransmission timer.
-    pub fn handle_flight_sent(&mut self, now: Instant) {
+    /// The handshake sent `datagram`: webrtc-dtls restarted its retransmission timer.
+    pub fn handle_flight_sent(&mut self, now: Instant, datagram: &[u8]) {
         if let Phase::Handshaking { wake, .. } = &mut self.phase {
             *wake = now + FLIGHT_INTERVAL + TIMER_SLACK;
         }
+        if !matches!(self.phase, Phase::New) {
+            self.final_flight.sent(datagram);
+        }
+    }
+
+    /// The datagrams of roomgate's last flight, after [`DtlsInput::RepeatFlight`].
+    pub fn flight_to_repeat(&self) -> &[Vec<u8>] {
+        self.final_flight.last()
     }
 
     /// The handshake finished with `keys`. Returns how long it took; `Ok(None)` when no
@@ -198,6 +220,9 @@ impl Transport {
         } else {
             srtp.unprotect_rtp_in_place(buf)
         };
+        if result.is_ok() {
+            self.final_flight.forget();
+        }
         result.map_err(RecvError::Unprotect)
     }
 
@@ -294,9 +319,9 @@ mod tests {
         );
 
         let sent = t0 + Duration::from_secs(2);
-        t.handle_flight_sent(sent);
+        t.handle_flight_sent(sent, &[]);
         assert_eq!(t.poll_timeout(), Some(sent + WAIT), "a flight restarts it");
-        t.handle_flight_sent(t0 + HANDSHAKE_TIMEOUT - Duration::from_millis(100));
+        t.handle_flight_sent(t0 + HANDSHAKE_TIMEOUT - Duration::from_millis(100), &[]);
         assert_eq!(
             t.poll_timeout(),
             Some(t0 + HANDSHAKE_TIMEOUT),
@@ -304,6 +329,72 @@ mod tests {
         );
         assert!(!t.handshake_expired(t0 + HANDSHAKE_TIMEOUT - Duration::from_millis(1)));
         assert!(t.handshake_expired(t0 + HANDSHAKE_TIMEOUT));
+    }
+
+    /// The client never hears roomgate's last flight (ChangeCipherSpec + Finished):
+    /// when it repeats its own, the transport sends ours again and the client finishes.
+    #[test]
+    fn a_lost_final_flight_is_repeated_when_the_client_asks_again() {
+        use crate::media::dtls::test_client::{client, fingerprint_of, CLIENT, SERVER};
+        use crate::media::DtlsEvent;
+        use webrtc_dtls::crypto::Certificate;
+
+        let driver = DtlsDriver::new(Arc::new(Identity::generate().unwrap())).unwrap();
+        let cert = Certificate::generate_self_signed(vec!["client".into()]).unwrap();
+        let mut t = Transport::new(fingerprint_of(&cert));
+        let c = client(cert);
+        let (local, remote) = (SERVER.parse().unwrap(), CLIENT.parse().unwrap());
+        let (mut connected, mut lost, mut repeated) = (false, 0, 0);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !c.done.is_finished() {
+            assert!(Instant::now() < deadline, "the client never finished");
+            let now = Instant::now();
+            while let Ok(ev) = c.out.try_recv() {
+                let DtlsEvent::Transmit { datagram, .. } = ev else {
+                    continue;
+                };
+                if t.handle_dtls(now, &datagram, &driver, 1, local, remote)
+                    == DtlsInput::RepeatFlight
+                {
+                    for d in t.flight_to_repeat() {
+                        repeated += 1;
+                        let _ = c.inbound.try_send(d.clone());
+                    }
+                }
+            }
+            driver.drive();
+            let mut flight = Vec::new();
+            while let Some(ev) = driver.poll_event() {
+                match ev {
+                    DtlsEvent::Transmit { datagram, .. } => {
+                        t.handle_flight_sent(now, &datagram);
+                        flight.push(datagram);
+                    }
+                    DtlsEvent::Connected { keys, .. } => {
+                        t.handle_keys(now, &keys).expect("keys");
+                        connected = true;
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            // Whatever the server sends once it has the client's Finished is its final
+            // flight: lost on the way.
+            if connected {
+                lost += flight.len();
+            } else {
+                for d in flight {
+                    let _ = c.inbound.try_send(d);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert!(connected);
+        assert!(lost >= 1, "the final flight was dropped");
+        assert!(repeated >= 1, "and sent again on the client's repeat");
+        assert!(
+            c.done.join().unwrap().is_ok(),
+            "the client completed its handshake"
+        );
     }
 
     #[test]

@@ -53,6 +53,16 @@ impl ThreadCore {
                         self.arm_session(id);
                     }
                     DtlsInput::Fed => self.dtls_pending = true,
+                    DtlsInput::RepeatFlight => {
+                        self.dtls_pending = true;
+                        m.dtls_flights_repeated.inc();
+                        let flight = media.transport.flight_to_repeat().to_vec();
+                        if let Some(reply) = self.table.get(id).and_then(|s| s.reply) {
+                            for datagram in flight {
+                                self.reply(reply, datagram, Some(id));
+                            }
+                        }
+                    }
                     DtlsInput::Dropped => {
                         m.dtls_records_dropped.inc();
                         trace!(thread = self.index, %from, decision = "drop_bad_dtls_record");
@@ -145,7 +155,7 @@ impl ThreadCore {
                         continue;
                     };
                     if let Some(m) = s.media.as_mut() {
-                        m.transport.handle_flight_sent(now);
+                        m.transport.handle_flight_sent(now, &datagram);
                     }
                     if let Some(reply) = s.reply {
                         self.reply(reply, datagram, Some(id));
