@@ -210,6 +210,22 @@ impl IceSession {
         Some(from)
     }
 
+    /// Media (DTLS, SRTP) arrived from `addr`, which the ICE layer already validated: a
+    /// path or a left address that still carries media is not silent, whatever its
+    /// checks say, so a check from elsewhere without USE-CANDIDATE does not move media
+    /// away from a client that is plainly still there. Consent itself is not refreshed:
+    /// that takes checks (RFC 7675).
+    pub fn heard(&mut self, addr: SocketAddr, now: Instant) {
+        if let Some(path) = self.path.as_mut().filter(|p| p.addr == addr) {
+            path.last_check = path.last_check.max(now);
+        }
+        for (a, last) in &mut self.left {
+            if *a == addr {
+                *last = (*last).max(now);
+            }
+        }
+    }
+
     /// Evict the addresses the path left that have been silent for [`MOVE_AFTER_SILENCE`].
     fn release_left(&mut self, now: Instant) {
         let addresses = &mut self.addresses;
@@ -588,6 +604,26 @@ mod tests {
         // a path checked a moment ago.
         let t2 = t1 + Duration::from_millis(500);
         assert_eq!(s.on_valid_check(old, false, t2), Some(old));
+        assert_eq!(s.selected(), Some(new));
+    }
+
+    #[test]
+    fn a_path_that_carries_media_is_not_silent() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        let (old, new) = (addr(1), addr(2));
+        s.on_valid_check(old, true, t0);
+        s.on_valid_check(old, false, t0 + secs(5));
+        // No check from the old address since, but its media keeps coming.
+        s.heard(old, t0 + secs(6));
+        s.on_valid_check(new, false, t0 + secs(6) + Duration::from_millis(500));
+        assert_eq!(s.selected(), Some(old), "media arrived 0.5 s ago");
+        assert_eq!(s.take_evicted().count(), 0);
+        // Once the old address falls silent for good, the next check moves the path.
+        s.on_valid_check(new, false, t0 + secs(7) + Duration::from_millis(100));
+        assert_eq!(s.selected(), Some(new));
+        // Media from an address the session never validated changes nothing.
+        s.heard(addr(9), t0 + secs(8));
         assert_eq!(s.selected(), Some(new));
     }
 

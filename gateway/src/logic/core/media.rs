@@ -28,6 +28,9 @@ impl ThreadCore {
         };
         session.rx_datagrams += 1;
         session.rx_bytes += data.len() as u64;
+        // The path this arrives on is alive (checks alone would not say so between
+        // consent checks): a check from elsewhere does not take media away from it.
+        session.ice.heard(from, now);
         self.stats.session_datagrams.inc();
         trace!(thread = self.index, %from, participant = %session.participant, decision = "session");
         let room_key = session.room;
