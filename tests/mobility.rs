@@ -18,7 +18,6 @@ mod webrtc;
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
-    os::fd::AsRawFd,
     process::Command,
     sync::atomic::Ordering::Relaxed,
     time::{Duration, Instant},
@@ -26,7 +25,8 @@ use std::{
 
 use serde_json::Value;
 use support::{
-    binding_request, ebpf_counter, eventually, require_root, stun_counter, sum_threads, Gateway,
+    binding_request, ebpf_counter, eventually, netns::in_netns, require_root, stun_counter,
+    sum_threads, Gateway,
 };
 use webrtc::{publish, rtcp, subscribe, Kind, Peer, PeerConfig, RtpPacket, Stream};
 
@@ -150,21 +150,6 @@ impl Drop for Topology {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
     }
-}
-
-/// Run `f` on a thread that has entered namespace `ns`; sockets it creates stay there.
-fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = std::fs::File::open(format!("/run/netns/{ns}")).expect("open netns");
-            // SAFETY: setns on this thread only, with a namespace fd we own.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("netns thread")
-    })
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

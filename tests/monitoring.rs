@@ -23,7 +23,7 @@ use serde_json::Value;
 use support::*;
 
 /// Media-plane counters and gauges with a `thread` label only.
-const MEDIA_PER_THREAD: [&str; 27] = [
+const MEDIA_PER_THREAD: [&str; 41] = [
     "roomgate_dtls_closed_total",
     "roomgate_dtls_records_dropped_total",
     "roomgate_srtp_before_keys_total",
@@ -40,7 +40,6 @@ const MEDIA_PER_THREAD: [&str; 27] = [
     "roomgate_rtcp_malformed_total",
     "roomgate_nacks_received_total",
     "roomgate_retransmissions_total",
-    "roomgate_nack_misses_total",
     "roomgate_plis_received_total",
     "roomgate_firs_received_total",
     "roomgate_plis_sent_total",
@@ -51,15 +50,40 @@ const MEDIA_PER_THREAD: [&str; 27] = [
     "roomgate_media_sessions_timed_out_total",
     "roomgate_publishers",
     "roomgate_subscribers",
+    "roomgate_dtls_flights_repeated_total",
+    "roomgate_rtp_unknown_rid_total",
+    "roomgate_rtp_bad_extension_total",
+    "roomgate_rtp_foreign_extension_total",
+    "roomgate_twcc_feedback_sent_total",
+    "roomgate_twcc_feedback_received_total",
+    "roomgate_layer_switches_total",
+    "roomgate_layer_switch_keyframe_requests_total",
+    "roomgate_probe_packets_total",
+    "roomgate_nacks_sent_total",
+    "roomgate_nack_gave_up_total",
+    "roomgate_rtx_repairs_received_total",
+    "roomgate_rtx_duplicates_received_total",
+    "roomgate_rtx_padding_received_total",
+    "roomgate_rtx_sent_total",
 ];
 const DTLS_HANDSHAKES: &str = "roomgate_dtls_handshakes_total";
 const UNPROTECT_FAILURES: &str = "roomgate_srtp_unprotect_failures_total";
 const HANDSHAKE_DURATION: &str = "roomgate_dtls_handshake_duration_seconds";
+const NACK_MISSES: &str = "roomgate_nack_misses_total";
+const ESTIMATES: &str = "roomgate_estimated_bitrate_bps";
+const NACK_ROUND_TRIP: &str = "roomgate_nack_round_trip_seconds";
 
 /// Every media family: the dashboard must show each, filtered by the thread variable.
 fn media_families() -> Vec<&'static str> {
     let mut all = MEDIA_PER_THREAD.to_vec();
-    all.extend([DTLS_HANDSHAKES, UNPROTECT_FAILURES, HANDSHAKE_DURATION]);
+    all.extend([
+        DTLS_HANDSHAKES,
+        UNPROTECT_FAILURES,
+        HANDSHAKE_DURATION,
+        NACK_MISSES,
+        ESTIMATES,
+        NACK_ROUND_TRIP,
+    ]);
     all
 }
 
@@ -141,6 +165,9 @@ fn assert_media_families(text: &str, threads: usize) {
         let got = label_sets(text, name, kind, &["thread"]);
         assert_eq!(got, product(&[&t]), "{name}: one series per thread");
     }
+    let got = label_sets(text, NACK_MISSES, "counter", &["thread", "reason"]);
+    let reasons = ["not_buffered", "too_old", "rate_limited", "not_forwarded"];
+    assert_eq!(got, product(&[&t, &reasons]), "{NACK_MISSES}");
     let got = label_sets(text, DTLS_HANDSHAKES, "counter", &["thread", "outcome"]);
     let outcomes = ["started", "completed", "failed"];
     assert_eq!(got, product(&[&t, &outcomes]), "{DTLS_HANDSHAKES}");

@@ -8,12 +8,11 @@ mod support;
 
 use std::{
     net::{SocketAddr, UdpSocket},
-    os::fd::AsRawFd,
     process::Command,
     time::Duration,
 };
 
-use support::*;
+use support::{netns::in_netns, *};
 
 const PER_HOST: usize = 8;
 const MEDIA: u64 = 6;
@@ -117,21 +116,6 @@ impl Drop for Topology {
             let _ = Command::new("ip").args(["netns", "del", ns]).output();
         }
     }
-}
-
-/// Run `f` on a thread that has entered namespace `ns`; sockets it creates stay there.
-fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = std::fs::File::open(format!("/run/netns/{ns}")).expect("open netns");
-            // SAFETY: setns on this thread only, with a namespace fd we own.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("netns thread")
-    })
 }
 
 fn client_in(ns: &str, ip: &str) -> Client {

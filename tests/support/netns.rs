@@ -58,3 +58,18 @@ impl Drop for TestNetns {
             .output();
     }
 }
+
+/// Run `f` on a thread that has entered namespace `ns`; sockets it creates stay there.
+pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = std::fs::File::open(format!("/run/netns/{ns}")).expect("open netns");
+            // SAFETY: setns on this thread only, with a namespace fd we own.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("netns thread")
+    })
+}

@@ -118,20 +118,7 @@ async fn create(
     body: &[u8],
 ) -> Result<Response, ApiError> {
     let room = parse_room(room)?;
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !content_type
-        .split(';')
-        .next()
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/sdp"))
-    {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("Content-Type must be application/sdp, not {content_type:?}"),
-        ));
-    }
+    require_content_type(headers, "application/sdp")?;
     if body.len() > MAX_OFFER_BYTES {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -255,6 +242,26 @@ async fn patch_whep(
     let body = body.map_err(|e| ApiError::new(e.status(), format!("request body: {e}")))?;
     let resource = (Role::Subscriber, key);
     patch::patch_session(&state, &room, participant, resource, &headers, &body).await
+}
+
+/// 415 unless the request's media type (parameters aside) is `expected`.
+fn require_content_type(headers: &HeaderMap, expected: &str) -> Result<(), ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let matches = content_type
+        .split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case(expected));
+    if matches {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Type must be {expected}, not {content_type:?}"),
+        ))
+    }
 }
 
 /// Bearer-token check for signaling routes (`--auth-token`).

@@ -29,23 +29,7 @@ pub(super) async fn patch_session(
     body: &[u8],
 ) -> Result<Response, ApiError> {
     let room = parse_room(room)?;
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !content_type
-        .split(';')
-        .next()
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case(sdpfrag::CONTENT_TYPE))
-    {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!(
-                "Content-Type must be {}, not {content_type:?}",
-                sdpfrag::CONTENT_TYPE
-            ),
-        ));
-    }
+    super::require_content_type(headers, sdpfrag::CONTENT_TYPE)?;
     if body.len() > sdpfrag::MAX_FRAGMENT_BYTES {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
