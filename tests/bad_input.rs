@@ -622,3 +622,85 @@ fn simulcast_bad_rtp_is_dropped_and_counted_ebpf() {
 fn simulcast_bad_rtp_is_dropped_and_counted_connected() {
     simulcast_bad_rtp_is_dropped_and_counted("connected");
 }
+
+/// A datagram longer than the receive slot is cut short by the kernel without a flag
+/// quinn-udp reports; roomgate drops and counts it rather than hand a truncated packet
+/// to a session. 2,048 bytes and more: no WebRTC datagram is that long.
+fn oversized_datagrams_are_dropped_not_truncated(mode: &str) {
+    if !require_root() {
+        return;
+    }
+    let gw = Gateway::start(mode, 2);
+    let (p, legit) = healthy_session(&gw);
+    let before_rx = session_rx(&gw, &p);
+    let before = gw.status();
+    // RTP-looking, from the pinned client, so it reaches the session's thread in both modes.
+    let mut big = vec![0x80u8; 4000];
+    big[1] = 96;
+    for len in [2048usize, 3000, 4000] {
+        legit.send(gw.udp, &big[..len]);
+    }
+    // Just under the slot: delivered whole, the session counts it.
+    legit.send(gw.udp, &big[..2047]);
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            sum_threads(&gw.status(), "oversized") - sum_threads(&before, "oversized") == 3
+        }),
+        "3 oversized datagrams counted: {}",
+        gw.status()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || session_rx(&gw, &p)
+            == before_rx + 1),
+        "only the 2,047-byte datagram reached the session"
+    );
+    assert_eq!(
+        gw.metric_sum("roomgate_oversized_datagrams_total"),
+        Some(3.0)
+    );
+}
+
+#[test]
+fn oversized_datagrams_are_dropped_not_truncated_ebpf() {
+    oversized_datagrams_are_dropped_not_truncated("ebpf");
+}
+
+#[test]
+fn oversized_datagrams_are_dropped_not_truncated_connected() {
+    oversized_datagrams_are_dropped_not_truncated("connected");
+}
+
+/// A Binding Request without USERNAME names no session and may come from a spoofed
+/// source: both modes drop and count it, neither answers (no 400 to reflect).
+fn a_request_without_username_is_dropped_not_answered(mode: &str) {
+    if !require_root() {
+        return;
+    }
+    let gw = Gateway::start(mode, 2);
+    let before = gw.status();
+    let c = Client::bind("127.0.0.7");
+    let mut request = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+    request.extend_from_slice(b"no-username!");
+    let reply = c.send_and_maybe_recv(gw.udp, &request, Duration::from_millis(300));
+    assert!(reply.is_none(), "answered: {reply:?}");
+    let counted = |s: &serde_json::Value| match mode {
+        "ebpf" => ebpf_counter(s, "stun_malformed"),
+        _ => stun_counter(s, "bad_request"),
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || counted(&gw.status())
+            == counted(&before) + 1),
+        "counted once: {}",
+        gw.status()
+    );
+}
+
+#[test]
+fn a_request_without_username_is_dropped_not_answered_ebpf() {
+    a_request_without_username_is_dropped_not_answered("ebpf");
+}
+
+#[test]
+fn a_request_without_username_is_dropped_not_answered_connected() {
+    a_request_without_username_is_dropped_not_answered("connected");
+}

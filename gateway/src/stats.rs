@@ -74,6 +74,10 @@ pub struct ThreadStats {
     pub no_session: Counter,
     /// Zero-length datagrams. Dropped.
     pub empty: Counter,
+    /// Datagrams that filled the whole receive slot: possibly cut short by the kernel
+    /// (quinn-udp does not report MSG_TRUNC), and larger than any datagram roomgate
+    /// serves anyway. Dropped, never delivered truncated.
+    pub oversized: Counter,
     /// First byte outside the RFC 7983 ranges. Dropped.
     pub unknown_type: Counter,
     /// Datagrams (DTLS, SRTP, STUN indications) delivered to a session.

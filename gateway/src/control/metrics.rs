@@ -291,7 +291,7 @@ pub fn render(state: &ApiState) -> Result<String, prometheus::Error> {
         .set(i64::from(state.steering.fallback_reason.is_some()));
     collectors.push(Box::new(fallback));
 
-    let per_thread: [ThreadSeries; 16] = [
+    let per_thread: [ThreadSeries; 17] = [
         (
             "roomgate_tx_gso_fallbacks_total",
             "GSO sends the kernel refused (path MTU, no offload); their datagrams went one by one.",
@@ -346,6 +346,11 @@ pub fn render(state: &ApiState) -> Result<String, prometheus::Error> {
             "roomgate_no_session_total",
             "Non-STUN datagrams from an address without a session.",
             |s| s.no_session.get(),
+        ),
+        (
+            "roomgate_oversized_datagrams_total",
+            "Datagrams that filled the 2 KiB receive slot (possibly truncated by the kernel); dropped.",
+            |s| s.oversized.get(),
         ),
         (
             "roomgate_pins_total",

@@ -243,6 +243,7 @@ async fn status(State(state): State<Arc<ApiState>>) -> Json<Value> {
                 "misdelivered": s.misdelivered.get(),
                 "no_session": s.no_session.get(),
                 "empty": s.empty.get(),
+                "oversized": s.oversized.get(),
                 "unknown_type": s.unknown_type.get(),
                 "session_datagrams": s.session_datagrams.get(),
                 "pins": s.pins.get(),

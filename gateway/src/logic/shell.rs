@@ -229,6 +229,12 @@ impl Shell {
             let mut datagrams = 0u64;
             let mut batch = std::mem::replace(&mut self.batch, RecvBatch::empty());
             batch.for_each(n, |d| {
+                datagrams += 1;
+                if d.oversized {
+                    self.stats.oversized.inc();
+                    trace!(thread = self.index, from = %d.from, decision = "drop_oversized");
+                    return;
+                }
                 // A bug reachable from one datagram (here or in a protocol library)
                 // must cost that datagram, not the thread and every room on it.
                 let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -245,7 +251,6 @@ impl Shell {
                 if self.tx.len() >= SEND_AT {
                     self.send_collected();
                 }
-                datagrams += 1;
             });
             self.send_collected();
             self.batch = batch;

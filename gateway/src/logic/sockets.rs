@@ -74,6 +74,9 @@ pub struct Datagram<'a> {
     pub from: SocketAddr,
     pub local_ip: Option<std::net::IpAddr>,
     pub data: &'a mut [u8],
+    /// It filled its receive slot, so it may have been cut short: the caller must drop
+    /// it rather than act on a truncated packet.
+    pub oversized: bool,
 }
 
 /// One recvmmsg batch: receive buffers for [`BATCH_SIZE`] datagrams and their metadata.
@@ -111,14 +114,19 @@ impl RecvBatch {
                     from: m.addr,
                     local_ip: m.dst_ip,
                     data: &mut slot[..0],
+                    oversized: false,
                 });
                 continue;
             }
+            // Without GRO a datagram is alone in its slot; one that fills the slot was
+            // probably longer than it (the kernel truncates silently).
+            let oversized = len == MAX_DATAGRAM && stride >= len;
             for chunk in slot[..len].chunks_mut(stride) {
                 f(Datagram {
                     from: m.addr,
                     local_ip: m.dst_ip,
                     data: chunk,
+                    oversized,
                 });
             }
         }

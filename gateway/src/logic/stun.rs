@@ -18,8 +18,10 @@ pub enum Route<'a> {
     Malformed(StunError),
     /// An indication or a response: session traffic if the source is pinned.
     NotARequest,
-    /// RFC 8489 9.1.3: a request without USERNAME gets 400 Bad Request.
-    BadRequest(Vec<u8>),
+    /// A request without USERNAME names no session. RFC 8489 9.1.3 would answer 400,
+    /// but it can come from any (spoofed) source, so roomgate drops it as the kernel
+    /// program does in eBPF mode: answering would make the port a reflector.
+    NoUsername,
     /// The source address is pinned to another session: never answered, so valid
     /// credentials for one session cannot move another session's flow.
     PinnedElsewhere,
@@ -53,7 +55,7 @@ pub fn route<'a>(
         return Route::NotARequest;
     }
     let Some(server_ufrag) = view.server_ufrag() else {
-        return Route::BadRequest(ice::bad_request(&view, "USERNAME missing"));
+        return Route::NoUsername;
     };
     let holder = table.by_addr(&from);
     let named = table.by_ufrag(server_ufrag);

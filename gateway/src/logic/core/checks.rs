@@ -52,9 +52,9 @@ impl ThreadCore {
                 }
                 return;
             }
-            Route::BadRequest(response) => {
+            Route::NoUsername => {
                 self.stats.stun(StunOutcome::BadRequest).inc();
-                self.reply(reply, response, self.table.by_addr(&from));
+                trace!(thread = self.index, %from, decision = "drop_no_username");
                 return;
             }
             Route::PinnedElsewhere => {
