@@ -251,6 +251,19 @@ pub fn step_convergence(
     observe: Duration,
     seed: u64,
 ) -> Option<Duration> {
+    step_convergence_with_loss(before_bps, after_bps, warmup, observe, 0.0, seed)
+}
+
+/// [`step_convergence`] on a link that also loses `random_loss` of its packets at
+/// random (the seed drives the losses).
+pub fn step_convergence_with_loss(
+    before_bps: u64,
+    after_bps: u64,
+    warmup: Duration,
+    observe: Duration,
+    random_loss: f64,
+    seed: u64,
+) -> Option<Duration> {
     let config = BweConfig {
         initial_bps: 300_000,
         min_bps: 50_000,
@@ -260,7 +273,7 @@ pub fn step_convergence(
         capacity_bps: before_bps,
         propagation: Duration::from_millis(25),
         buffer: Duration::from_millis(200),
-        random_loss: 0.0,
+        random_loss,
     };
     let mut sim = Sim::new(config, link, seed);
     sim.run_for(warmup);
