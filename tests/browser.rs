@@ -19,7 +19,9 @@ use std::{
     time::Duration,
 };
 
-use browser_support::{chromium_available, demo_page_source, Browser, ReportServer};
+use browser_support::{
+    chromium_available, demo_page_source, publish_outcome, Browser, ReportServer,
+};
 use gateway::room::RoomId;
 use serde_json::Value;
 use support::{ebpf_counter, eventually, sum_threads, thread_counter, Gateway, GatewayBuilder};
@@ -166,20 +168,7 @@ impl<'a> Scene<'a> {
     /// A failed publish is final for the page, so that fails at once.
     fn publisher_id(&self, name: &str) -> String {
         let found = self.wait(&format!("page {name} publishes (WHIP 201)"), |s| {
-            let r = s.reports.latest(name)?;
-            let failed = r["errors"].as_array().and_then(|errs| {
-                errs.iter()
-                    .filter_map(Value::as_str)
-                    .find(|e| e.starts_with("publish:"))
-                    .map(str::to_owned)
-            });
-            if let Some(err) = failed {
-                return Some(Err(err));
-            }
-            if r["publishing"] != Value::Bool(true) {
-                return None;
-            }
-            r["participant"].as_str().map(|p| Ok(p.to_owned()))
+            publish_outcome(&s.reports.latest(name)?)
         });
         found.unwrap_or_else(|err| self.fail(&format!("page {name} could not publish: {err}")))
     }

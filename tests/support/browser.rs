@@ -40,6 +40,25 @@ pub fn chromium_available() -> bool {
 }
 
 /// The demo page as it is on disk (the gateway compiles in the same file).
+/// What a page's latest report says about its WHIP session: `None` while it has not
+/// published yet, `Err` with the page's error once publishing failed (final for the
+/// page), `Ok` with the participant ID once it publishes.
+pub fn publish_outcome(report: &Value) -> Option<Result<String, String>> {
+    let failed = report["errors"].as_array().and_then(|errs| {
+        errs.iter()
+            .filter_map(Value::as_str)
+            .find(|e| e.starts_with("publish:"))
+            .map(str::to_owned)
+    });
+    if let Some(err) = failed {
+        return Some(Err(err));
+    }
+    if report["publishing"] != Value::Bool(true) {
+        return None;
+    }
+    report["participant"].as_str().map(|p| Ok(p.to_owned()))
+}
+
 pub fn demo_page_source() -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("static/index.html");
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))

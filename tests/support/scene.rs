@@ -18,7 +18,7 @@ use std::{
 use serde_json::Value;
 
 use crate::{
-    browser_support::{demo_page_source, Browser, LaunchOptions, ReportServer},
+    browser_support::{demo_page_source, publish_outcome, Browser, LaunchOptions, ReportServer},
     shaping::{Star, HUB_IP},
     support::{self, Gateway},
 };
@@ -221,22 +221,7 @@ impl Scene {
         let found = self.wait_until(
             &format!("page {name} publishes (WHIP 201)"),
             Instant::now() + START,
-            |s| {
-                let r = s.reports.latest(name)?;
-                let failed = r["errors"].as_array().and_then(|errs| {
-                    errs.iter()
-                        .filter_map(Value::as_str)
-                        .find(|e| e.starts_with("publish:"))
-                        .map(str::to_owned)
-                });
-                if let Some(err) = failed {
-                    return Some(Err(err));
-                }
-                if r["publishing"] != Value::Bool(true) {
-                    return None;
-                }
-                r["participant"].as_str().map(|p| Ok(p.to_owned()))
-            },
+            |s| publish_outcome(&s.reports.latest(name)?),
         );
         found.unwrap_or_else(|err| self.fail(&format!("page {name} could not publish: {err}")))
     }

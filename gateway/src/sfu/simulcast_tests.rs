@@ -215,6 +215,16 @@ fn forwarded_to_s(outs: &[Output]) -> Vec<Forwarded> {
         .collect()
 }
 
+/// Headers of every RTP packet sent to S, media and padding, in send order.
+fn rtp_headers_to_s(outs: &[Output]) -> Vec<RtpHeader<'_>> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::Rtp { to: S, packet } => Some(RtpHeader::parse(packet).expect("rtp")),
+            _ => None,
+        })
+        .collect()
+}
+
 fn plis_for(outs: &[Output]) -> Vec<u32> {
     outs.iter()
         .filter_map(|o| match o {
@@ -538,13 +548,7 @@ fn probe_padding_rides_the_viewers_sequence_space() {
         |_, f| f == 0 || f == 20,
         &mut out,
     );
-    let to_s: Vec<RtpHeader<'_>> = out
-        .iter()
-        .filter_map(|o| match o {
-            Output::Rtp { to: S, packet } => Some(RtpHeader::parse(packet).expect("rtp")),
-            _ => None,
-        })
-        .collect();
+    let to_s = rtp_headers_to_s(&out);
     let padding: Vec<&RtpHeader<'_>> = to_s.iter().filter(|h| h.payload().is_empty()).collect();
     assert!(padding.len() >= 10, "{} padding packets", padding.len());
     assert!(padding.iter().all(|h| h.has_padding() && h.ssrc() == OUT));
@@ -681,13 +685,7 @@ fn with_rtx_probe_padding_rides_the_rtx_stream_and_media_seqs_stay_put() {
         |_, f| f == 0 || f == 20,
         &mut out,
     );
-    let to_s: Vec<RtpHeader<'_>> = out
-        .iter()
-        .filter_map(|o| match o {
-            Output::Rtp { to: S, packet } => Some(RtpHeader::parse(packet).expect("rtp")),
-            _ => None,
-        })
-        .collect();
+    let to_s = rtp_headers_to_s(&out);
     let (padding, media): (Vec<&RtpHeader<'_>>, Vec<&RtpHeader<'_>>) =
         to_s.iter().partition(|h| h.ssrc() == OUT + 1);
     assert!(padding.len() >= 10, "{} padding packets", padding.len());
