@@ -11,10 +11,19 @@
 //! - `bench steering|media|alloc|srtp|metrics [ARGS]`: a benchmark; writes its table to stdout
 //!   and its section of BENCHMARKS.md (`bench steering --kernel 5.10` boots Debian's 5.10
 //!   under QEMU and runs the scaling bench there).
+//! - `test --kernels`: only the kernel matrix (the eBPF steering tests inside Debian's
+//!   packaged kernels under QEMU); the default `test` runs it after the workspace tests.
+//! - `fuzz [--secs N] [TARGET]`: every libFuzzer target (gateway/fuzz), N seconds each.
+//! - `soak --minutes N`: WHIP/WHEP churn with media, then reconcile counters and resources.
+//! - `install`: the release binary and the hardened systemd unit.
 mod bench;
 mod build;
+mod fuzz;
+mod install;
+mod kernels;
 mod qemu;
 mod setup;
+mod soak;
 
 use std::process::{Command, ExitCode};
 
@@ -44,8 +53,11 @@ fn real_main() -> Result<()> {
         "test" => test(&rest),
         "monitor" => monitor(&rest),
         "bench" => bench::bench(&rest),
+        "fuzz" => fuzz::fuzz(&rest),
+        "soak" => soak::soak(&rest),
+        "install" => install::install(&rest),
         "" | "help" | "--help" | "-h" => {
-            println!("usage: cargo xtask <setup|build [--debug]|run [-- ARGS]|monitor [-- ARGS]|test [-- FILTER]|bench steering|media|alloc|srtp|metrics [ARGS]>");
+            println!("usage: cargo xtask <setup|build [--debug]|run [-- ARGS]|monitor [-- ARGS]|test [--kernels] [-- FILTER]|fuzz [--secs N] [TARGET]|soak --minutes N|install|bench steering|media|alloc|srtp|metrics [ARGS]>");
             Ok(())
         }
         other => bail!("unknown command {other:?}; try `cargo xtask help`"),
@@ -125,6 +137,9 @@ fn monitor(args: &[String]) -> Result<()> {
 
 fn test(args: &[String]) -> Result<()> {
     let object = build_all(false)?;
+    if args.first().is_some_and(|a| a == "--kernels") {
+        return kernels::test_matrix(&object);
+    }
     let root = build::workspace_root();
     // ip for the namespace tests, prometheus/promtool for the monitoring tests,
     // chromium for the real-browser tests, nft for their random loss (no netem here).
@@ -178,6 +193,10 @@ fn test(args: &[String]) -> Result<()> {
     println!("xtask: {passed} passed, {failed} failed");
     if !status.success() {
         bail!("tests failed ({status})");
+    }
+    // Filtered runs are for developers iterating on one test; the matrix runs in full runs.
+    if filter.is_empty() {
+        kernels::test_matrix(&object)?;
     }
     Ok(())
 }
