@@ -168,7 +168,7 @@ fn test(args: &[String]) -> Result<()> {
         .env("ROOMGATE_EBPF_REJECTED_OBJECT", &rejected)
         .args(["test", "--workspace"]);
     if !filter.is_empty() {
-        cmd.arg("--").args(filter);
+        cmd.arg("--").args(&filter);
     }
     println!(
         "xtask: cargo test --workspace (eBPF object {})",
