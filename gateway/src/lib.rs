@@ -8,6 +8,9 @@
 pub mod app;
 pub mod config;
 pub mod control;
+// The fuzz targets' entry points (gateway/fuzz) and the replay of their seeds in tests.
+#[cfg(any(fuzzing, test))]
+pub mod fuzz_entry;
 pub mod ice;
 pub mod logic;
 pub mod media;
