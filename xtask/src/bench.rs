@@ -1,4 +1,4 @@
-//! `cargo xtask bench steering|metrics|media|alloc|srtp`: run a benchmark (release build, eBPF object
+//! `cargo xtask bench steering|metrics|media|alloc|srtp|storm`: run a benchmark (release build, eBPF object
 //! embedded) and record its table in BENCHMARKS.md together with the command.
 //! `cargo xtask bench media --rooms 8 --subs 50 --secs 20` passes its flags to the bench;
 //! `cargo xtask bench media --simulcast` records the simulcast section instead.
@@ -47,8 +47,9 @@ pub fn bench(args: &[String]) -> Result<()> {
             false,
             &args[1..],
         ),
+        Some("storm") => storm(&args[1..]),
         Some(other) => {
-            bail!("unknown benchmark {other:?}; available: steering, metrics, media, alloc, srtp")
+            bail!("unknown benchmark {other:?}; available: steering, metrics, media, alloc, srtp, storm")
         }
     }
 }
@@ -133,6 +134,65 @@ fn run_bench(
     };
     std::fs::write(&path, updated).context("writing BENCHMARKS.md")?;
     println!("xtask: updated {}", path.display());
+    Ok(())
+}
+
+/// `cargo xtask bench storm [--sessions N]`: tests/storm.rs in a release build with N
+/// WHEP viewers (default 2,000) joining within 10 s. Its `storm[...]` line (time to
+/// media, /healthz and probe latencies) goes to target/bench-storm.md with the command;
+/// the test's completeness assertions still apply.
+fn storm(args: &[String]) -> Result<()> {
+    let sessions: u64 = match args {
+        [] => 2000,
+        [flag, n] if flag == "--sessions" => n
+            .parse()
+            .with_context(|| format!("--sessions {n:?} is not a whole number"))?,
+        _ => bail!("usage: cargo xtask bench storm [--sessions N]"),
+    };
+    crate::setup::setup()?;
+    let object = build::build_ebpf()?;
+    let root = build::workspace_root();
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(&root)
+        .env("ROOMGATE_EBPF_OBJECT", &object)
+        .env("ROOMGATE_STORM_SESSIONS", sessions.to_string())
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "gateway",
+            "--test",
+            "storm",
+            "--",
+            "--nocapture",
+            "--exact",
+            "join_storm",
+        ])
+        .stdout(std::process::Stdio::piped());
+    println!("xtask: {}", build::display(&cmd));
+    let mut child = cmd.spawn().context("running cargo test --test storm")?;
+    let mut lines = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            println!("{line}");
+            if line.starts_with("storm[") {
+                lines.push(line);
+            }
+        }
+    }
+    let status = child.wait().context("waiting for the storm")?;
+    if !status.success() {
+        bail!("storm benchmark failed ({status})");
+    }
+    let report = format!(
+        "## Join storm\n\nCommand: `cargo xtask bench storm --sessions {sessions}` (release build, {} CPUs)\n\n```\n{}\n```\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        lines.join("\n")
+    );
+    let path = root.join("target/bench-storm.md");
+    std::fs::write(&path, report).with_context(|| format!("writing {}", path.display()))?;
+    println!("xtask: report in {}", path.display());
     Ok(())
 }
 
