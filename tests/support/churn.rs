@@ -125,7 +125,13 @@ pub fn run(base: &str, prefix: &str, workers: usize, until: Instant, leaves: &[L
                 while Instant::now() < until {
                     let k = next.fetch_add(1, Relaxed);
                     let leave = leaves[(k % leaves.len() as u64) as usize];
-                    cycle(base, &format!("{prefix}-{w}-{n}"), leave, k.is_multiple_of(3), t);
+                    cycle(
+                        base,
+                        &format!("{prefix}-{w}-{n}"),
+                        leave,
+                        k.is_multiple_of(3),
+                        t,
+                    );
                     t.release_held(false);
                     n += 1;
                 }
