@@ -21,9 +21,14 @@ const SIGN: u8 = 2;
 const FINGERPRINT: u8 = 4;
 
 pub fn stun(data: &[u8]) {
-    let Some((&flags, message)) = data.split_first() else {
-        return;
-    };
+    if let Some(msg) = prepare(data) {
+        check(&msg);
+    }
+}
+
+/// The message after the fix-ups the first byte asks for.
+fn prepare(data: &[u8]) -> Option<Vec<u8>> {
+    let (&flags, message) = data.split_first()?;
     let mut msg = message.to_vec();
     if flags & FIX_LENGTH != 0 && msg.len() >= 20 && msg.len() - 20 <= usize::from(u16::MAX) {
         let body = (msg.len() - 20) as u16;
@@ -35,7 +40,7 @@ pub fn stun(data: &[u8]) {
     if flags & FINGERPRINT != 0 {
         fingerprint(&mut msg);
     }
-    check(&msg);
+    Some(msg)
 }
 
 fn check(msg: &[u8]) {
@@ -139,4 +144,71 @@ fn fingerprint(msg: &mut [u8]) {
     input[2..4].copy_from_slice(&len.to_be_bytes());
     let crc = crc32fast::hash(&input) ^ 0x5354_554e;
     msg[at + 4..at + 8].copy_from_slice(&crc.to_be_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seed(name: &str) -> Vec<u8> {
+        let path = format!("{}/fuzz/seeds/stun/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&path).expect("seed exists")
+    }
+
+    fn answered(name: &str) -> Answer {
+        let msg = prepare(&seed(name)).expect("has a flags byte");
+        let view = parse(&msg).expect("seed parses");
+        let ours = Credentials {
+            ufrag: UFRAG.into(),
+            pwd: PWD.into(),
+        };
+        answer(&view, &ours, "203.0.113.9:50000".parse().expect("address"))
+    }
+
+    /// The fix-ups really produce what an honest client sends, so the target reaches the
+    /// authenticated paths and not only the rejects.
+    #[test]
+    fn seeds_reach_every_answer() {
+        assert!(matches!(answered("signed"), Answer::Success { .. }));
+        assert!(matches!(
+            answered("use_candidate"),
+            Answer::Success {
+                use_candidate: true,
+                ..
+            }
+        ));
+        assert!(matches!(
+            answered("unknown_attr"),
+            Answer::Reject {
+                outcome: StunOutcome::UnknownAttribute,
+                ..
+            }
+        ));
+        assert!(matches!(
+            answered("wrong_session"),
+            Answer::Reject {
+                outcome: StunOutcome::Unauthorized,
+                ..
+            }
+        ));
+        assert!(matches!(
+            answered("no_integrity"),
+            Answer::Reject {
+                outcome: StunOutcome::BadRequest,
+                ..
+            }
+        ));
+        // A flipped byte after signing is caught, so the signing is not vacuous.
+        let mut msg = prepare(&seed("signed")).expect("flags byte");
+        msg[30] ^= 1;
+        let view = parse(&msg).expect("still framed");
+        let ours = Credentials {
+            ufrag: UFRAG.into(),
+            pwd: PWD.into(),
+        };
+        assert!(!matches!(
+            answer(&view, &ours, "203.0.113.9:50000".parse().expect("address")),
+            Answer::Success { .. }
+        ));
+    }
 }
