@@ -202,14 +202,7 @@ fn run_target(
         None => libfuzzer.push(format!("-max_total_time={}", options.secs)),
     }
     let started = std::time::Instant::now();
-    let status = cargo_fuzz(dir)
-        .args([
-            "run",
-            "--debug-assertions",
-            "--sanitizer",
-            &options.sanitizer,
-        ])
-        .arg(target)
+    let status = Command::new(bin_dir.join(target))
         .arg(&corpus)
         .arg(&seeds)
         .args(&libfuzzer)
