@@ -41,6 +41,10 @@ const FD_SLACK: usize = 0;
 /// RSS may grow by this much over the baseline: freed heap that malloc keeps for reuse
 /// instead of returning it (a leak grows with the run, this does not).
 const RSS_SLACK_KIB: u64 = 16 * 1024;
+/// Runs at least this long drain once at a quarter of their time (a checkpoint); the end
+/// must then be within [`RSS_GROWTH_KIB`] of it.
+const CHECKPOINT_AFTER_SECS: u64 = 600;
+const RSS_GROWTH_KIB: u64 = 4 * 1024;
 
 fn run_secs() -> u64 {
     std::env::var("ROOMGATE_SOAK_SECS")
@@ -87,6 +91,48 @@ fn held(gw: &Gateway) -> (u64, u64, u64) {
         total(&s, "rooms"),
         total(&s, "connected_sockets"),
     )
+}
+
+/// Churn until `until`, printing the gateway's sessions, fds and RSS every minute.
+fn churn_for(gw: &Gateway, t: &Tally, mode: &str, until: Instant, started: Instant, tag: &str) {
+    let pid = gw.pid();
+    std::thread::scope(|s| {
+        // A sample a minute, so a long run shows whether anything grows with time.
+        s.spawn(|| {
+            let mut next = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(500));
+                if Instant::now() >= next {
+                    next += Duration::from_secs(60);
+                    let (sessions, rooms, _) = held(gw);
+                    println!(
+                        "{tag}: t={:>5}s sessions={sessions} rooms={rooms} fds={} rss={} KiB",
+                        started.elapsed().as_secs(),
+                        process::open_fds(pid),
+                        process::rss_kib(pid)
+                    );
+                }
+            }
+        });
+        let base = format!("http://{}", gw.http);
+        churn::run(
+            &base,
+            &format!("soak{mode}"),
+            WORKERS,
+            until,
+            &ALL_LEAVES,
+            t,
+        );
+    });
+}
+
+/// Wait for consent expiry to end the vanished sessions (their sockets stay open until
+/// then); true once nothing is held.
+fn drain(gw: &Gateway, t: &Tally) -> bool {
+    eventually(DRAIN + Duration::from_secs(15), || {
+        t.release_held(false);
+        held(gw) == (0, 0, 0)
+    })
 }
 
 /// Open fds once the API has closed its side of the HTTP connections just used (the
@@ -155,39 +201,25 @@ fn soak(mode: &str) {
         .checked_sub(DRAIN)
         .unwrap_or(started)
         .max(Instant::now() + Duration::from_secs(10));
-    std::thread::scope(|s| {
-        // A sample a minute, so a long run shows whether anything grows with time.
-        s.spawn(|| {
-            let mut next = Instant::now() + Duration::from_secs(60);
-            while Instant::now() < churn_until {
-                std::thread::sleep(Duration::from_millis(500));
-                if Instant::now() >= next {
-                    next += Duration::from_secs(60);
-                    let (sessions, rooms, _) = held(&gw);
-                    println!(
-                        "{tag}: t={:>5}s sessions={sessions} rooms={rooms} fds={} rss={} KiB",
-                        started.elapsed().as_secs(),
-                        process::open_fds(pid),
-                        process::rss_kib(pid)
-                    );
-                }
-            }
-        });
-        churn::run(
-            &base,
-            &format!("soak{mode}"),
-            WORKERS,
-            churn_until,
-            &ALL_LEAVES,
-            &t,
+    // A long run also drains once at a quarter of its time: memory the allocator keeps
+    // after the busiest moment stays out of the comparison, growth with time does not.
+    let checkpoint = (secs >= CHECKPOINT_AFTER_SECS).then(|| {
+        let until = started + Duration::from_secs(secs / 4);
+        churn_for(&gw, &t, mode, until, started, &tag);
+        let drained = drain(&gw, &t);
+        assert!(drained, "{tag}: checkpoint: still held {:?}", held(&gw));
+        let at = (quiet_fds(pid), process::rss_kib(pid));
+        println!(
+            "{tag}: checkpoint at t={} s, drained: {} fds, RSS {} KiB",
+            started.elapsed().as_secs(),
+            at.0,
+            at.1
         );
+        at
     });
+    churn_for(&gw, &t, mode, churn_until, started, &tag);
     let churned = started.elapsed();
-    // Consent expiry ends the vanished sessions; their sockets stay open until then.
-    let drained = eventually(DRAIN + Duration::from_secs(15), || {
-        t.release_held(false);
-        held(&gw) == (0, 0, 0)
-    });
+    let drained = drain(&gw, &t);
     t.release_held(true);
     assert!(
         drained,
@@ -322,6 +354,12 @@ fn soak(mode: &str) {
         fds1 <= fds0 + FD_SLACK,
         "{tag}: fds {fds0} -> {fds1}; {report}"
     );
+    if let Some((fds_mid, rss_mid)) = checkpoint {
+        assert!(
+            fds1 <= fds_mid && rss1 <= rss_mid + RSS_GROWTH_KIB,
+            "{tag}: grew since the checkpoint: fds {fds_mid} -> {fds1}, RSS {rss_mid} -> {rss1} KiB; {report}"
+        );
+    }
     assert!(
         rss1 <= rss0 + RSS_SLACK_KIB,
         "{tag}: RSS {rss0} -> {rss1} KiB; {report}"
