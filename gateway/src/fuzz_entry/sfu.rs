@@ -39,6 +39,10 @@ pub fn sfu(data: &[u8]) {
         core: RoomCore::new(ForwardConfig {
             sender_ssrc: 0x5e5e_5e5e,
             initial_estimate_bps: 250_000,
+            // Small retransmission buffers: eviction is exercised within a short
+            // script, and each run allocates less (the default 2048 slots per layer
+            // dominated the cost of a run).
+            rtx_max_packets: 256,
             ..ForwardConfig::default()
         }),
         now: start,
