@@ -113,8 +113,16 @@ pub struct ThreadStats {
     /// Per-datagram processing time, bucketed (see [`PROCESSING_BUCKETS_NS`]).
     pub processing: Histogram,
     stun: [Counter; StunOutcome::ALL.len()],
+    /// Error responses (400/401) to unauthenticated Binding Requests that were sent, and
+    /// those the rate limits withheld, by [`REPLY_LIMIT_REASONS`] index.
+    pub stun_error_replies: Counter,
+    pub stun_replies_limited: [Counter; REPLY_LIMIT_REASONS.len()],
     pub media: MediaStats,
 }
+
+/// Label values of [`ThreadStats::stun_replies_limited`]: the claimed session's budget,
+/// the logic thread's.
+pub const REPLY_LIMIT_REASONS: [&str; 2] = ["session", "global"];
 
 /// Label values of [`ThreadStats::socket_receive_drops`].
 pub const SOCKET_KINDS: [&str; 2] = ["group", "connected"];

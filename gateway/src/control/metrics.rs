@@ -488,6 +488,30 @@ pub fn render(state: &ApiState) -> Result<String, prometheus::Error> {
         }
     }
     collectors.push(Box::new(stun));
+    let error_replies = counter(
+        "roomgate_stun_error_replies_total",
+        "Error responses (400/401) sent to unauthenticated Binding Requests (within the rate limits).",
+        &["thread"],
+    )?;
+    let limited = counter(
+        "roomgate_stun_replies_limited_total",
+        "Error responses (400/401) to unauthenticated Binding Requests withheld by a rate limit: the claimed session's budget (reason=session) or the logic thread's (reason=global).",
+        &["thread", "reason"],
+    )?;
+    for (i, h) in state.threads.iter().enumerate() {
+        let t = i.to_string();
+        error_replies
+            .with_label_values(&[t.as_str()])
+            .inc_by(h.stats.stun_error_replies.get());
+        for (reason, c) in crate::stats::REPLY_LIMIT_REASONS
+            .iter()
+            .zip(&h.stats.stun_replies_limited)
+        {
+            limited.with_label_values(&[t.as_str(), reason]).inc_by(c.get());
+        }
+    }
+    collectors.push(Box::new(error_replies));
+    collectors.push(Box::new(limited));
 
     let media: Vec<&MediaStats> = state.threads.iter().map(|h| &h.stats.media).collect();
     media_collectors(&media, &mut collectors)?;

@@ -10,14 +10,16 @@
 
 use std::net::SocketAddr;
 
+use hmac::{Hmac, Mac};
+use sha1::Sha1;
 use stun_rs::attributes::stun::{
     ErrorCode, Fingerprint, MessageIntegrity, UnknownAttributes, XorMappedAddress,
 };
 use stun_rs::error::StunDecodeError;
 use stun_rs::methods::BINDING;
 use stun_rs::{
-    get_input_text, HMACKey, MessageClass, MessageDecoderBuilder, MessageEncoderBuilder,
-    StunAttribute, StunMessage, StunMessageBuilder, TransactionId,
+    HMACKey, MessageClass, MessageDecoderBuilder, MessageEncoderBuilder, StunAttribute,
+    StunMessage, StunMessageBuilder, TransactionId,
 };
 
 /// Largest datagram we treat as STUN. A Binding Request from a browser is ~100 bytes; a
@@ -31,6 +33,9 @@ pub const MAX_ATTRIBUTES: usize = 32;
 const HEADER_LEN: usize = 20;
 const ATTR_HEADER_LEN: usize = 4;
 const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
+const BINDING_REQUEST: [u8; 2] = [0x00, 0x01];
+/// RFC 8489 §14.7: the CRC-32 is XORed with 0x5354554e.
+const FINGERPRINT_XOR: u32 = 0x5354_554e;
 
 const ATTR_USERNAME: u16 = 0x0006;
 const ATTR_MESSAGE_INTEGRITY: u16 = 0x0008;
@@ -151,16 +156,25 @@ pub enum Answer {
 pub struct StunView<'a> {
     /// Exactly the message bytes (the datagram; [`parse`] rejects trailing bytes).
     bytes: &'a [u8],
-    msg: StunMessage,
+    /// USE-CANDIDATE before MESSAGE-INTEGRITY. Matched by type number so it works
+    /// whether or not stun-rs was built with its `ice` feature.
+    use_candidate: bool,
     /// The first USERNAME before any integrity/fingerprint attribute, as on the wire. The
     /// raw bytes (not stun-rs's PRECIS-prepared copy) are what the eBPF steering hashes,
     /// so routing and authentication look at the same string.
     username: Option<&'a str>,
+    /// Offsets of the first MESSAGE-INTEGRITY and of FINGERPRINT (always the last
+    /// attribute), from the walk: verifying them needs no copy of the message.
+    integrity_at: Option<usize>,
+    fingerprint_at: Option<usize>,
 }
 
 /// Structural facts gathered by our own walk before stun-rs sees the bytes.
 struct Walk<'a> {
     username: Option<&'a [u8]>,
+    use_candidate: bool,
+    integrity_at: Option<usize>,
+    fingerprint_at: Option<usize>,
 }
 
 /// Checks framing with exact bounds. stun-rs would catch most of this too, but doing it
@@ -192,6 +206,9 @@ fn walk(datagram: &[u8]) -> Result<Walk<'_>, StunError> {
     }
 
     let mut username = None;
+    let mut use_candidate = false;
+    let mut integrity_at = None;
+    let mut fingerprint_at = None;
     // Set once MESSAGE-INTEGRITY(-SHA256) or FINGERPRINT was seen: later attributes are
     // not covered by integrity and RFC 8489 §14.5 says to ignore them (as stun-rs does).
     let mut sealed = false;
@@ -235,8 +252,10 @@ fn walk(datagram: &[u8]) -> Result<Walk<'_>, StunError> {
         };
         match attr_type {
             ATTR_USERNAME if !sealed && username.is_none() => username = Some(value),
+            ATTR_USE_CANDIDATE if !sealed => use_candidate = true,
             ATTR_MESSAGE_INTEGRITY => {
                 exact(MESSAGE_INTEGRITY_LEN)?;
+                integrity_at.get_or_insert(offset);
                 sealed = true;
             }
             ATTR_MESSAGE_INTEGRITY_SHA256 => sealed = true,
@@ -244,41 +263,56 @@ fn walk(datagram: &[u8]) -> Result<Walk<'_>, StunError> {
                 exact(FINGERPRINT_LEN)?;
                 sealed = true;
                 fingerprint_seen = true;
+                fingerprint_at = Some(offset);
             }
             _ => {}
         }
         offset = next;
     }
-    Ok(Walk { username })
+    Ok(Walk {
+        username,
+        use_candidate,
+        integrity_at,
+        fingerprint_at,
+    })
 }
 
 /// Cheap look at a datagram already classified as STUN (first byte 0..=3). Parses the
 /// message (bounded), without verifying integrity. `Err` means malformed: drop and count.
 pub fn parse(datagram: &[u8]) -> Result<StunView<'_>, StunError> {
-    let Walk { username } = walk(datagram)?;
+    let Walk {
+        username,
+        use_candidate,
+        integrity_at,
+        fingerprint_at,
+    } = walk(datagram)?;
     let username = match username {
         Some(raw) => Some(std::str::from_utf8(raw).map_err(|_| StunError::UsernameNotUtf8)?),
         None => None,
     };
-    // No key and no validation: a decode error here is about structure, never integrity.
-    let (msg, _) = MessageDecoderBuilder::default()
-        .build()
-        .decode(datagram)
-        .map_err(StunError::Decode)?;
+    // stun-rs decodes (and PRECIS-prepares USERNAME) only once a request has been
+    // authenticated: a forged check costs the walk, the lookup and one HMAC, no more.
     Ok(StunView {
         bytes: datagram,
-        msg,
+        use_candidate,
         username,
+        integrity_at,
+        fingerprint_at,
     })
 }
 
 impl StunView<'_> {
+    /// The message type is Binding (0x001) of class Request: 0x0001 exactly.
     pub fn is_binding_request(&self) -> bool {
-        self.msg.method() == BINDING && self.msg.class() == MessageClass::Request
+        self.bytes.get(..2) == Some(&BINDING_REQUEST[..])
     }
 
     pub fn transaction_id(&self) -> [u8; 12] {
-        *self.msg.transaction_id().as_bytes()
+        let mut id = [0u8; 12];
+        if let Some(bytes) = self.bytes.get(8..HEADER_LEN) {
+            id.copy_from_slice(bytes);
+        }
+        id
     }
 
     /// The raw USERNAME, if present.
@@ -308,21 +342,23 @@ impl StunView<'_> {
         self.ufrags().map(|(_, c)| c)
     }
 
-    /// Whether USE-CANDIDATE is present. Matched by type number so it works whether or
-    /// not stun-rs was built with its `ice` feature.
+    /// Whether USE-CANDIDATE is present (before MESSAGE-INTEGRITY).
     pub fn use_candidate(&self) -> bool {
-        self.msg
-            .attributes()
-            .iter()
-            .any(|a| a.attribute_type().as_u16() == ATTR_USE_CANDIDATE)
+        self.use_candidate
     }
 
     /// Comprehension-required attributes (type < 0x8000) that neither stun-rs nor we
     /// understand, deduplicated. Attributes after MESSAGE-INTEGRITY are not included:
     /// they are ignored anyway (RFC 8489 §14.5).
-    fn unknown_comprehension_required(&self) -> Vec<u16> {
+    /// Decodes with stun-rs (without a key: a decode error is about structure, never
+    /// integrity), which is what knows its attributes; called after authentication only.
+    fn unknown_comprehension_required(&self) -> Result<Vec<u16>, StunError> {
+        let (msg, _) = MessageDecoderBuilder::default()
+            .build()
+            .decode(self.bytes)
+            .map_err(StunError::Decode)?;
         let mut out = Vec::new();
-        for attr in self.msg.attributes() {
+        for attr in msg.attributes() {
             if let StunAttribute::Unknown(u) = attr {
                 let t = u.attribute_type().as_u16();
                 // PRIORITY and USE-CANDIDATE are understood here even when stun-rs lacks
@@ -333,20 +369,59 @@ impl StunView<'_> {
                 }
             }
         }
-        out
+        Ok(out)
     }
 
-    /// FINGERPRINT absent, or present and matching the bytes as received.
+    /// FINGERPRINT absent, or present and matching the bytes as received. The walk made
+    /// it the last attribute and the declared length exact, so the header already ends
+    /// the message just after it: the CRC (RFC 8489 §14.7) covers the bytes before it as
+    /// they are, without the copy stun-rs's `get_input_text` makes.
     fn fingerprint_ok(&self) -> bool {
-        let Some(attr) = self.msg.get::<Fingerprint>() else {
+        let Some(at) = self.fingerprint_at else {
             return true;
         };
-        let Ok(fp) = attr.as_fingerprint() else {
+        let (Some(covered), Some(value)) = (
+            self.bytes.get(..at),
+            self.bytes
+                .get(at + ATTR_HEADER_LEN..at + ATTR_HEADER_LEN + FINGERPRINT_LEN),
+        ) else {
             return false;
         };
-        // get_input_text returns the bytes before FINGERPRINT with the header length
-        // rewritten to end just after it, which is what the CRC covers (RFC 8489 §14.7).
-        get_input_text::<Fingerprint>(self.bytes).is_some_and(|input| fp.validate(&input))
+        let expected = crc32fast::hash(covered) ^ FINGERPRINT_XOR;
+        value == expected.to_be_bytes()
+    }
+
+    /// MESSAGE-INTEGRITY verifies with `pwd`: HMAC-SHA1 over the bytes before it, the
+    /// header's length rewritten to end just after it (RFC 8489 §14.5), compared in
+    /// constant time. Fed in two pieces, so the flood path copies nothing.
+    fn integrity_ok(&self, pwd: &str) -> bool {
+        let Some(at) = self.integrity_at else {
+            return false;
+        };
+        let (Some(header), Some(body), Some(tag)) = (
+            self.bytes.get(..HEADER_LEN),
+            self.bytes.get(HEADER_LEN..at),
+            self.bytes
+                .get(at + ATTR_HEADER_LEN..at + ATTR_HEADER_LEN + MESSAGE_INTEGRITY_LEN),
+        ) else {
+            return false;
+        };
+        let Ok(len) = u16::try_from(at - HEADER_LEN + ATTR_HEADER_LEN + MESSAGE_INTEGRITY_LEN)
+        else {
+            return false;
+        };
+        // The short-term key is the OpaqueString-prepared password (RFC 8489 §9.1.1).
+        // roomgate generates every password from ice-chars (ASCII letters, digits, '+',
+        // '/'), which that preparation leaves as they are: the bytes are the key, with
+        // no PRECIS pass per request.
+        let Ok(mut mac) = <Hmac<Sha1> as Mac>::new_from_slice(pwd.as_bytes()) else {
+            return false;
+        };
+        mac.update(&header[..2]);
+        mac.update(&len.to_be_bytes());
+        mac.update(&header[4..]);
+        mac.update(body);
+        mac.verify_slice(tag).is_ok()
     }
 }
 
@@ -355,6 +430,26 @@ impl StunView<'_> {
 /// short-term credential checks of §9.1.3 (400, then 401); only an authenticated request
 /// learns about unknown attributes (420, §6.3.1), and only it gets a success.
 pub fn answer(view: &StunView<'_>, local: &crate::ice::Credentials, from: SocketAddr) -> Answer {
+    answer_limited(view, local, from, |_| true)
+}
+
+/// As [`answer`], but an unauthenticated error response (400/401) is built only if
+/// `may_reject` allows it, and is otherwise [`Answer::Drop`] with the same outcome. Such
+/// a response goes wherever the (possibly spoofed) source says, so the caller rate-limits
+/// it; the limiter, not this function, knows why it refused.
+pub fn answer_limited(
+    view: &StunView<'_>,
+    local: &crate::ice::Credentials,
+    from: SocketAddr,
+    mut may_reject: impl FnMut(StunOutcome) -> bool,
+) -> Answer {
+    let mut reject = |code: u16, reason: &str, outcome: StunOutcome| {
+        if may_reject(outcome) {
+            reject(view, code, reason, outcome)
+        } else {
+            Answer::Drop { outcome }
+        }
+    };
     if !view.is_binding_request() {
         return Answer::Drop {
             outcome: StunOutcome::NotARequest,
@@ -367,50 +462,41 @@ pub fn answer(view: &StunView<'_>, local: &crate::ice::Credentials, from: Socket
     }
     if view.username.is_none() {
         return reject(
-            view,
             400,
             "Bad Request: USERNAME missing",
             StunOutcome::BadRequest,
         );
     }
-    let Some(Ok(mi)) = view
-        .msg
-        .get::<MessageIntegrity>()
-        .map(StunAttribute::as_message_integrity)
-    else {
+    if view.integrity_at.is_none() {
         return reject(
-            view,
             400,
             "Bad Request: MESSAGE-INTEGRITY missing",
             StunOutcome::BadRequest,
         );
-    };
-    if view.server_ufrag() != Some(local.ufrag.as_str()) {
-        return reject(view, 401, "Unauthenticated", StunOutcome::Unauthorized);
     }
+    if view.server_ufrag() != Some(local.ufrag.as_str()) {
+        return reject(401, "Unauthenticated", StunOutcome::Unauthorized);
+    }
+    if !view.integrity_ok(&local.pwd) {
+        // RFC 8489 §9.1.3: no MESSAGE-INTEGRITY on this error, we could not authenticate.
+        return reject(401, "Unauthenticated", StunOutcome::Unauthorized);
+    }
+    // Authenticated: only now the PRECIS-prepared key for the response's own integrity.
     let key = match HMACKey::new_short_term(&local.pwd) {
         Ok(k) => k,
         Err(e) => {
             // Our own pwd is ice-chars, so this means a bug upstream; we cannot
-            // authenticate anything with it.
+            // sign anything with it.
             tracing::warn!(error = %e, "session pwd rejected as HMAC key");
-            return reject(view, 401, "Unauthenticated", StunOutcome::Unauthorized);
+            return reject(401, "Unauthenticated", StunOutcome::Unauthorized);
         }
     };
-    // The HMAC covers the bytes before MESSAGE-INTEGRITY with the header length rewritten
-    // to end just after it (RFC 8489 §14.5); stun-rs rebuilds exactly that from the
-    // received bytes. `walk` already guaranteed the attribute is there.
-    let Some(input) = get_input_text::<MessageIntegrity>(view.bytes) else {
+
+    let Ok(unknown) = view.unknown_comprehension_required() else {
         return Answer::Drop {
             outcome: StunOutcome::Malformed,
         };
     };
-    if !mi.validate(&input, &key) {
-        // RFC 8489 §9.1.3: no MESSAGE-INTEGRITY on this error, we could not authenticate.
-        return reject(view, 401, "Unauthenticated", StunOutcome::Unauthorized);
-    }
-
-    let unknown = view.unknown_comprehension_required();
     if !unknown.is_empty() {
         // Authenticated, so the 420 is integrity-protected like any response to an
         // authenticated request; the client can trust the list.
@@ -468,7 +554,8 @@ fn reject(view: &StunView<'_>, code: u16, reason: &str, outcome: StunOutcome) ->
 
 /// Error response skeleton: same method and transaction id as the request, ERROR-CODE.
 fn error_message(view: &StunView<'_>, code: u16, reason: &str) -> StunMessageBuilder {
-    let builder = StunMessageBuilder::new(view.msg.method(), MessageClass::ErrorResponse)
+    // Only Binding Requests are answered.
+    let builder = StunMessageBuilder::new(BINDING, MessageClass::ErrorResponse)
         .with_transaction_id(TransactionId::from(view.transaction_id()));
     // Callers pass literals, but bad_request is public: keep the phrase within the limit
     // and cut on a char boundary so it stays valid UTF-8.
@@ -539,7 +626,7 @@ pub(crate) mod tests {
     use crate::ice::Credentials;
     use stun_rs::attributes::ice::{IceControlling, Priority, UseCandidate};
     use stun_rs::attributes::stun::{Software, UserName};
-    use stun_rs::DecoderContextBuilder;
+    use stun_rs::{get_input_text, DecoderContextBuilder};
 
     const SRV_UFRAG: &str = "roomAsrv1";
     const CLI_UFRAG: &str = "cli9";

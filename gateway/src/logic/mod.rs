@@ -17,6 +17,7 @@ mod api;
 mod core;
 mod multi_send;
 mod pinning;
+mod reply_limit;
 mod session;
 mod shell;
 mod sockets;

@@ -91,7 +91,24 @@ impl ThreadCore {
         let Some(session) = self.table.get_mut(id) else {
             return;
         };
-        match ice::answer(&view, session.ice.credentials(), from) {
+        // An unauthenticated check's error response goes wherever its source says: it
+        // is charged to the claimed session's budget and the thread's, and built only
+        // when both allow it.
+        let (limiter, stats) = (&mut self.reply_limit, &self.stats);
+        let mut limited = None;
+        let answer = ice::stun::answer_limited(&view, session.ice.credentials(), from, |_| {
+            match limiter.allow(id, now) {
+                Ok(()) => {
+                    stats.stun_error_replies.inc();
+                    true
+                }
+                Err(reason) => {
+                    limited = Some(reason);
+                    false
+                }
+            }
+        });
+        match answer {
             Answer::Success {
                 response,
                 use_candidate,
@@ -130,7 +147,15 @@ impl ThreadCore {
             }
             Answer::Drop { outcome } => {
                 self.stats.stun(outcome).inc();
-                trace!(thread = self.index, %from, ?outcome, decision = "binding_drop");
+                match limited {
+                    Some(reason) => {
+                        self.stats.stun_replies_limited[reason as usize].inc();
+                        trace!(thread = self.index, %from, ?outcome, ?reason, decision = "binding_reject_limited");
+                    }
+                    None => {
+                        trace!(thread = self.index, %from, ?outcome, decision = "binding_drop")
+                    }
+                }
             }
         }
     }

@@ -40,6 +40,7 @@ use super::{
     api::{Command, Limits},
     session::ReplyPath,
     stats::{add_forward_stats, state_index},
+    reply_limit::ReplyLimiter,
     table::{ConnId, RoomKey, SessionId, Table},
 };
 
@@ -138,6 +139,8 @@ pub struct ThreadCore {
     limits: Limits,
     stats: Arc<ThreadStats>,
     table: Table,
+    /// Budgets for error responses to unauthenticated checks (see `reply_limit`).
+    reply_limit: ReplyLimiter<SessionId>,
     /// Session and room deadlines. Entries are not removed when a deadline moves: an
     /// entry only counts while its owner's `armed` still equals it.
     timers: BinaryHeap<Reverse<(Instant, TimerKey)>>,
@@ -166,6 +169,7 @@ impl ThreadCore {
             limits: config.limits,
             stats,
             table: Table::default(),
+            reply_limit: ReplyLimiter::default(),
             timers: BinaryHeap::new(),
             dtls_pending: false,
             next_member: 1,
