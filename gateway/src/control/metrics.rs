@@ -507,7 +507,9 @@ pub fn render(state: &ApiState) -> Result<String, prometheus::Error> {
             .iter()
             .zip(&h.stats.stun_replies_limited)
         {
-            limited.with_label_values(&[t.as_str(), reason]).inc_by(c.get());
+            limited
+                .with_label_values(&[t.as_str(), reason])
+                .inc_by(c.get());
         }
     }
     collectors.push(Box::new(error_replies));

@@ -38,9 +38,9 @@ use crate::{
 
 use super::{
     api::{Command, Limits},
+    reply_limit::ReplyLimiter,
     session::ReplyPath,
     stats::{add_forward_stats, state_index},
-    reply_limit::ReplyLimiter,
     table::{ConnId, RoomKey, SessionId, Table},
 };
 
