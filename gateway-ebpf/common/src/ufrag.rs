@@ -35,13 +35,31 @@ pub const fn is_ice_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'+' || b == b'/'
 }
 
+/// Runs `$body` once per listed index with `$i` bound to it, unrolled in the source.
+///
+/// Without CAP_PERFMON the verifier refuses pointer arithmetic whose offset differs
+/// between its passes over one instruction ("pointer arithmetic with it prohibited for
+/// !root"), which is what a loop over a buffer is once the verifier walks it with
+/// i = 0, 1, ... Unrolled, every byte is read at a constant offset and no pointer is
+/// moved by a register, so CAP_BPF alone is enough to load the program.
+macro_rules! unrolled {
+    ($i:ident in [$($n:literal)*] $body:block) => {
+        $({
+            let $i: usize = $n;
+            $body
+        })*
+    };
+}
+
+// The index lists below are written out; they must cover exactly these lengths.
+const _: () = assert!(USERNAME_SCAN_LEN == 44 && MAX_ROOM_PART_LEN == 32);
+
 /// Given the first `len` bytes of a USERNAME copied into `prefix` (bytes past `len`
 /// are ignored), return the length of the room part, or `None` if the USERNAME has
 /// no ':' within the scan window or the room part length is out of range.
 #[inline(always)]
 pub fn room_part_len(prefix: &[u8; USERNAME_SCAN_LEN], len: usize) -> Option<usize> {
-    let mut i = 0;
-    while i < USERNAME_SCAN_LEN {
+    unrolled!(i in [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43] {
         if i >= len {
             return None;
         }
@@ -51,8 +69,7 @@ pub fn room_part_len(prefix: &[u8; USERNAME_SCAN_LEN], len: usize) -> Option<usi
             }
             return Some(i - PARTICIPANT_PART_LEN);
         }
-        i += 1;
-    }
+    });
     None
 }
 
@@ -64,10 +81,9 @@ pub fn room_hash(prefix: &[u8; USERNAME_SCAN_LEN], room_len: usize) -> Option<u3
         return None;
     }
     let mut h = FNV_OFFSET;
-    let mut i = 0;
-    while i < MAX_ROOM_PART_LEN {
+    unrolled!(i in [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31] {
         if i >= room_len {
-            break;
+            return Some(h);
         }
         let b = prefix[i];
         if !is_ice_char(b) {
@@ -75,8 +91,7 @@ pub fn room_hash(prefix: &[u8; USERNAME_SCAN_LEN], room_len: usize) -> Option<u3
         }
         h ^= b as u32;
         h = h.wrapping_mul(FNV_PRIME);
-        i += 1;
-    }
+    });
     Some(h)
 }
 

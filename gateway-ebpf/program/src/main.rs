@@ -74,6 +74,17 @@ mod program {
     #[map(name = "COUNTERS")]
     static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
+    /// One USERNAME window per CPU (see `copy_username`).
+    /// Per-CPU working memory of the Binding Request path (see `copy_username`, `opaque`).
+    #[repr(C)]
+    struct Scratch {
+        window: [u8; USERNAME_SCAN_LEN],
+        opaque: u32,
+    }
+
+    #[map(name = "SCRATCH")]
+    static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
     #[map(name = "CONFIG")]
     static CONFIG: Array<u32> = Array::with_max_entries(CONFIG_LEN, 0);
 
@@ -91,8 +102,8 @@ mod program {
     }
 
     #[repr(C, align(8))]
-    struct KeyWords([u32; 5]);
-    const _: () = assert!(core::mem::size_of::<FlowKey>() == 5 * 4);
+    struct KeyWords([u64; 3]);
+    const _: () = assert!(core::mem::size_of::<FlowKey>() == 20);
 
     #[inline(always)]
     fn load<const N: usize>(ctx: &SkReuseportContext, offset: u32) -> Option<[u8; N]> {
@@ -155,18 +166,13 @@ mod program {
         }
     }
 
-    /// The UDP header and the first payload byte. Media datagrams are linear in practice,
-    /// so read them by direct packet access (no helper call on the hot path); fall back
-    /// to the helper when the linear area is shorter.
+    /// The UDP header and the first payload byte, through the helper. Not by direct
+    /// packet access: bounding a packet pointer takes a pointer comparison, which Linux
+    /// 5.10's verifier refuses without CAP_PERFMON ("pointer comparison prohibited"), and
+    /// eBPF mode must run with CAP_BPF and CAP_NET_ADMIN alone.
     #[inline(always)]
     fn head(ctx: &SkReuseportContext) -> Option<[u8; 9]> {
-        let data = ctx.data();
-        if data + 9 <= ctx.data_end() {
-            // SAFETY: the verifier-checked bound above covers these 9 bytes.
-            Some(unsafe { core::ptr::read_unaligned(data as *const [u8; 9]) })
-        } else {
-            load::<9>(ctx, 0)
-        }
+        load::<9>(ctx, 0)
     }
 
     enum StunKind {
@@ -210,11 +216,17 @@ mod program {
         let Some((value_off, value_len)) = find_username(ctx, msg_end) else {
             return decide(Counter::StunMalformed, SK_DROP);
         };
-        let prefix = copy_username(ctx, value_off);
-        let Some(room_len) = room_part_len(&prefix, value_len as usize) else {
+        let Some(scratch) = copy_username(ctx, value_off) else {
+            return decide(Counter::SelectError, SK_DROP);
+        };
+        // SAFETY: the per-CPU value stays valid for the program run and only this run on
+        // this CPU touches it; `window` is not written again below.
+        let window = unsafe { &(*scratch).window };
+        let Some(room_len) = room_part_len(window, value_len as usize) else {
             return decide(Counter::StunMalformed, SK_DROP);
         };
-        let Some(hash) = room_hash(&prefix, room_len) else {
+        let room_len = opaque(scratch, room_len as u32) as usize;
+        let Some(hash) = room_hash(window, room_len) else {
             return decide(Counter::StunMalformed, SK_DROP);
         };
         let threads = match CONFIG.get(CONFIG_THREADS) {
@@ -224,73 +236,106 @@ mod program {
         select(ctx, hash % threads, Counter::SteeredByRoom)
     }
 
-    /// Copy the first `USERNAME_SCAN_LEN` bytes at `value_off` into a buffer; bytes past
-    /// the USERNAME value are junk (or zero past the packet end) and are ignored by
-    /// `room_part_len`, which is bounded by the value length.
+    /// `v` stored to and read back from memory, which the verifier tracks as an unknown
+    /// value. `room_part_len` returns a different constant from each position of the ':'
+    /// (36 of them); kept as constants, each would be verified through `room_hash` again,
+    /// with every one of its length checks decided in advance, and Linux 5.10 without
+    /// CAP_PERFMON queues a speculative path for each decided branch, past its limit of
+    /// 8192 pending branches. One unknown length is verified once (`room_hash` bounds it).
+    #[inline(always)]
+    fn opaque(scratch: *mut Scratch, v: u32) -> u32 {
+        // SAFETY: `scratch` is this CPU's map value (see `copy_username`).
+        unsafe {
+            let slot = core::ptr::addr_of_mut!((*scratch).opaque);
+            core::ptr::write_volatile(slot, v);
+            core::ptr::read_volatile(slot)
+        }
+    }
+
+    /// Copy the first `USERNAME_SCAN_LEN` bytes at `value_off` into this CPU's scratch
+    /// window and return the scratch; bytes past the USERNAME value are junk (or zero past the
+    /// packet end) and are ignored by `room_part_len`, which is bounded by the value length.
+    ///
+    /// The window lives in a per-CPU map, not on the stack: scanned byte by byte at
+    /// constant offsets (see `ufrag::unrolled`), a stack array would be split by LLVM
+    /// into one spilled register per byte and overflow the 512-byte BPF stack, and a
+    /// map value is never shared with another program run (sk_reuseport runs with
+    /// preemption off, so nothing else runs on this CPU meanwhile).
     ///
     /// Every chunk is loaded unconditionally, with no break on the value length: a failed
     /// `bpf_skb_load_bytes` zero-fills its buffer, so the verifier sees one buffer state
-    /// (all bytes written by a helper) instead of one per possible value length, which
-    /// would multiply the cost of verifying `room_part_len` and `room_hash` by 12. Fast
-    /// path: one load of the whole window (a USERNAME is followed by at least
-    /// MESSAGE-INTEGRITY, so the window normally lies inside the packet); near the end of
-    /// the packet, 4-byte chunks (values are padded to 4, so a chunk that starts inside
-    /// the value never passes its padding, and one that starts past the packet fails and
-    /// stays zero).
+    /// instead of one per possible value length. Fast path: one load of the whole window
+    /// (a USERNAME is followed by at least MESSAGE-INTEGRITY, so the window normally lies
+    /// inside the packet); near the end of the packet, 4-byte chunks (values are padded
+    /// to 4, so a chunk that starts inside the value never passes its padding, and one
+    /// that starts past the packet fails and stays zero).
     #[inline(always)]
-    fn copy_username(ctx: &SkReuseportContext, value_off: u32) -> [u8; USERNAME_SCAN_LEN] {
-        let mut window = core::mem::MaybeUninit::<[u8; USERNAME_SCAN_LEN]>::uninit();
-        // SAFETY: the helper writes all USERNAME_SCAN_LEN bytes on success and zero-fills
-        // them on failure, so the buffer is initialized either way.
+    fn copy_username(ctx: &SkReuseportContext, value_off: u32) -> Option<*mut Scratch> {
+        let scratch = SCRATCH.get_ptr_mut(0)?;
+        // SAFETY: `scratch` points at this CPU's map value; no reference to it is live.
+        let window = unsafe { core::ptr::addr_of_mut!((*scratch).window) };
+        // SAFETY: `window` points at this CPU's USERNAME_SCAN_LEN-byte map value.
         let whole = unsafe {
             bpf_skb_load_bytes(
                 ctx.as_ptr(),
                 value_off,
-                window.as_mut_ptr().cast(),
+                window.cast(),
                 USERNAME_SCAN_LEN as u32,
             )
         };
-        // SAFETY: see above.
-        let mut prefix = unsafe { window.assume_init() };
         if whole != 0 {
-            // Constant offsets only: a variable stack offset needs CAP_PERFMON.
             macro_rules! chunk {
                 ($($k:literal)*) => {$(
-                    if let Some(c) = load::<4>(ctx, value_off + $k * 4) {
-                        prefix[$k * 4] = c[0];
-                        prefix[$k * 4 + 1] = c[1];
-                        prefix[$k * 4 + 2] = c[2];
-                        prefix[$k * 4 + 3] = c[3];
+                    // SAFETY: bytes $k*4 .. $k*4+4 lie inside the 44-byte window (a
+                    // failed load zero-fills them).
+                    unsafe {
+                        bpf_skb_load_bytes(
+                            ctx.as_ptr(),
+                            value_off + $k * 4,
+                            window.cast::<u8>().add($k * 4).cast(),
+                            4,
+                        );
                     }
                 )*};
             }
             chunk!(0 1 2 3 4 5 6 7 8 9 10);
         }
-        prefix
+        Some(scratch)
     }
 
-    /// Walk the attributes of a Binding Request; return (value offset, value length) of USERNAME.
+    /// Walk the attributes of a Binding Request; return (value offset, value length) of
+    /// USERNAME.
+    ///
+    /// Unrolled in the source, not a loop: Linux 5.10 without CAP_PERFMON also verifies
+    /// the mispredicted direction of every branch whose outcome it knows, and a loop's
+    /// counter check is such a branch; past it, the walk would be verified on and on until
+    /// "the sequence of 8193 jumps is too complex". Unrolled, every branch depends on the
+    /// packet and nothing is decided in advance.
     #[inline(always)]
     fn find_username(ctx: &SkReuseportContext, msg_end: u32) -> Option<(u32, u32)> {
+        const _: () = assert!(stun::MAX_ATTRS_WALKED == 16);
         let mut off = UDP_HEADER + stun::HEADER_LEN as u32;
-        let mut n = 0u32;
-        while n < stun::MAX_ATTRS_WALKED {
-            if off + 4 > msg_end {
-                return None;
-            }
-            let a = load::<4>(ctx, off)?;
-            let attr_type = u16::from_be_bytes([a[0], a[1]]);
-            let attr_len = u16::from_be_bytes([a[2], a[3]]) as u32;
-            let value = off + 4;
-            if value + attr_len > msg_end {
-                return None;
-            }
-            if attr_type == stun::ATTR_USERNAME {
-                return Some((value, attr_len));
-            }
-            off = value + ((attr_len + 3) & !3);
-            n += 1;
+        macro_rules! attribute {
+            ($($n:literal)*) => {$(
+                let _ = $n;
+                if off + 4 > msg_end {
+                    return None;
+                }
+                let a = load::<4>(ctx, off)?;
+                let attr_type = u16::from_be_bytes([a[0], a[1]]);
+                let attr_len = u16::from_be_bytes([a[2], a[3]]) as u32;
+                let value = off + 4;
+                if value + attr_len > msg_end {
+                    return None;
+                }
+                if attr_type == stun::ATTR_USERNAME {
+                    return Some((value, attr_len));
+                }
+                off = value + ((attr_len + 3) & !3);
+            )*};
         }
+        attribute!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
+        let _ = off;
         None
     }
 
@@ -305,27 +350,28 @@ mod program {
         } else {
             return decide(Counter::FlowMiss, SK_DROP);
         };
-        // The FlowKey is assembled in place as five aligned 32-bit words written with
-        // volatile stores: zero-filling a 2-byte-aligned struct makes LLVM emit a memset
-        // loop over a variable stack offset, which the verifier only accepts with
-        // CAP_PERFMON. Layout: family (u16, host order), port (network order), address.
-        let mut words = KeyWords([0; 5]);
+        // The FlowKey is assembled in place: three aligned 64-bit words zeroed with volatile
+        // stores, the address loaded into bytes 4.. by the helper, then family and port
+        // stored as one aligned 32-bit word. Linux 5.10 without CAP_PERFMON refuses any
+        // other order it is easy to get from LLVM: zero-filling a 2-byte-aligned struct
+        // becomes a memset loop over a variable stack offset, and a helper (or a second
+        // store) writing into an 8-byte stack slot that already holds a stored non-zero
+        // register is "attempt to corrupt spilled pointer on stack". Layout: family (u16,
+        // host order), port (network order), address; the last 4 bytes are not key.
+        let mut words = KeyWords([0; 3]);
         let w = words.0.as_mut_ptr();
-        // SAFETY: five in-bounds, aligned stores into `words`.
+        // SAFETY: three in-bounds, aligned stores into `words`.
         unsafe {
-            let fam = family.to_ne_bytes();
-            core::ptr::write_volatile(w, u32::from_ne_bytes([fam[0], fam[1], port[0], port[1]]));
+            core::ptr::write_volatile(w, 0);
             core::ptr::write_volatile(w.add(1), 0);
             core::ptr::write_volatile(w.add(2), 0);
-            core::ptr::write_volatile(w.add(3), 0);
-            core::ptr::write_volatile(w.add(4), 0);
         }
-        // SAFETY: the helper writes addr_len (4 or 16) bytes at byte 4 of the 20-byte key.
+        // SAFETY: the helper writes addr_len (4 or 16) bytes at byte 4 of the 24-byte words.
         let rc = unsafe {
             bpf_skb_load_bytes_relative(
                 ctx.as_ptr(),
                 addr_off,
-                w.add(1).cast(),
+                w.cast::<u8>().add(4).cast(),
                 addr_len,
                 BPF_HDR_START_NET,
             )
@@ -333,7 +379,15 @@ mod program {
         if rc != 0 {
             return decide(Counter::FlowMiss, SK_DROP);
         }
-        // SAFETY: KeyWords is 20 bytes, 8-aligned, and FlowKey is a padding-free 20-byte
+        let fam = family.to_ne_bytes();
+        // SAFETY: an aligned 4-byte store at the start of `words`.
+        unsafe {
+            core::ptr::write_volatile(
+                w.cast::<u32>(),
+                u32::from_ne_bytes([fam[0], fam[1], port[0], port[1]]),
+            );
+        }
+        // SAFETY: KeyWords is 24 bytes, 8-aligned, and FlowKey is a padding-free 20-byte
         // repr(C) struct with alignment 2 for which every bit pattern is valid.
         let key: &FlowKey = unsafe { &*(words.0.as_ptr() as *const FlowKey) };
         // SAFETY: the value is copied out immediately; userspace only replaces whole entries.

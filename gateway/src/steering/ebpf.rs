@@ -1,5 +1,9 @@
 //! The eBPF steering program: load, fill the maps, attach to the group, read counters.
-use std::{net::UdpSocket, os::fd::AsFd, path::Path};
+use std::{
+    net::UdpSocket,
+    os::fd::{AsFd, BorrowedFd},
+    path::Path,
+};
 
 use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuArray, ReusePortSockArray},
@@ -22,6 +26,12 @@ pub enum EbpfError {
     },
     #[error("cannot parse or create maps for the eBPF object: {0}")]
     Object(#[source] aya::EbpfError),
+    #[error("cannot create eBPF map {name}: {source}; kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK, which is {limit} here (raise it, e.g. LimitMEMLOCK= in the systemd unit)")]
+    Memlock {
+        name: String,
+        limit: String,
+        source: std::io::Error,
+    },
     #[error("eBPF object has no sk_reuseport program named {PROGRAM_NAME}")]
     MissingProgram,
     #[error("eBPF object has no map named {0}")]
@@ -67,6 +77,7 @@ pub struct Loaded {
     flows_fd: std::os::fd::OwnedFd,
     flows_capacity: u32,
     counters: PerCpuArray<MapData, u64>,
+    verified_insns: Option<u32>,
 }
 
 #[cfg(roomgate_ebpf_embedded)]
@@ -94,7 +105,8 @@ impl Loaded {
             None if embedded() => EMBEDDED,
             None => return Err(EbpfError::NotEmbedded),
         };
-        let mut ebpf = EbpfLoader::new().load(bytes).map_err(EbpfError::Object)?;
+        raise_memlock();
+        let mut ebpf = EbpfLoader::new().load(bytes).map_err(object_error)?;
         let program: &mut SkReuseport = ebpf
             .program_mut(PROGRAM_NAME)
             .ok_or(EbpfError::MissingProgram)?
@@ -116,6 +128,11 @@ impl Loaded {
                 source,
             },
         })?;
+        let verified_insns = verified_insns(bytes, &ebpf);
+        tracing::info!(
+            verified_insns = verified_insns.map_or(-1, i64::from),
+            "eBPF steering program loaded and verified"
+        );
 
         let mut config: Array<&mut MapData, u32> = ebpf
             .map_mut(MAP_CONFIG)
@@ -149,6 +166,7 @@ impl Loaded {
             flows_fd,
             flows_capacity,
             counters,
+            verified_insns,
         })
     }
 
@@ -204,6 +222,12 @@ impl Loaded {
         self.flows_capacity
     }
 
+    /// Instructions the kernel's verifier processed to accept the program ("processed N
+    /// insns"); `None` if the kernel would not say.
+    pub fn verified_insns(&self) -> Option<u32> {
+        self.verified_insns
+    }
+
     /// Per-branch counters summed over CPUs, indexed by [`Counter`].
     pub fn counters(&self) -> Result<[u64; Counter::COUNT as usize], EbpfError> {
         let mut out = [0u64; Counter::COUNT as usize];
@@ -223,6 +247,96 @@ fn map_data(map: &Map) -> Option<&MapData> {
         Map::HashMap(d) => Some(d),
         _ => None,
     }
+}
+
+/// Any of the map kinds the program declares.
+fn any_map_data(map: &Map) -> Option<&MapData> {
+    match map {
+        Map::HashMap(d) | Map::Array(d) | Map::PerCpuArray(d) | Map::ReusePortSockArray(d) => {
+            Some(d)
+        }
+        _ => None,
+    }
+}
+
+/// The verifier's processed-instruction count: from the kernel's program info (5.16+),
+/// else by verifying a second copy with a statistics log (see `verifier`).
+fn verified_insns(object: &[u8], ebpf: &Ebpf) -> Option<u32> {
+    let program: Option<&SkReuseport> = ebpf.program(PROGRAM_NAME).and_then(|p| p.try_into().ok());
+    if let Some(n) = program
+        .and_then(|p| p.info().ok())
+        .and_then(|i| i.verified_instruction_count())
+    {
+        return Some(n);
+    }
+    let maps: Vec<(&str, BorrowedFd<'_>)> = ebpf
+        .maps()
+        .filter_map(|(name, map)| Some((name, any_map_data(map)?.fd().as_fd())))
+        .collect();
+    const BPF_PROG_TYPE_SK_REUSEPORT: u32 = 21;
+    match super::verifier::count_by_reloading(
+        object,
+        "sk_reuseport",
+        BPF_PROG_TYPE_SK_REUSEPORT,
+        &maps,
+    ) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot tell how many instructions the verifier processed");
+            None
+        }
+    }
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK (later ones to the memory
+/// cgroup). Raising the soft limit to the hard one needs no privilege; the hard limit is
+/// the operator's (LimitMEMLOCK= in the unit).
+fn raise_memlock() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) != 0 {
+                tracing::debug!("raising RLIMIT_MEMLOCK to its hard limit failed");
+            }
+        }
+    }
+}
+
+fn memlock_limit() -> String {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit with a valid rlimit struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } != 0 {
+        return "unknown".to_owned();
+    }
+    if lim.rlim_cur == libc::RLIM_INFINITY {
+        "unlimited".to_owned()
+    } else {
+        format!("{} KiB", lim.rlim_cur / 1024)
+    }
+}
+
+/// A map the kernel refused with EPERM under a finite RLIMIT_MEMLOCK is the pre-5.11
+/// memlock charge, not a missing capability: say so.
+fn object_error(e: aya::EbpfError) -> EbpfError {
+    if let aya::EbpfError::MapError(aya::maps::MapError::CreateError { name, io_error }) = &e {
+        let limit = memlock_limit();
+        if io_error.raw_os_error() == Some(libc::EPERM) && limit != "unlimited" {
+            return EbpfError::Memlock {
+                name: name.clone(),
+                limit,
+                source: std::io::Error::from_raw_os_error(libc::EPERM),
+            };
+        }
+    }
+    EbpfError::Object(e)
 }
 
 /// One thread's handle on the flow map. Userspace is the only writer: a flow is pinned

@@ -1,5 +1,6 @@
 //! How datagrams reach the thread that owns their room: eBPF or connected fallback.
 pub mod ebpf;
+mod verifier;
 
 use std::{
     net::{SocketAddr, UdpSocket},
@@ -127,6 +128,12 @@ impl Steering {
                 .map(|c| (c.name(), values[*c as usize]))
                 .collect(),
         )
+    }
+
+    /// Instructions the verifier processed to accept the program (eBPF mode, when the
+    /// kernel tells).
+    pub fn verified_insns(&self) -> Option<u32> {
+        self.ebpf.as_ref()?.lock().ok()?.verified_insns()
     }
 
     pub fn flows_capacity(&self) -> Option<u32> {
