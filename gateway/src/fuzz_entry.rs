@@ -26,8 +26,11 @@ pub use sdp::sdp;
 pub use sfu::sfu;
 pub use stun::stun;
 
+/// A target's entry point: the bytes libFuzzer hands in.
+pub type Entry = fn(&[u8]);
+
 /// Every target by the name of its fuzz binary and corpus directory.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Entry)] = &[
     ("stun", stun),
     ("classifier", classifier),
     ("sdp", sdp),

@@ -66,7 +66,7 @@ fn kernel_room_hash(payload: &[u8]) -> Option<u32> {
         *b = payload.get(value + i).copied().unwrap_or(0);
     }
     let room_len = room_part_len(&prefix, value_len)?;
-    assert!(room_len >= 1 && room_len <= MAX_ROOM_PART_LEN);
+    assert!((1..=MAX_ROOM_PART_LEN).contains(&room_len));
     let hash = room_hash(&prefix, room_len)?;
     assert!(prefix[..room_len].iter().all(|&b| is_ice_char(b)));
     assert_eq!(room_hash_of(&prefix[..room_len]), Some(hash));
