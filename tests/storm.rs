@@ -19,6 +19,8 @@
 //! about 15 s and keep both threads near busy; at 1,000 the threads fall so far behind
 //! that WHEP POSTs get 503 (no answer from the thread within 2 s). The release bench
 //! runs 2,000 in 10 s with both threads under a quarter busy.
+#[path = "support/storm.rs"]
+mod storm;
 mod support;
 #[path = "support/webrtc.rs"]
 mod webrtc;
