@@ -34,7 +34,10 @@ pub struct KernelSpec {
     pub release: &'static str,
 }
 
-/// Kernels known to boot this way (see DESIGN's kernel matrix).
+/// Kernels known to boot this way (see DESIGN's kernel matrix). Debian's mirror carries
+/// only the current ABI of a suite's kernel (bookworm: 6.1.0-47 and 6.1.0-50 when this was
+/// written); when the pinned one disappears, `apt-get download` fails and this list needs
+/// the new name.
 pub const KERNELS: &[KernelSpec] = &[
     KernelSpec {
         name: "5.10",
@@ -45,8 +48,8 @@ pub const KERNELS: &[KernelSpec] = &[
     KernelSpec {
         name: "6.1",
         suite: "bookworm",
-        package: "linux-image-6.1.0-57-amd64",
-        release: "6.1.0-57-amd64",
+        package: "linux-image-6.1.0-50-amd64",
+        release: "6.1.0-50-amd64",
     },
 ];
 
@@ -55,14 +58,18 @@ const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
 /// Modules the initramfs loads, in dependency order. A module may be built in (listed in
 /// `modules.builtin`), stored plain or compressed (`.ko.xz`).
+/// Since 5.13 virtio_pci needs its modern/legacy device modules; since 5.17 (as in 6.1)
+/// fscache needs netfs.
 const MODULES: &[&str] = &[
     "virtio",
     "virtio_ring",
+    "virtio_pci_modern_dev",
+    "virtio_pci_legacy_dev",
     "virtio_pci",
     "9pnet",
     "9pnet_virtio",
-    "fscache",
     "netfs",
+    "fscache",
     "9p",
     "overlay",
 ];
