@@ -34,13 +34,13 @@ const GATEWAY_SINK_SIDE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const SINK: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 const SPOOFED: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 0);
 /// The issue's flood rate, in a release build. An unoptimized build spends ~15 µs of a
-/// logic thread on each forged check (HMAC-SHA1 and the walk without optimization,
-/// measured in /work/notes/flood.md) against well under 1 µs in release, so the test
-/// build is flooded at what one of its threads absorbs with room to spare; a few seconds
+/// logic thread on each forged check (HMAC-SHA1 and the walk without optimization)
+/// against ~2.5 µs in release, so the test build is flooded at what one of its threads
+/// absorbs with room to spare on a busy 2-core machine (~15 % of a core); a few seconds
 /// per mode keep the test short. `ROOMGATE_FLOOD_RATE` overrides it (measurements with a
 /// release roomgate in `ROOMGATE_BIN`; tests never set either).
 const FLOOD_RATE: u64 = if cfg!(debug_assertions) {
-    20_000
+    10_000
 } else {
     100_000
 };
@@ -468,6 +468,13 @@ fn flood_test(steering: &str) {
     assert!(settled, "counters settled");
     // Kernel drop counters are published every 500 ms.
     std::thread::sleep(Duration::from_millis(700));
+    // A loaded machine may answer one of the mistyper's transmissions after it gave up
+    // waiting and sent the next: every answer it got is one roomgate sent it.
+    let mut late = Vec::new();
+    let mut buf = [0u8; 1500];
+    while let Ok((n, from)) = mistyper_socket.recv_from(&mut buf) {
+        late.push((from, decode_reply(&buf[..n], &mistyper.pwd)));
+    }
     let after = metrics();
     let after_status = status();
     let cpu_after = logic_cpu(gw.pid());
@@ -527,7 +534,7 @@ fn flood_test(steering: &str) {
          {handoff_failures}; media sent {sent_media}, roomgate received {rtp_in} forwarded \
          {forwarded} (send errors {send_errors}), subscriber received {got} (clients' \
          receive-buffer drops {client_drops}); logic thread CPU {cpu:?} (flooded thread \
-         {t}); mistyped check (transmissions, answer): {mistyped:?}",
+         {t}); mistyped check (transmissions, answer): {mistyped:?}, late answers {late:?}",
         flooded.datagrams, flooded.refused, flooded.elapsed
     );
     eprintln!("{report}");
@@ -536,7 +543,8 @@ fn flood_test(steering: &str) {
     // not to the sink.
     let (mistyper_sent, mistyper_answer) = mistyped;
     let mistyper_sent = u64::from(mistyper_sent);
-    let flood_answered = answered.saturating_sub(u64::from(mistyper_answer.is_some()));
+    let mistyper_answers = u64::from(mistyper_answer.is_some()) + late.len() as u64;
+    let flood_answered = answered.saturating_sub(mistyper_answers);
     // (a) At most a small bound answered, by roomgate's count and on the wire.
     let max_answered = SESSION_BURST + SESSION_PER_SECOND * (flooded.elapsed.as_secs() + 2);
     assert!(
@@ -567,7 +575,7 @@ fn flood_test(steering: &str) {
     assert!(loss < MAX_LOSS, "legitimate loss {loss:.5}: {report}");
     assert!(rtp_in <= sent_media, "{report}");
     // The mistyping client of another session got its 401, from the gateway.
-    match mistyper_answer {
+    match mistyper_answer.or(late.into_iter().next()) {
         Some((from, StunReply::Error { code: 401 })) => {
             assert_eq!(from, SocketAddr::from((GATEWAY, gw.udp.port())))
         }
