@@ -836,6 +836,38 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_limited_rejection_is_dropped_and_only_rejections_ask_the_limiter() {
+        let forged = request(Req {
+            mi_pwd: Some("wrongwrongwrongwrongwrong"),
+            ..Req::default()
+        });
+        let view = parse(&forged).unwrap();
+        let mut asked = Vec::new();
+        let a = answer_limited(&view, &creds(), v4(), |o| {
+            asked.push(o);
+            false
+        });
+        assert!(matches!(
+            a,
+            Answer::Drop {
+                outcome: StunOutcome::Unauthorized
+            }
+        ));
+        assert_eq!(asked, [StunOutcome::Unauthorized]);
+        // Allowed, it is the usual 401.
+        expect_reject(
+            answer_limited(&view, &creds(), v4(), |_| true),
+            401,
+            StunOutcome::Unauthorized,
+        );
+        // An authenticated check never asks.
+        let good = request(Req::default());
+        let view = parse(&good).unwrap();
+        let a = answer_limited(&view, &creds(), v4(), |_| panic!("asked for a success"));
+        assert!(matches!(a, Answer::Success { .. }));
+    }
+
+    #[test]
     fn wrong_pwd_is_401_without_mi() {
         let req = request(Req {
             mi_pwd: Some("wrongwrongwrongwrongwrong"),
