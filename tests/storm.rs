@@ -13,12 +13,13 @@
 //! which runs this test at 2,000 sessions in a release build.
 //!
 //! Why not 2,000 here: roomgate runs each logic thread's DTLS handshakes on that thread
-//! (media/dtls/tokio.rs, a current-thread runtime the logic loop drives). In the debug
-//! build `cargo xtask test` uses, a handshake costs a logic thread about 50 ms (2 ms in
-//! release) and the client's side as much again, on a 2-core machine: 500 joins take
-//! about 15 s and keep both threads near busy; at 1,000 the threads fall so far behind
-//! that WHEP POSTs get 503 (no answer from the thread within 2 s). The release bench
-//! runs 2,000 in 10 s with both threads under a quarter busy.
+//! (media/dtls/tokio.rs, a current-thread runtime the logic loop drives), and the debug
+//! build `cargo xtask test` uses is several times slower than release even with its
+//! crypto dependencies optimised. On the 2-core machine, 500 joins in 10 s keep the two
+//! threads about 40 % busy (~15 ms per handshake); 1,000 saturate them (joins finish 10 s
+//! late); at 2,000 the backlog outgrows the clients' 30 s handshake timeout and hundreds
+//! of joins fail. 500 completes with margin; the release bench runs 2,000 in 10 s with
+//! both threads under a third busy.
 #[path = "support/storm.rs"]
 mod storm;
 mod support;
