@@ -66,6 +66,10 @@ pub struct ThreadStats {
     pub handoff_failures: Counter,
     /// Datagrams this thread received from another thread.
     pub handoffs_received: SharedCounter,
+    /// Handoffs this thread withheld (dropped before copying) because a handoff budget
+    /// was spent, by [`REPLY_LIMIT_REASONS`] index: the claimed server ufrag's, the
+    /// thread's.
+    pub handoffs_limited: [Counter; REPLY_LIMIT_REASONS.len()],
     /// Datagrams that reached this thread although another thread provably owns them:
     /// a Binding Request for another thread's room in eBPF mode, or a datagram from a
     /// foreign source on a connected socket. Zero when steering works.

@@ -514,6 +514,32 @@ pub fn render(state: &ApiState) -> Result<String, prometheus::Error> {
     }
     collectors.push(Box::new(error_replies));
     collectors.push(Box::new(limited));
+    let handoffs_limited = counter(
+        "roomgate_handoffs_limited_total",
+        "Binding Requests for another thread's room not handed to it (connected mode), withheld by a handoff budget: the claimed server ufrag's (reason=session) or the logic thread's (reason=global).",
+        &["thread", "reason"],
+    )?;
+    let handoff_failures = counter(
+        "roomgate_handoff_failures_total",
+        "Handoffs shed because the owning thread's queue was full or it had stopped (connected mode).",
+        &["thread"],
+    )?;
+    for (i, h) in state.threads.iter().enumerate() {
+        let t = i.to_string();
+        for (reason, c) in crate::stats::REPLY_LIMIT_REASONS
+            .iter()
+            .zip(&h.stats.handoffs_limited)
+        {
+            handoffs_limited
+                .with_label_values(&[t.as_str(), reason])
+                .inc_by(c.get());
+        }
+        handoff_failures
+            .with_label_values(&[t.as_str()])
+            .inc_by(h.stats.handoff_failures.get());
+    }
+    collectors.push(Box::new(handoffs_limited));
+    collectors.push(Box::new(handoff_failures));
 
     let media: Vec<&MediaStats> = state.threads.iter().map(|h| &h.stats.media).collect();
     media_collectors(&media, &mut collectors)?;

@@ -69,12 +69,7 @@ impl ThreadCore {
             }
             Route::Foreign { owner } => {
                 match stun::foreign(self.mode, arrival) {
-                    Foreign::Handoff => self.actions.push_back(Action::Handoff {
-                        owner,
-                        datagram: data.to_vec(),
-                        from: from_raw,
-                        local_ip,
-                    }),
+                    Foreign::Handoff => self.hand_off(data, owner, from_raw, local_ip, now),
                     Foreign::Misdelivered => {
                         self.stats.misdelivered.inc();
                         trace!(thread = self.index, owner, %from, decision = "misdelivered");
@@ -158,6 +153,39 @@ impl ThreadCore {
                 }
             }
         }
+    }
+
+    /// Pass an unauthenticated check to the thread that owns its room, within the
+    /// handoff budgets of its claimed server ufrag and of this thread (see
+    /// `reply_limit`): decided before the datagram is copied, so what a flood naming one
+    /// session costs here is a walk and a bucket, and the owner's queue keeps room for
+    /// other sessions' first checks.
+    fn hand_off(
+        &mut self,
+        data: &[u8],
+        owner: usize,
+        from: SocketAddr,
+        local_ip: Option<IpAddr>,
+        now: Instant,
+    ) {
+        // `route` parsed it already and found a server ufrag; walked again here, on this
+        // path only, rather than carried out of `route`.
+        let view = ice::parse(data).ok();
+        let Some(ufrag) = view.as_ref().and_then(|v| v.server_ufrag()) else {
+            self.stats.stun(StunOutcome::Malformed).inc();
+            return;
+        };
+        if let Err(reason) = self.reply_limit.allow_handoff(ufrag, now) {
+            self.stats.handoffs_limited[reason as usize].inc();
+            trace!(thread = self.index, owner, %from, ?reason, decision = "handoff_limited");
+            return;
+        }
+        self.actions.push_back(Action::Handoff {
+            owner,
+            datagram: data.to_vec(),
+            from,
+            local_ip,
+        });
     }
 
     /// The shell's answer to an [`Action::Pin`].
