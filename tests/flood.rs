@@ -6,7 +6,11 @@
 //! - every flood datagram is accounted for: seen by a logic thread (and then answered or
 //!   limited) or dropped by the kernel, and the limited ones are exactly the rest;
 //! - the legitimate media loses less than 0.1 %;
-//! - a real client of another session that mistypes its password still gets its 401.
+//! - a real client of another session that mistypes its password gets its 401 to its
+//!   first transmission. In connected mode its check lands, as half the flood does, on a
+//!   thread that does not own the room and must be handed off: the flood's handoffs are
+//!   budgeted per claimed server ufrag, so they are bounded and counted, and the other
+//!   session's check still goes through.
 //!
 //! Three namespaces of the test's own: the gateway (198.51.100.1 towards the clients,
 //! 192.0.2.1 towards the sink), the clients and the flooder (198.51.100.2), and a sink that
@@ -44,9 +48,13 @@ const FLOOD_RATE: u64 = if cfg!(debug_assertions) {
 } else {
     100_000
 };
-/// Transmissions of the mistyping client's check, 300 ms apart until answered, as an
-/// ICE agent retransmits a check (RFC 8445 §14.3).
-const MISTYPER_TRIES: u32 = 3;
+/// How long the mistyping client waits for the answer to its one transmission: far past
+/// an ICE agent's first retransmission (RFC 8445 §14.3), which must not be needed, and
+/// generous for a loaded machine.
+const MISTYPER_WAIT: Duration = Duration::from_secs(2);
+/// Sockets tried, in connected mode, for one whose datagrams the kernel gives a thread
+/// that does not own the room: with 2 threads each has even odds.
+const PROBES: usize = 24;
 const FLOOD_FOR: Duration = Duration::from_secs(3);
 /// The legitimate stream: 400 video packets per second, before, during and after the
 /// flood, on a fixed schedule.
@@ -59,6 +67,9 @@ const MAX_LOSS: f64 = 0.001;
 /// follows the time it took.
 const SESSION_BURST: u64 = 8;
 const SESSION_PER_SECOND: u64 = 4;
+/// The claimed server ufrag's handoff budget (same file): a burst of 32, then 20 a second.
+const HANDOFF_BURST: u64 = 32;
+const HANDOFF_PER_SECOND: u64 = 20;
 /// The test clients' socket receive buffer: the whole stream fits, so what they lose is
 /// what roomgate did not send.
 const CLIENT_RECEIVE_BUFFER: usize = 8 << 20;
@@ -370,10 +381,6 @@ fn flood_test(steering: &str) {
     }
     // Another session in the room, whose client mistypes its password during the flood.
     let mistyper = in_netns(&topo.cli, || gw.create(&room));
-    let mistyper_socket = in_netns(&topo.cli, || UdpSocket::bind((CLIENTS, 0)).expect("bind"));
-    mistyper_socket
-        .set_read_timeout(Some(Duration::from_millis(300)))
-        .expect("timeout");
     let connected = eventually(WAIT, || {
         let (_, v) = in_netns(&topo.cli, || gw.get(&format!("/api/rooms/{room}")));
         [&publisher, &subscriber].iter().all(|p| {
@@ -387,6 +394,10 @@ fn flood_test(steering: &str) {
     });
     assert!(connected, "publisher and subscriber DTLS-connected");
     let thread = mistyper.thread;
+    let mistyper_socket = mistyper_socket(&topo, &gw, steering, &mistyper);
+    mistyper_socket
+        .set_read_timeout(Some(MISTYPER_WAIT))
+        .expect("timeout");
 
     let metrics = || {
         let (code, v) = in_netns(&topo.cli, || gw.get("/metrics"));
@@ -426,22 +437,22 @@ fn flood_test(steering: &str) {
             std::thread::sleep(MEDIA_MARGIN);
             in_netns(&topo.cli, || flood.run())
         });
-        // The mistyping client checks in the middle of the flood: (transmissions, the
-        // answer and where it came from).
+        // The mistyping client checks once, in the middle of the flood: the answer and
+        // where it came from, if one came within MISTYPER_WAIT.
         let mistype = s.spawn(|| {
             std::thread::sleep(MEDIA_MARGIN + flood_for / 2);
             let request = binding_request(&mistyper.ufrag, "mist", "not-the-password-at-all", true);
             let target = SocketAddr::from((GATEWAY, gw.udp.port()));
             let mut buf = [0u8; 1500];
-            for tries in 1..=MISTYPER_TRIES {
-                mistyper_socket
-                    .send_to(&request, target)
-                    .expect("send check");
-                if let Ok((n, from)) = mistyper_socket.recv_from(&mut buf) {
-                    return (tries, Some((from, decode_reply(&buf[..n], &mistyper.pwd))));
-                }
-            }
-            (MISTYPER_TRIES, None)
+            mistyper_socket
+                .send_to(&request, target)
+                .expect("send check");
+            let sent = Instant::now();
+            let answer = mistyper_socket
+                .recv_from(&mut buf)
+                .ok()
+                .map(|(n, from)| (from, decode_reply(&buf[..n], &mistyper.pwd)));
+            (answer, sent.elapsed())
         });
         let start = Instant::now();
         let total = (flood_for + 2 * MEDIA_MARGIN).as_micros() / MEDIA_EVERY.as_micros();
@@ -468,8 +479,11 @@ fn flood_test(steering: &str) {
     assert!(settled, "counters settled");
     // Kernel drop counters are published every 500 ms.
     std::thread::sleep(Duration::from_millis(700));
-    // A loaded machine may answer one of the mistyper's transmissions after it gave up
-    // waiting and sent the next: every answer it got is one roomgate sent it.
+    // An answer after MISTYPER_WAIT is one roomgate sent too (and counted): it counts
+    // for the accounting, and fails the test below.
+    mistyper_socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
     let mut late = Vec::new();
     let mut buf = [0u8; 1500];
     while let Ok((n, from)) = mistyper_socket.recv_from(&mut buf) {
@@ -497,8 +511,12 @@ fn flood_test(steering: &str) {
     );
     let socket_drops = d("roomgate_socket_receive_drops_total", &[]);
     let rcvbuf = topo.udp_rcvbuf_errors() - rcvbuf_before;
-    let handoff_failures = sum_threads(&after_status, "handoff_failures")
-        - sum_threads(&before_status, "handoff_failures");
+    let handoff_failures = d("roomgate_handoff_failures_total", &[]);
+    let handoffs = d("roomgate_handoffs_total", &[]);
+    let handoffs_received = sum_threads(&after_status, "handoffs_received")
+        - sum_threads(&before_status, "handoffs_received");
+    let handoffs_limited_session = d("roomgate_handoffs_limited_total", &[("reason", "session")]);
+    let handoffs_limited_global = d("roomgate_handoffs_limited_total", &[("reason", "global")]);
     let wire = topo.replies_on_the_wire() - wire_before;
     let media = |s: &Value, k: &str| -> u64 {
         s["threads"]
@@ -530,19 +548,20 @@ fn flood_test(steering: &str) {
     let report = format!(
         "{steering}: flood sent {} (refused {}) in {:?}; seen {seen}, answered {answered} \
          (on the wire {wire}), limited session {limited_session} global {limited_global}; \
-         socket drops {socket_drops}, UdpRcvbufErrors {rcvbuf}, handoff failures \
-         {handoff_failures}; media sent {sent_media}, roomgate received {rtp_in} forwarded \
+         socket drops {socket_drops}, UdpRcvbufErrors {rcvbuf}; handoffs {handoffs} \
+         (received {handoffs_received}), limited session {handoffs_limited_session} global \
+         {handoffs_limited_global}, failures {handoff_failures}; media sent {sent_media}, roomgate received {rtp_in} forwarded \
          {forwarded} (send errors {send_errors}), subscriber received {got} (clients' \
          receive-buffer drops {client_drops}); logic thread CPU {cpu:?} (flooded thread \
-         {t}); mistyped check (transmissions, answer): {mistyped:?}, late answers {late:?}",
+         {t}); mistyped check (answer, waited): {mistyped:?}, late answers {late:?}",
         flooded.datagrams, flooded.refused, flooded.elapsed
     );
     eprintln!("{report}");
 
     // The mistyping client's checks are among the unauthorized ones; its 401 went to it,
     // not to the sink.
-    let (mistyper_sent, mistyper_answer) = mistyped;
-    let mistyper_sent = u64::from(mistyper_sent);
+    let (mistyper_answer, _) = mistyped;
+    let mistyper_sent = 1;
     let mistyper_answers = u64::from(mistyper_answer.is_some()) + late.len() as u64;
     let flood_answered = answered.saturating_sub(mistyper_answers);
     // (a) At most a small bound answered, by roomgate's count and on the wire.
@@ -553,11 +572,13 @@ fn flood_test(steering: &str) {
     );
     assert_eq!(wire, flood_answered, "replies on the wire: {report}");
     // (b) Every flood datagram accounted for: seen by a logic thread, dropped by the
-    // kernel (the namespace's count agrees with roomgate's), or shed between threads
-    // (connected mode's handoff queue). The kernel's drops may also hold a few of the
-    // legitimate clients' datagrams: their media and their RTCP and consent checks.
+    // kernel (the namespace's count agrees with roomgate's), withheld by a handoff
+    // budget or shed between threads (connected mode). The kernel's drops may also hold
+    // a few of the legitimate clients' datagrams: their media and their RTCP and consent
+    // checks.
     assert_eq!(rcvbuf, socket_drops, "kernel drop counts agree: {report}");
-    let accounted = seen + rcvbuf + handoff_failures;
+    let accounted =
+        seen + rcvbuf + handoff_failures + handoffs_limited_session + handoffs_limited_global;
     let flood_and_mistyper = flooded.datagrams + mistyper_sent;
     let legit_slack = (sent_media - rtp_in.min(sent_media)) + 64;
     assert!(
@@ -569,16 +590,83 @@ fn flood_test(steering: &str) {
         seen - answered,
         "limited = seen - answered: {report}"
     );
+    // Handoffs: every one sent arrived; the flood, naming one ufrag, got that ufrag's
+    // budget (the mistyper's check is among them in connected mode) and never the
+    // thread's, and the queue never overflowed. eBPF mode steers by room: none at all.
+    assert_eq!(handoffs, handoffs_received, "handoffs arrived: {report}");
+    assert_eq!(
+        handoffs_limited_global, 0,
+        "thread budget untouched: {report}"
+    );
+    assert_eq!(handoff_failures, 0, "no handoff shed: {report}");
+    if steering == "connected" {
+        let max_handoffs =
+            HANDOFF_BURST + HANDOFF_PER_SECOND * (flooded.elapsed.as_secs() + 2) + mistyper_sent;
+        assert!(
+            (1..=max_handoffs).contains(&handoffs),
+            "handoffs within the ufrag budget {max_handoffs}: {report}"
+        );
+        assert!(
+            handoffs_limited_session > 0,
+            "the flood exceeded its handoff budget: {report}"
+        );
+    } else {
+        assert_eq!(handoffs + handoffs_limited_session, 0, "{report}");
+    }
     // (c) The legitimate stream kept its packets.
     let media_lost = sent_media - got.min(sent_media);
     let loss = media_lost as f64 / sent_media as f64;
     assert!(loss < MAX_LOSS, "legitimate loss {loss:.5}: {report}");
     assert!(rtp_in <= sent_media, "{report}");
-    // The mistyping client of another session got its 401, from the gateway.
-    match mistyper_answer.or(late.into_iter().next()) {
+    // The mistyping client of another session got its 401 to its first and only
+    // transmission, from the gateway.
+    match mistyper_answer {
         Some((from, StunReply::Error { code: 401 })) => {
             assert_eq!(from, SocketAddr::from((GATEWAY, gw.udp.port())))
         }
         other => panic!("the mistyping client got {other:?}: {report}"),
     }
+}
+
+/// The mistyping client's socket. In connected mode, one whose datagrams the kernel's
+/// reuseport hash gives a thread other than the room's owner, so that its check needs a
+/// handoff, as half the flood does. Each candidate sends a probe before the flood: a
+/// check naming a session of the same room that does not exist (every thread routes it
+/// by its room part; the owner drops it, silently). Whether a thread handed it to the
+/// owner shows in `handoffs_received`, which the owner counts before the probe's outcome.
+fn mistyper_socket(
+    topo: &Topology,
+    gw: &Gateway,
+    steering: &str,
+    mistyper: &Participant,
+) -> UdpSocket {
+    let bind = || in_netns(&topo.cli, || UdpSocket::bind((CLIENTS, 0)).expect("bind"));
+    if steering != "connected" {
+        return bind();
+    }
+    let cut = mistyper.ufrag.len() - 4;
+    let tail = if mistyper.ufrag.ends_with("zzzz") {
+        "yyyy"
+    } else {
+        "zzzz"
+    };
+    let stranger = format!("{}{tail}", &mistyper.ufrag[..cut]);
+    let probe = binding_request(&stranger, "probe", "no-such-session-password", false);
+    let target = SocketAddr::from((GATEWAY, gw.udp.port()));
+    let status = || in_netns(&topo.cli, || gw.status());
+    for _ in 0..PROBES {
+        let socket = bind();
+        let before = status();
+        socket.send_to(&probe, target).expect("send probe");
+        let mut after = before.clone();
+        let handled = eventually(WAIT, || {
+            after = status();
+            stun_counter(&after, "unknown_ufrag") > stun_counter(&before, "unknown_ufrag")
+        });
+        assert!(handled, "probe dropped as an unknown ufrag");
+        if sum_threads(&after, "handoffs_received") > sum_threads(&before, "handoffs_received") {
+            return socket;
+        }
+    }
+    panic!("none of {PROBES} sockets landed on a thread that does not own the room");
 }
