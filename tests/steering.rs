@@ -566,3 +566,70 @@ fn ebpf_mode_consent_expiry_unpins_the_flow() {
 fn connected_mode_consent_expiry_unpins_the_flow() {
     consent_expiry_unpins("connected");
 }
+
+/// Binding Requests naming no live session die in the kernel (`unknown_ufrag`), not in
+/// a logic thread: forged participant parts in a live room, then a deleted session's
+/// ufrag. Every count is exact, nothing reaches a thread, and the live session's checks
+/// still pass.
+#[test]
+fn ebpf_mode_drops_checks_naming_no_live_session_in_the_kernel() {
+    if !require_root() {
+        return;
+    }
+    const FORGED: u64 = 200;
+    let gw = Gateway::start("ebpf", 2);
+    assert_eq!(gw.mode, "ebpf", "{}", gw.stderr());
+    let live = gw.create("live-room");
+    let leaving = gw.create("live-room");
+    let client = Client::bind("127.0.0.1");
+    assert_eq!(
+        client.ice_check(gw.udp, &live),
+        StunReply::Success {
+            mapped: client.addr()
+        }
+    );
+    let room_part = &live.ufrag[..live.ufrag.len() - 8];
+    let before = gw.status();
+    let forger = Client::bind("127.0.0.2");
+    for i in 0..FORGED {
+        let ufrag = format!("{room_part}zz{i:06}");
+        forger.send(gw.udp, &binding_request(&ufrag, "evil", &live.pwd, true));
+    }
+    assert_eq!(
+        gw.delete(&format!(
+            "/api/rooms/live-room/participants/{}",
+            leaving.participant
+        ))
+        .0,
+        204
+    );
+    forger.send(
+        gw.udp,
+        &binding_request(&leaving.ufrag, "evil", &leaving.pwd, true),
+    );
+    let d = |s: &Value, name: &str| ebpf_counter(s, name) - ebpf_counter(&before, name);
+    assert!(
+        eventually(Duration::from_secs(5), || d(&gw.status(), "packets")
+            == FORGED + 1),
+        "{}",
+        gw.status()
+    );
+    let after = gw.status();
+    assert_eq!(d(&after, "unknown_ufrag"), FORGED + 1, "{after}");
+    assert_eq!(d(&after, "steered_by_room"), 0, "{after}");
+    assert_eq!(
+        sum_threads(&after, "rx_datagrams") - sum_threads(&before, "rx_datagrams"),
+        0,
+        "no thread woke: {after}"
+    );
+    // The live session is still reachable by its name.
+    assert_eq!(
+        client.ice_check(gw.udp, &live),
+        StunReply::Success {
+            mapped: client.addr()
+        }
+    );
+    let last = gw.status();
+    assert_eq!(d(&last, "unknown_ufrag"), FORGED + 1, "{last}");
+    assert!(d(&last, "steered_by_room") >= 1, "{last}");
+}

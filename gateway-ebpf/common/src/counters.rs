@@ -27,11 +27,14 @@ pub enum Counter {
     SelectError = 6,
     /// UDP datagram with no payload. Dropped.
     Empty = 7,
+    /// Well-formed Binding Request whose server ufrag names no live session (the
+    /// live-ufrag map, while userspace keeps it): dropped without waking a thread.
+    UnknownUfrag = 8,
 }
 
 impl Counter {
     /// Number of counters (size of the per-CPU array).
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
 
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Packets,
@@ -42,6 +45,7 @@ impl Counter {
         Counter::UnknownType,
         Counter::SelectError,
         Counter::Empty,
+        Counter::UnknownUfrag,
     ];
 
     /// Stable snake_case name used in `/api/status` and metrics.
@@ -55,6 +59,7 @@ impl Counter {
             Counter::UnknownType => "unknown_type",
             Counter::SelectError => "select_error",
             Counter::Empty => "empty",
+            Counter::UnknownUfrag => "unknown_ufrag",
         }
     }
 

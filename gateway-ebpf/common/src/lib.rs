@@ -16,6 +16,8 @@ pub mod ufrag;
 pub use counters::Counter;
 pub use ufrag::{room_hash, room_part_len, USERNAME_SCAN_LEN};
 
+use ufrag::MAX_SERVER_UFRAG_LEN;
+
 /// Name of the `BPF_MAP_TYPE_REUSEPORT_SOCKARRAY`: index = logic thread, value = its socket.
 pub const MAP_SOCKETS: &str = "SOCKETS";
 /// Name of the flow map: [`FlowKey`] (client address) -> logic thread index (`u32`).
@@ -24,18 +26,44 @@ pub const MAP_FLOWS: &str = "FLOWS";
 pub const MAP_COUNTERS: &str = "COUNTERS";
 /// Name of the config array, indexed by the `CONFIG_*` constants.
 pub const MAP_CONFIG: &str = "CONFIG";
+/// Name of the live-ufrag map: [`UfragKey`] of every name of a live session -> 1. Kept by
+/// the logic threads (session creation, ICE restart, release).
+pub const MAP_UFRAGS: &str = "UFRAGS";
 /// Name of the `sk_reuseport` program in the object file.
 pub const PROGRAM_NAME: &str = "roomgate_steer";
 
 /// Index in [`MAP_CONFIG`] holding the number of logic threads.
 pub const CONFIG_THREADS: u32 = 0;
+/// Index in [`MAP_CONFIG`]: 1 while [`MAP_UFRAGS`] holds every live server ufrag, so the
+/// program drops a Binding Request naming none ([`Counter::UnknownUfrag`]); 0 (before the
+/// gateway runs, or after the map refused an entry) hands it to the room's thread.
+pub const CONFIG_UFRAG_FILTER: u32 = 1;
 /// Number of entries in [`MAP_CONFIG`].
-pub const CONFIG_LEN: u32 = 1;
+pub const CONFIG_LEN: u32 = 2;
 
 /// Upper bound on logic threads (size of the socket array).
 pub const MAX_THREADS: u32 = 256;
 /// Capacity of the flow map. One entry per pinned client transport address.
 pub const FLOWS_CAPACITY: u32 = 262_144;
+
+/// Capacity of the live-ufrag map (a session has up to three names after ICE restarts).
+pub const UFRAGS_CAPACITY: u32 = 65_536;
+
+/// Key of the live-ufrag map: a server ufrag, zero-padded to the longest one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct UfragKey {
+    pub bytes: [u8; MAX_SERVER_UFRAG_LEN],
+}
+
+impl UfragKey {
+    /// `None` for a ufrag longer than any roomgate issues.
+    pub fn new(ufrag: &[u8]) -> Option<Self> {
+        let mut bytes = [0u8; MAX_SERVER_UFRAG_LEN];
+        bytes.get_mut(..ufrag.len())?.copy_from_slice(ufrag);
+        Some(Self { bytes })
+    }
+}
 
 /// Address family tags used in [`FlowKey::family`].
 pub const FAMILY_V4: u16 = 4;
@@ -84,6 +112,8 @@ impl FlowKey {
 mod user {
     // SAFETY: FlowKey is #[repr(C)], Copy, has no padding and every bit pattern is valid.
     unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: UfragKey is #[repr(C)], Copy, a plain byte array.
+    unsafe impl aya::Pod for super::UfragKey {}
 }
 
 /// RFC 7983 demultiplexing of the first byte of a UDP payload.

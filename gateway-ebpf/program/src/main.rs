@@ -38,9 +38,11 @@ mod program {
         EbpfContext,
     };
     use roomgate_common::{
-        classify, room_hash, room_part_len, stun, Counter, FlowKey, PacketClass, CONFIG_LEN,
-        CONFIG_THREADS, FAMILY_V4, FAMILY_V6, FLOWS_CAPACITY, MAP_CONFIG, MAP_COUNTERS, MAP_FLOWS,
-        MAP_SOCKETS, MAX_THREADS, PROGRAM_NAME, USERNAME_SCAN_LEN,
+        classify, room_hash, room_part_len, stun,
+        ufrag::{MAX_SERVER_UFRAG_LEN, PARTICIPANT_PART_LEN},
+        Counter, FlowKey, PacketClass, UfragKey, CONFIG_LEN, CONFIG_THREADS, CONFIG_UFRAG_FILTER,
+        FAMILY_V4, FAMILY_V6, FLOWS_CAPACITY, MAP_CONFIG, MAP_COUNTERS, MAP_FLOWS, MAP_SOCKETS,
+        MAP_UFRAGS, MAX_THREADS, PROGRAM_NAME, UFRAGS_CAPACITY, USERNAME_SCAN_LEN,
     };
 
     /// `#[map(name = ...)]` takes a literal; these checks keep the literals (and the
@@ -63,6 +65,7 @@ mod program {
     const _: () = assert!(same(MAP_FLOWS, "FLOWS"));
     const _: () = assert!(same(MAP_COUNTERS, "COUNTERS"));
     const _: () = assert!(same(MAP_CONFIG, "CONFIG"));
+    const _: () = assert!(same(MAP_UFRAGS, "UFRAGS"));
     const _: () = assert!(same(PROGRAM_NAME, "roomgate_steer"));
 
     #[map(name = "SOCKETS")]
@@ -75,12 +78,20 @@ mod program {
     static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
     /// One USERNAME window per CPU (see `copy_username`).
-    /// Per-CPU working memory of the Binding Request path (see `copy_username`, `opaque`).
-    #[repr(C)]
+    /// Per-CPU working memory of the Binding Request path (see `copy_username`, `opaque`,
+    /// `ufrag_is_live`).
+    #[repr(C, align(8))]
     struct Scratch {
         window: [u8; USERNAME_SCAN_LEN],
         opaque: u32,
+        key: UfragKey,
     }
+    const KEY_WORDS: usize = MAX_SERVER_UFRAG_LEN / 8;
+    const _: () = assert!(core::mem::offset_of!(Scratch, key) % 8 == 0);
+    const _: () = assert!(MAX_SERVER_UFRAG_LEN % 8 == 0 && USERNAME_SCAN_LEN >= 8 * KEY_WORDS);
+
+    #[map(name = "UFRAGS")]
+    static UFRAGS: HashMap<UfragKey, u32> = HashMap::with_max_entries(UFRAGS_CAPACITY, 0);
 
     #[map(name = "SCRATCH")]
     static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
@@ -233,7 +244,46 @@ mod program {
             Some(t) if *t > 0 => *t,
             _ => return decide(Counter::SelectError, SK_DROP),
         };
+        if CONFIG.get(CONFIG_UFRAG_FILTER) == Some(&1)
+            && !ufrag_is_live(scratch, room_len + PARTICIPANT_PART_LEN)
+        {
+            return decide(Counter::UnknownUfrag, SK_DROP);
+        }
         select(ctx, hash % threads, Counter::SteeredByRoom)
+    }
+
+    /// Whether the server ufrag (the first `len` bytes of the window, 9..=40) names a live
+    /// session. The key is the window read as little-endian 64-bit words with every byte
+    /// from `len` on masked to zero, which is the zero-padded ufrag userspace inserts.
+    #[inline(always)]
+    fn ufrag_is_live(scratch: *mut Scratch, len: usize) -> bool {
+        // SAFETY: `scratch` is this CPU's map value (see `copy_username`); the window
+        // starts it, so it is 8-aligned, and the key is 8-aligned (asserted above).
+        let (words, key) = unsafe {
+            (
+                core::ptr::addr_of!((*scratch).window).cast::<u64>(),
+                core::ptr::addr_of_mut!((*scratch).key).cast::<u64>(),
+            )
+        };
+        macro_rules! word {
+            ($($j:literal)*) => {$(
+                let kept = len.saturating_sub($j * 8);
+                let mask = if kept >= 8 {
+                    u64::MAX
+                } else {
+                    (1u64 << (kept * 8)) - 1
+                };
+                // SAFETY: word $j of the 44-byte window and of the 40-byte key.
+                unsafe {
+                    let w = core::ptr::read_volatile(words.add($j));
+                    core::ptr::write_volatile(key.add($j), u64::from_le(w) & mask);
+                }
+            )*};
+        }
+        const _: () = assert!(KEY_WORDS == 5);
+        word!(0 1 2 3 4);
+        // SAFETY: the key was just written in full; the value is not used.
+        unsafe { UFRAGS.get(&(*scratch).key).is_some() }
     }
 
     /// `v` stored to and read back from memory, which the verifier tracks as an unknown

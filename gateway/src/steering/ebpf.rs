@@ -11,7 +11,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use roomgate_common::{
-    Counter, FlowKey, CONFIG_THREADS, MAP_CONFIG, MAP_COUNTERS, MAP_FLOWS, MAP_SOCKETS,
+    Counter, FlowKey, CONFIG_THREADS, MAP_CONFIG, MAP_COUNTERS, MAP_FLOWS, MAP_SOCKETS, MAP_UFRAGS,
     PROGRAM_NAME,
 };
 
@@ -210,6 +210,22 @@ impl Loaded {
             phase: "detach",
             source,
         })
+    }
+
+    /// Own fds of the live-ufrag map and the config array (see `steering::live`).
+    pub fn live_ufrag_fds(
+        &self,
+    ) -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd), EbpfError> {
+        let fd = |name: &'static str| -> Result<std::os::fd::OwnedFd, EbpfError> {
+            let map = self.ebpf.map(name).ok_or(EbpfError::MissingMap(name))?;
+            any_map_data(map)
+                .ok_or(EbpfError::MissingMap(name))?
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(dup_failed)
+        };
+        Ok((fd(MAP_UFRAGS)?, fd(MAP_CONFIG)?))
     }
 
     /// A handle on the flow map for one logic thread (its own fd, no sharing).

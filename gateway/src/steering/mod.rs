@@ -1,5 +1,6 @@
 //! How datagrams reach the thread that owns their room: eBPF or connected fallback.
 pub mod ebpf;
+pub mod live;
 mod verifier;
 
 use std::{
@@ -90,11 +91,24 @@ pub fn activate(
             ebpf: None,
         }),
         Prepared::Ebpf(mut loaded) => match loaded.attach(sockets) {
-            Ok(()) => Ok(Steering {
-                mode: ActiveMode::Ebpf,
-                fallback_reason: None,
-                ebpf: Some(Mutex::new(*loaded)),
-            }),
+            Ok(()) => {
+                // Before any session exists: the logic threads start after activation.
+                match loaded.live_ufrag_fds() {
+                    Ok((ufrags, config)) => {
+                        if let Err(e) = live::install(ufrags, config) {
+                            tracing::warn!(error = %e, "cannot switch on the kernel's live-ufrag filter");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no live-ufrag map: the kernel will not drop checks for unknown sessions");
+                    }
+                }
+                Ok(Steering {
+                    mode: ActiveMode::Ebpf,
+                    fallback_reason: None,
+                    ebpf: Some(Mutex::new(*loaded)),
+                })
+            }
             Err(e) if config.steering == SteeringMode::Auto => Ok(Steering {
                 mode: ActiveMode::Connected,
                 fallback_reason: Some(fall_back(&e)),

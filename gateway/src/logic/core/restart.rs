@@ -76,10 +76,17 @@ impl ThreadCore {
             };
             let answer = sdpfrag::restart_answer(&credentials, &self.candidates);
             let etag = entity_tag(&credentials);
+            let names: Vec<String> = self
+                .table
+                .get(id)
+                .map_or(Vec::new(), |s| s.ice.names().map(str::to_owned).collect());
             if self
                 .table
                 .restart_ice(id, credentials, client.ufrag.clone())
             {
+                if let Some(s) = self.table.get(id) {
+                    crate::steering::live::replace(&names, s.ice.names());
+                }
                 debug!(thread = self.index, room = %room, participant, "ICE restart");
                 self.stats.ice_restarts.inc();
                 return Ok(Patched::Restarted { etag, answer });

@@ -72,6 +72,7 @@ impl ThreadCore {
         let Some(session) = self.table.remove(id) else {
             return;
         };
+        session.ice.names().for_each(crate::steering::live::remove);
         admission::release(&self.limits);
         if let Some(media) = &session.media {
             let gauge = match media.role {
@@ -191,6 +192,7 @@ impl ThreadCore {
                 media,
                 armed: None,
             });
+            crate::steering::live::insert(&ufrag);
             reservation.keep();
             self.arm_session(id);
             self.update_gauges();
