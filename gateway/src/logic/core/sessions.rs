@@ -192,6 +192,9 @@ impl ThreadCore {
                 media,
                 armed: None,
             });
+            // Synchronous, not an Action for the shell: the kernel must know the name
+            // before the answer below reaches the client, or its first check is dropped
+            // as naming no session.
             crate::steering::live::insert(&ufrag);
             reservation.keep();
             self.arm_session(id);
