@@ -475,6 +475,26 @@ pub fn render(state: &ApiState) -> Result<String, prometheus::Error> {
             .set(i64::from(capacity));
         collectors.push(Box::new(cap));
     }
+    if let Some(insns) = state.steering.verified_insns() {
+        let g = gauge(
+            "roomgate_ebpf_verified_insns",
+            "Instructions the kernel's verifier processed to accept the steering program (its budget is 1M).",
+            &[],
+        )?;
+        g.with_label_values(&[] as &[&str]).set(i64::from(insns));
+        collectors.push(Box::new(g));
+    }
+    if state.steering.flows_capacity().is_some() {
+        let refused = counter(
+            "roomgate_ufrag_filter_failures_total",
+            "Server ufrags the kernel's live-ufrag map refused; after the first, the kernel stops dropping Binding Requests for unknown sessions (they reach the threads again).",
+            &[],
+        )?;
+        refused
+            .with_label_values(&[] as &[&str])
+            .inc_by(crate::steering::live::failures());
+        collectors.push(Box::new(refused));
+    }
 
     let stun = counter(
         "roomgate_stun_requests_total",
