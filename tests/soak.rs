@@ -257,6 +257,7 @@ fn soak(mode: &str) {
     let report = format!(
         "{tag}: {secs} s ({} s churn), {} cycles, {connected} sessions: {} deleted, {} closed, {vanished} vanished; \
          RTP sent {} received {} before-keys {} forwarded {} viewer-decrypted {}; malformed sent tag {} type {} rtcp {}; \
+         gateway counted srtp auth {} unknown_type {} rtcp_malformed {} no_session {}; \
          receive drops {drops} (group {}, connected {}); fds {fds0} -> {}; RSS {rss0} -> {} KiB (peak {} KiB)",
         churned.as_secs(),
         g(&t.cycles),
@@ -270,6 +271,10 @@ fn soak(mode: &str) {
         g(&t.bad_tag_sent),
         g(&t.unknown_type_sent),
         g(&t.bad_rtcp_sent),
+        d.get("media.srtp_unprotect_failures.auth"),
+        d.get("unknown_type") + d.ebpf("unknown_type"),
+        d.get("media.rtcp_malformed"),
+        d.get("no_session"),
         d.get("socket_receive_drops.group"),
         d.get("socket_receive_drops.connected"),
         process::open_fds(pid),

@@ -1,7 +1,8 @@
 //! Churn: WHIP publishers and WHEP viewers that join, exchange media and leave, over and
 //! over, from several threads at once. Every cycle is one room: a publisher, two viewers
 //! of it, 25 Opus packets (20 ms apart, as a real sender paces them), then a way of
-//! leaving. Every third cycle also sends malformed traffic from the connected peers.
+//! leaving. Every third cycle also sends malformed traffic from the connected peers,
+//! after the first media packet.
 //!
 //! Everything the clients did is tallied ([`Tally`]) so the test can reconcile it
 //! against the gateway's counters: nothing here retries or hides a failure; a connect
@@ -163,17 +164,21 @@ pub fn cycle(base: &str, room: &str, leave: Leave, malformed: bool, t: &Tally) {
         .filter_map(|_| join(base, &format!("/whep/{room}"), PeerConfig::subscriber(), t))
         .collect();
     let mut audio = Stream::for_peer(&publisher, Kind::Audio);
-    for _ in 0..PACKETS {
+    for i in 0..PACKETS {
         publisher.send_rtp(&audio.next(160, 1));
         t.rtp_sent.fetch_add(1, Relaxed);
+        // Malformed traffic goes out early, never just before leaving: UDP and the HTTP
+        // DELETE are not ordered, and a session deleted first would see none of it. The
+        // publisher's later media queues behind its own malformed datagrams, so a viewer
+        // that receives that media proves they were handled.
+        if malformed && i == 0 {
+            send_malformed(&publisher, &mut audio, &viewers, t);
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     for v in &viewers {
         // Wait for what was forwarded; a shortfall shows up in the reconciliation.
         let _ = v.recv_rtp_n(PACKETS as usize, Duration::from_secs(2));
-    }
-    if malformed {
-        send_malformed(&publisher, &mut audio, &viewers, t);
     }
     match leave {
         Leave::Delete => {
