@@ -240,6 +240,9 @@ async fn status(State(state): State<Arc<ApiState>>) -> Json<Value> {
                 "handoffs": s.handoffs.get(),
                 "handoffs_received": s.handoffs_received.get(),
                 "handoff_failures": s.handoff_failures.get(),
+                "handoffs_limited": limited(&s.handoffs_limited),
+                "stun_error_replies": s.stun_error_replies.get(),
+                "stun_replies_limited": limited(&s.stun_replies_limited),
                 "misdelivered": s.misdelivered.get(),
                 "no_session": s.no_session.get(),
                 "empty": s.empty.get(),
@@ -291,6 +294,16 @@ async fn status(State(state): State<Arc<ApiState>>) -> Json<Value> {
 }
 
 /// A thread's DTLS/SRTP/forwarding counters for `/api/status`.
+/// A rate limit's withheld counts keyed by the budget that ran out.
+fn limited(counts: &[crate::stats::Counter; crate::stats::REPLY_LIMIT_REASONS.len()]) -> Value {
+    crate::stats::REPLY_LIMIT_REASONS
+        .iter()
+        .zip(counts)
+        .map(|(reason, c)| ((*reason).to_owned(), json!(c.get())))
+        .collect::<serde_json::Map<String, Value>>()
+        .into()
+}
+
 fn media_status(m: &crate::stats::MediaStats) -> Value {
     use crate::media::UnprotectFailure;
     let by_reason = |counters: &[crate::stats::Counter; UnprotectFailure::ALL.len()]| {
