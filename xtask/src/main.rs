@@ -166,7 +166,8 @@ fn test(args: &[String]) -> Result<()> {
     cmd.current_dir(&root)
         .env("ROOMGATE_EBPF_OBJECT", &object)
         .env("ROOMGATE_EBPF_REJECTED_OBJECT", &rejected)
-        .args(["test", "--workspace"]);
+        // Every test binary runs even after one fails: one CI run shows every failure.
+        .args(["test", "--workspace", "--no-fail-fast"]);
     if !filter.is_empty() {
         cmd.arg("--").args(&filter);
     }
@@ -191,14 +192,17 @@ fn test(args: &[String]) -> Result<()> {
     }
     let status = child.wait().context("waiting for cargo test")?;
     println!("xtask: {passed} passed, {failed} failed");
+    // Filtered runs are for developers iterating on one test; the matrix runs in full runs,
+    // also after a failure above, so that one run reports both.
+    let matrix = if filter.is_empty() {
+        kernels::test_matrix(&object)
+    } else {
+        Ok(())
+    };
     if !status.success() {
         bail!("tests failed ({status})");
     }
-    // Filtered runs are for developers iterating on one test; the matrix runs in full runs.
-    if filter.is_empty() {
-        kernels::test_matrix(&object)?;
-    }
-    Ok(())
+    matrix
 }
 
 /// The number before `word` in "ok. 37 passed; 0 failed; 0 ignored; ...".
