@@ -77,7 +77,6 @@ mod program {
     #[map(name = "COUNTERS")]
     static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
-    /// One USERNAME window per CPU (see `copy_username`).
     /// Per-CPU working memory of the Binding Request path (see `copy_username`, `opaque`,
     /// `ufrag_is_live`).
     #[repr(C, align(8))]
@@ -309,8 +308,10 @@ mod program {
     /// The window lives in a per-CPU map, not on the stack: scanned byte by byte at
     /// constant offsets (see `ufrag::unrolled`), a stack array would be split by LLVM
     /// into one spilled register per byte and overflow the 512-byte BPF stack, and a
-    /// map value is never shared with another program run (sk_reuseport runs with
-    /// preemption off, so nothing else runs on this CPU meanwhile).
+    /// map value is never shared with another program run: sk_reuseport runs in the
+    /// softirq receive path with preemption off, so nothing else uses this CPU's scratch
+    /// meanwhile. (PREEMPT_RT kernels only disable migration there; two runs on one CPU
+    /// could then interleave. Debian's and RHEL's stock kernels are not RT.)
     ///
     /// Every chunk is loaded unconditionally, with no break on the value length: a failed
     /// `bpf_skb_load_bytes` zero-fills its buffer, so the verifier sees one buffer state

@@ -1,9 +1,11 @@
 //! STUN Binding handling for an ICE-lite server (RFC 8489, RFC 8445 §7.3).
 //!
 //! Two steps, so the logic thread can route before it authenticates:
-//! 1. [`parse`] checks the framing itself (bounded walk, exact lengths) and then decodes
-//!    with stun-rs *without* a key, so it never fails because of integrity: that lets the
-//!    caller read the USERNAME to find the session first.
+//! 1. [`parse`] checks the framing itself (bounded walk, exact lengths) and reads what
+//!    routing needs (type, transaction ID, USERNAME, USE-CANDIDATE, where MESSAGE-INTEGRITY
+//!    and FINGERPRINT sit) in place. It never runs stun-rs: a forged check must cost no more
+//!    than this walk, one lookup and one HMAC. stun-rs decodes only authenticated requests
+//!    (for the 420 list of unknown comprehension-required attributes).
 //! 2. [`answer`] verifies FINGERPRINT and MESSAGE-INTEGRITY explicitly against the bytes as
 //!    received, so each failure maps to its own RFC outcome (drop, 400, 401, 420) instead of
 //!    collapsing into a single decode error.
@@ -253,7 +255,8 @@ fn walk(datagram: &[u8]) -> Result<Walk<'_>, StunError> {
         match attr_type {
             ATTR_USERNAME if !sealed && username.is_none() => username = Some(value),
             ATTR_USE_CANDIDATE if !sealed => use_candidate = true,
-            ATTR_MESSAGE_INTEGRITY => {
+            // RFC 8489 §14.6: a MESSAGE-INTEGRITY after MESSAGE-INTEGRITY-SHA256 is ignored.
+            ATTR_MESSAGE_INTEGRITY if !sealed => {
                 exact(MESSAGE_INTEGRITY_LEN)?;
                 integrity_at.get_or_insert(offset);
                 sealed = true;
@@ -443,7 +446,7 @@ pub fn answer_limited(
     from: SocketAddr,
     mut may_reject: impl FnMut(StunOutcome) -> bool,
 ) -> Answer {
-    let mut reject = |code: u16, reason: &str, outcome: StunOutcome| {
+    let mut limited_reject = |code: u16, reason: &str, outcome: StunOutcome| {
         if may_reject(outcome) {
             reject(view, code, reason, outcome)
         } else {
@@ -461,25 +464,25 @@ pub fn answer_limited(
         };
     }
     if view.username.is_none() {
-        return reject(
+        return limited_reject(
             400,
             "Bad Request: USERNAME missing",
             StunOutcome::BadRequest,
         );
     }
     if view.integrity_at.is_none() {
-        return reject(
+        return limited_reject(
             400,
             "Bad Request: MESSAGE-INTEGRITY missing",
             StunOutcome::BadRequest,
         );
     }
     if view.server_ufrag() != Some(local.ufrag.as_str()) {
-        return reject(401, "Unauthenticated", StunOutcome::Unauthorized);
+        return limited_reject(401, "Unauthenticated", StunOutcome::Unauthorized);
     }
     if !view.integrity_ok(&local.pwd) {
         // RFC 8489 §9.1.3: no MESSAGE-INTEGRITY on this error, we could not authenticate.
-        return reject(401, "Unauthenticated", StunOutcome::Unauthorized);
+        return limited_reject(401, "Unauthenticated", StunOutcome::Unauthorized);
     }
     // Authenticated: only now the PRECIS-prepared key for the response's own integrity.
     let key = match HMACKey::new_short_term(&local.pwd) {
@@ -488,7 +491,7 @@ pub fn answer_limited(
             // Our own pwd is ice-chars, so this means a bug upstream; we cannot
             // sign anything with it.
             tracing::warn!(error = %e, "session pwd rejected as HMAC key");
-            return reject(401, "Unauthenticated", StunOutcome::Unauthorized);
+            return limited_reject(401, "Unauthenticated", StunOutcome::Unauthorized);
         }
     };
 

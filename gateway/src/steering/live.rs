@@ -1,8 +1,8 @@
 //! The kernel's copy of the live server ufrags, so the program drops a Binding Request
 //! that names no session without waking a logic thread (no wake-up per forged packet).
 //!
-//! Each logic thread mirrors its own session table's names (see `Table::insert`,
-//! `restart_ice` and `remove`) through [`insert`] / [`replace`] / [`remove`], called where
+//! Each logic thread mirrors its own session table's names (where `ThreadCore` inserts,
+//! restarts and removes sessions: `logic/core/sessions.rs`, `logic/core/restart.rs`) through [`insert`] / [`replace`] / [`remove`], called where
 //! the table changes. The map handle is process-wide, set once when eBPF steering is
 //! attached; map updates are single syscalls, safe from any thread, so no thread needs a
 //! handle of its own. Without eBPF steering (connected mode, unit tests of the logic
@@ -32,8 +32,18 @@ static FILTER_OFF: AtomicBool = AtomicBool::new(false);
 static FAILURES: AtomicU64 = AtomicU64::new(0);
 
 /// Start mirroring into `ufrags` and switch the program's filter on (through `config`).
+/// Once per process: a second program would otherwise keep its filter off and its map
+/// empty while the names went to the first one's map.
 pub(super) fn install(ufrags: OwnedFd, config: OwnedFd) -> std::io::Result<()> {
-    let live = LIVE.get_or_init(|| LiveUfrags { ufrags, config });
+    if LIVE.set(LiveUfrags { ufrags, config }).is_err() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "the live-ufrag map is already installed in this process",
+        ));
+    }
+    let Some(live) = LIVE.get() else {
+        return Ok(());
+    };
     update(
         &live.config,
         &CONFIG_UFRAG_FILTER.to_ne_bytes(),
@@ -44,7 +54,7 @@ pub(super) fn install(ufrags: OwnedFd, config: OwnedFd) -> std::io::Result<()> {
 /// A new name of a live session.
 pub fn insert(ufrag: &str) {
     let Some(live) = LIVE.get() else { return };
-    if FILTER_OFF.load(Ordering::Relaxed) {
+    if FILTER_OFF.load(Ordering::Acquire) {
         return;
     }
     let refused = match UfragKey::new(ufrag.as_bytes()) {
@@ -53,12 +63,16 @@ pub fn insert(ufrag: &str) {
     };
     if let Some(e) = refused {
         FAILURES.fetch_add(1, Ordering::Relaxed);
-        if !FILTER_OFF.swap(true, Ordering::Relaxed) {
-            let off = update(
-                &live.config,
-                &CONFIG_UFRAG_FILTER.to_ne_bytes(),
-                &0u32.to_ne_bytes(),
-            );
+        // The kernel's filter goes off before the names stop being mirrored: while it is on,
+        // a missing name makes its session unreachable. If switching it off fails, keep
+        // inserting (and try again on the next refusal) rather than strand new sessions.
+        let off = update(
+            &live.config,
+            &CONFIG_UFRAG_FILTER.to_ne_bytes(),
+            &0u32.to_ne_bytes(),
+        );
+        let was_off = off.is_ok() && FILTER_OFF.swap(true, Ordering::AcqRel);
+        if !was_off {
             tracing::warn!(error = %e, switched_off = off.is_ok(), "the live-ufrag map refused a name: the kernel no longer drops Binding Requests for unknown sessions");
         }
     }
