@@ -29,7 +29,7 @@ use std::{
 };
 
 use serde_json::Value;
-use support::{eventually, netns::in_netns, require_root, StunReply, *};
+use support::{eventually, netns, netns::in_netns, require_root, StunReply, *};
 use webrtc::{publish, subscribe, Kind, Peer, PeerConfig, Stream};
 
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
@@ -238,17 +238,7 @@ impl Topology {
 
     /// The gateway namespace's UDP receive-buffer drops, as the kernel counts them.
     fn udp_rcvbuf_errors(&self) -> u64 {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.gw, "nstat", "-asz"])
-            .args(["UdpRcvbufErrors", "Udp6RcvbufErrors"])
-            .output()
-            .expect("run nstat");
-        assert!(out.status.success(), "nstat failed");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.starts_with("Udp"))
-            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .sum()
+        netns::udp_rcvbuf_errors(&self.gw)
     }
 }
 
@@ -282,22 +272,7 @@ fn a_flood_of_forged_checks_is_mostly_unanswered_and_costs_media_nothing_connect
 /// The clients' namespace's UDP receive-buffer drops: datagrams that reached the test's
 /// clients but that their sockets had no room for.
 fn client_rcvbuf(topo: &Topology) -> u64 {
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &topo.cli,
-            "nstat",
-            "-asz",
-            "UdpRcvbufErrors",
-        ])
-        .output()
-        .expect("run nstat");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.starts_with("Udp"))
-        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .sum()
+    netns::udp_rcvbuf_errors(&topo.cli)
 }
 
 /// The sum of `name`'s samples whose labels include every one of `labels`.
@@ -518,14 +493,7 @@ fn flood_test(steering: &str) {
     let handoffs_limited_session = d("roomgate_handoffs_limited_total", &[("reason", "session")]);
     let handoffs_limited_global = d("roomgate_handoffs_limited_total", &[("reason", "global")]);
     let wire = topo.replies_on_the_wire() - wire_before;
-    let media = |s: &Value, k: &str| -> u64 {
-        s["threads"]
-            .as_array()
-            .expect("threads")
-            .iter()
-            .map(|t| t["media"][k].as_u64().unwrap_or(0))
-            .sum()
-    };
+    let media = |s: &Value, k: &str| -> u64 { status_total(s, &format!("media.{k}")) };
     let rtp_in = media(&after_status, "rtp_received") - media(&before_status, "rtp_received");
     let forwarded = media(&after_status, "rtp_forwarded") - media(&before_status, "rtp_forwarded");
     let send_errors = |s: &Value| -> u64 {

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use churn::{Leave, Tally, ALL_LEAVES};
 use serde_json::Value;
-use support::{eventually, Gateway};
+use support::{eventually, status_total, Gateway};
 
 const THREADS: usize = 2;
 const WORKERS: usize = 4;
@@ -55,21 +55,6 @@ fn run_secs() -> u64 {
         .unwrap_or(60)
 }
 
-/// Sum over threads of a field of `/api/status` (`a.b` for nested objects).
-fn total(status: &Value, path: &str) -> u64 {
-    status["threads"]
-        .as_array()
-        .expect("threads in /api/status")
-        .iter()
-        .map(|t| {
-            path.split('.')
-                .fold(t, |v, k| &v[k])
-                .as_u64()
-                .unwrap_or_else(|| panic!("threads[].{path} in /api/status"))
-        })
-        .sum()
-}
-
 struct Delta<'a> {
     before: &'a Value,
     after: &'a Value,
@@ -77,7 +62,7 @@ struct Delta<'a> {
 
 impl Delta<'_> {
     fn get(&self, path: &str) -> u64 {
-        total(self.after, path) - total(self.before, path)
+        status_total(self.after, path) - status_total(self.before, path)
     }
     fn ebpf(&self, key: &str) -> u64 {
         let v = |s: &Value| s["ebpf"][key].as_u64().unwrap_or(0);
@@ -89,9 +74,9 @@ impl Delta<'_> {
 fn held(gw: &Gateway) -> (u64, u64, u64) {
     let s = gw.status();
     (
-        total(&s, "sessions"),
-        total(&s, "rooms"),
-        total(&s, "connected_sockets"),
+        status_total(&s, "sessions"),
+        status_total(&s, "rooms"),
+        status_total(&s, "connected_sockets"),
     )
 }
 
@@ -334,11 +319,11 @@ fn soak(mode: &str) {
     );
     assert_eq!(d.get("datagram_panics"), 0, "{report}");
     // Nothing held: sessions, rooms, media gauges, pins, connected sockets, kernel flows.
-    assert_eq!(total(&after, "sessions"), 0, "{report}");
-    assert_eq!(total(&after, "rooms"), 0, "{report}");
-    assert_eq!(total(&after, "media.publishers"), 0, "{report}");
-    assert_eq!(total(&after, "media.subscribers"), 0, "{report}");
-    assert_eq!(total(&after, "connected_sockets"), 0, "{report}");
+    assert_eq!(status_total(&after, "sessions"), 0, "{report}");
+    assert_eq!(status_total(&after, "rooms"), 0, "{report}");
+    assert_eq!(status_total(&after, "media.publishers"), 0, "{report}");
+    assert_eq!(status_total(&after, "media.subscribers"), 0, "{report}");
+    assert_eq!(status_total(&after, "connected_sockets"), 0, "{report}");
     assert_eq!(
         gw.metric_sum("roomgate_flows_pinned"),
         Some(0.0),

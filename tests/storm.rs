@@ -32,7 +32,7 @@ use std::{
 };
 
 use storm::{quantile, Probe, Publishers, Storm};
-use support::Gateway;
+use support::{status_total, Gateway};
 use webrtc::{publish, PeerConfig};
 
 const THREADS: usize = 2;
@@ -55,15 +55,6 @@ fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
 
 fn ms(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1e3)
-}
-
-fn total(status: &serde_json::Value, path: &str) -> u64 {
-    status["threads"]
-        .as_array()
-        .expect("threads in /api/status")
-        .iter()
-        .map(|t| path.split('.').fold(t, |v, k| &v[k]).as_u64().unwrap_or(0))
-        .sum()
 }
 
 /// A publisher in a room of each logic thread, each with its probe viewer.
@@ -216,13 +207,13 @@ fn join_storm() {
     );
     let after = gw.status();
     let created = (sessions + room_count + 2 * probes.len()) as u64;
-    assert_eq!(total(&after, "sessions"), created, "{tag}");
+    assert_eq!(status_total(&after, "sessions"), created, "{tag}");
     assert_eq!(
-        total(&after, "media.subscribers"),
+        status_total(&after, "media.subscribers"),
         (sessions + probes.len()) as u64,
         "{tag}"
     );
-    let d = |k: &str| total(&after, k) - total(&before, k);
+    let d = |k: &str| status_total(&after, k) - status_total(&before, k);
     assert_eq!(d("media.dtls_completed"), sessions as u64, "{tag}");
     assert_eq!(d("media.dtls_started"), sessions as u64, "{tag}");
     assert_eq!(d("media.dtls_failed"), 0, "{tag}");

@@ -546,6 +546,22 @@ pub fn sum_threads(status: &Value, key: &str) -> u64 {
         .sum()
 }
 
+/// Sum over threads of a field of `/api/status` (`a.b` for nested objects). A missing
+/// field panics, so a renamed counter fails the test instead of reading as zero.
+pub fn status_total(status: &Value, path: &str) -> u64 {
+    status["threads"]
+        .as_array()
+        .expect("threads in /api/status")
+        .iter()
+        .map(|t| {
+            path.split('.')
+                .fold(t, |v, k| &v[k])
+                .as_u64()
+                .unwrap_or_else(|| panic!("threads[].{path} in /api/status"))
+        })
+        .sum()
+}
+
 pub fn stun_counter(status: &Value, outcome: &str) -> u64 {
     status["threads"]
         .as_array()

@@ -35,18 +35,23 @@ impl TestNetns {
 
     /// The namespace's UDP receive-buffer drops (IPv4 + IPv6), as the kernel counts them.
     pub fn udp_rcvbuf_errors(&self) -> u64 {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name, "nstat", "-asz"])
-            .args(["UdpRcvbufErrors", "Udp6RcvbufErrors"])
-            .output()
-            .expect("run nstat");
-        assert!(out.status.success(), "nstat failed");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.starts_with("Udp"))
-            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .sum()
+        udp_rcvbuf_errors(&self.name)
     }
+}
+
+/// Namespace `ns`'s UDP receive-buffer drops (IPv4 + IPv6), as the kernel counts them.
+pub fn udp_rcvbuf_errors(ns: &str) -> u64 {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "nstat", "-asz"])
+        .args(["UdpRcvbufErrors", "Udp6RcvbufErrors"])
+        .output()
+        .expect("run nstat");
+    assert!(out.status.success(), "nstat failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("Udp"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
 }
 
 impl Drop for TestNetns {

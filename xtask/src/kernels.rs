@@ -22,7 +22,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::{
     build::{display, workspace_root},
-    qemu::{run_in_kernel, KernelSpec, KERNELS},
+    qemu::{run_in_kernel, sh_quote, KernelSpec, KERNELS},
 };
 
 /// Test-name filters of tests/steering.rs that run in eBPF mode.
@@ -149,10 +149,6 @@ fn json_string(line: &str, key: &str) -> Option<String> {
     let start = line.find(&format!("\"{key}\":\""))? + key.len() + 4;
     let rest = &line[start..];
     Some(rest[..rest.find('"')?].to_owned())
-}
-
-fn sh_quote(arg: &str) -> String {
-    format!("'{}'", arg.replace('\'', r"'\''"))
 }
 
 /// The script the guest (or the host) runs. Each part ends with a marker line holding its

@@ -272,7 +272,7 @@ pub fn fetch_kernel(kernel: &KernelSpec) -> Result<PathBuf> {
 }
 
 /// Quote one argument for the guest's /bin/sh.
-fn sh_quote(arg: &str) -> String {
+pub(crate) fn sh_quote(arg: &str) -> String {
     format!("'{}'", arg.replace('\'', r"'\''"))
 }
 
