@@ -121,16 +121,13 @@ impl Topology {
         }
         // The spoofed sources arrive on the clients' link but are routed to the sink:
         // reverse-path filtering would drop them before roomgate saw them.
+        let gw = t.gw.clone();
+        let no_rp_filter = move |key: &str| {
+            let setting = format!("net.ipv4.conf.{key}.rp_filter=0");
+            run(&["ip", "netns", "exec", &gw, "sysctl", "-qw", &setting]);
+        };
         for key in ["all", "default"] {
-            run(&[
-                "ip",
-                "netns",
-                "exec",
-                &t.gw,
-                "sysctl",
-                "-qw",
-                &format!("net.ipv4.conf.{key}.rp_filter=0"),
-            ]);
+            no_rp_filter(key);
         }
         let link = |gw_dev: &str, peer_ns: &str, peer_dev: &str, gw_ip: Ipv4Addr, ip: Ipv4Addr| {
             run(&[
@@ -159,15 +156,7 @@ impl Topology {
             ]);
             run(&["ip", "-n", &t.gw, "link", "set", gw_dev, "up"]);
             run(&["ip", "-n", peer_ns, "link", "set", peer_dev, "up"]);
-            run(&[
-                "ip",
-                "netns",
-                "exec",
-                &t.gw,
-                "sysctl",
-                "-qw",
-                &format!("net.ipv4.conf.{gw_dev}.rp_filter=0"),
-            ]);
+            no_rp_filter(gw_dev);
         };
         link(
             &format!("{base}g"),
