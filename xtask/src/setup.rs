@@ -5,7 +5,8 @@
 //! 1. the `rust-src` component (for `-Z build-std=core`);
 //! 2. LLVM 22 development files (`llvm-22-dev`, what bpf-linker links against);
 //! 3. `bpf-linker`, built against that LLVM;
-//! 4. runtime test tools: `ip` (iproute2), when root.
+//! 4. runtime test tools, when root: `ip` (iproute2), and `redis-server` plus `redis-cli`
+//!    (redis-server, redis-tools) for the cluster tests' room directory.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -151,7 +152,13 @@ fn bpf_linker() -> Result<()> {
 /// Tools the privileged tests use. Not needed to build, so a non-root run only says
 /// how to get them.
 fn test_tools() -> Result<()> {
-    let tools = [("ip", "iproute2")];
+    // The cluster tests and `bench cluster` start a real Redis per test and read it with
+    // redis-cli (INFO commandstats, key owners).
+    let tools = [
+        ("ip", "iproute2"),
+        ("redis-server", "redis-server"),
+        ("redis-cli", "redis-tools"),
+    ];
     let root = is_root();
     let mut wanted = Vec::new();
     for (bin, package) in tools {
