@@ -34,6 +34,8 @@ pub enum StartError {
     Runtime(std::io::Error),
     #[error(transparent)]
     Identity(#[from] crate::media::identity::IdentityError),
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 pub fn run(config: Config) -> Result<(), StartError> {
@@ -123,6 +125,14 @@ async fn run_async(config: Config) -> Result<(), StartError> {
         });
     }
     let (handles, joins) = logic::spawn_all(setups).map_err(StartError::Threads)?;
+    let cluster = match config.cluster.clone() {
+        Some(c) => {
+            let cluster = crate::cluster::Cluster::new(c, handles.clone(), config.max_sessions)?;
+            cluster.start().await;
+            Some(cluster)
+        }
+        None => None,
+    };
 
     let state = Arc::new(ApiState {
         threads: handles.clone(),
@@ -132,6 +142,7 @@ async fn run_async(config: Config) -> Result<(), StartError> {
         udp_addr: local_addr.to_string(),
         auth_token: config.auth_token.clone(),
         buffers,
+        cluster: cluster.clone(),
     });
     let metrics_addr = match metrics_listener {
         Some(listener) => {
@@ -158,18 +169,26 @@ async fn run_async(config: Config) -> Result<(), StartError> {
     let metrics = metrics_addr
         .map(|a| format!(" metrics={a}"))
         .unwrap_or_default();
+    let node = cluster
+        .as_ref()
+        .map(|c| format!(" cluster={}", c.node_id()))
+        .unwrap_or_default();
     println!(
-        "roomgate ready udp={local_addr} http={http_addr} mode={} threads={}{metrics}",
+        "roomgate ready udp={local_addr} http={http_addr} mode={} threads={}{metrics}{node}",
         steering.mode.as_str(),
         config.threads
     );
 
-    let server = axum::serve(http, control::router(state)).with_graceful_shutdown(shutdown.wait());
+    let server = axum::serve(http, control::router(state))
+        .with_graceful_shutdown(shutdown.wait(cluster.clone()));
     if let Err(e) = server.await {
         warn!(error = %e, "HTTP server error");
     }
 
     info!("shutting down");
+    if let Some(cluster) = &cluster {
+        cluster.leave().await;
+    }
     for h in &handles {
         h.request_stop();
     }
@@ -195,10 +214,33 @@ impl ShutdownSignals {
         })
     }
 
-    async fn wait(mut self) {
-        tokio::select! {
-            _ = self.interrupt.recv() => info!("SIGINT received"),
-            _ = self.terminate.recv() => info!("SIGTERM received"),
+    /// Alone, SIGINT and SIGTERM both stop at once. In a cluster SIGTERM drains (what
+    /// a rolling upgrade sends): the wait ends when the node is drained, or at once on
+    /// SIGINT or a second SIGTERM.
+    async fn wait(mut self, cluster: Option<Arc<crate::cluster::Cluster>>) {
+        let Some(cluster) = cluster else {
+            tokio::select! {
+                _ = self.interrupt.recv() => info!("SIGINT received"),
+                _ = self.terminate.recv() => info!("SIGTERM received"),
+            }
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = self.interrupt.recv() => {
+                    info!("SIGINT received");
+                    return;
+                }
+                _ = self.terminate.recv() => {
+                    if cluster.is_draining() {
+                        info!("second SIGTERM received: stopping now");
+                        return;
+                    }
+                    info!("SIGTERM received: draining (SIGINT or another SIGTERM stops at once)");
+                    cluster.drain();
+                }
+                _ = cluster.drained.notified() => return,
+            }
         }
     }
 }

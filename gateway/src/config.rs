@@ -115,6 +115,9 @@ pub struct Cli {
     /// send: on or off. Off sends every datagram on its own. [default: on]
     #[arg(long, value_name = "on|off")]
     pub gso: Option<String>,
+
+    #[command(flatten)]
+    pub cluster: crate::cluster::ClusterCli,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -134,6 +137,14 @@ struct FileConfig {
     recv_buffer: Option<toml::Value>,
     send_buffer: Option<toml::Value>,
     gso: Option<toml::Value>,
+    cluster_redis: Option<String>,
+    cluster_redis_ca: Option<PathBuf>,
+    node_id: Option<String>,
+    advertise_http: Option<String>,
+    drain_timeout: Option<toml::Value>,
+    cluster_ttl: Option<toml::Value>,
+    cluster_load_threshold: Option<toml::Value>,
+    cluster_prefix: Option<String>,
 }
 
 /// The validated configuration.
@@ -152,6 +163,8 @@ pub struct Config {
     pub max_participants_per_room: usize,
     pub buffers: BufferSizes,
     pub gso: bool,
+    /// `--cluster-redis` and friends; `None` runs alone.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -315,7 +328,21 @@ impl Config {
                 }
             },
         };
+        let cluster = crate::cluster::ClusterConfig::from_cli(
+            cli.cluster.or(crate::cluster::ClusterCli {
+                cluster_redis: file.cluster_redis,
+                cluster_redis_ca: file.cluster_redis_ca,
+                node_id: file.node_id,
+                advertise_http: file.advertise_http,
+                drain_timeout: file.drain_timeout.map(toml_scalar),
+                cluster_ttl: file.cluster_ttl.map(toml_scalar),
+                cluster_load_threshold: file.cluster_load_threshold.map(toml_scalar),
+                cluster_prefix: file.cluster_prefix,
+            }),
+            http_bind,
+        )?;
         Ok(Config {
+            cluster,
             gso,
             buffers,
             auth_token,

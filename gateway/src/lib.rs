@@ -5,7 +5,9 @@
 //! - [`logic`]: the per-core event loops that own sockets, rooms and sessions.
 //! - [`steering`]: the eBPF `sk_reuseport` program's userspace side, or the connected fallback.
 //! - [`control`]: the HTTP API, talking to logic threads by message.
+//! - [`cluster`]: several hosts sharing one room directory in Redis.
 pub mod app;
+pub mod cluster;
 pub mod config;
 pub mod control;
 // The fuzz targets' entry points (gateway/fuzz) and the replay of their seeds in tests.

@@ -576,6 +576,10 @@ pub fn render(state: &ApiState) -> Result<String, prometheus::Error> {
         collectors.push(Box::new(ebpf));
     }
 
+    if let Some(cluster) = &state.cluster {
+        collectors.extend(cluster.metrics.collectors());
+    }
+
     for c in collectors {
         registry.register(c)?;
     }

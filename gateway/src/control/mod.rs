@@ -2,6 +2,7 @@
 //!
 //! It never touches a logic thread's data: commands go through the thread's bounded
 //! queue and answers come back on a oneshot; status reads the threads' counters.
+mod cluster;
 mod layer;
 mod metrics;
 mod signaling;
@@ -36,6 +37,8 @@ pub struct ApiState {
     pub auth_token: Option<String>,
     /// What the kernel granted for the media sockets' buffers.
     pub buffers: Option<crate::net::EffectiveBuffers>,
+    /// Cluster mode (`--cluster-redis`): where rooms live across nodes.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -50,6 +53,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
         )
         .merge(layer::routes())
         .merge(signaling::routes())
+        .route("/api/drain", post(cluster::post_drain))
+        // Outermost runs first: the token is checked before ownership is looked up.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            cluster::route,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             signaling::require_token,
@@ -58,6 +67,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/", get(demo_page))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/api/status", get(status))
+        .route("/api/cluster", get(cluster::get_cluster))
         .route("/metrics", get(metrics_text))
         .merge(signaling)
         .layer(axum::middleware::from_fn(signaling::cors))

@@ -147,9 +147,12 @@ async fn create(
         Role::Publisher => "whip",
         Role::Subscriber => "whep",
     };
-    let location = format!(
-        "/{kind}/{room}/{}/{}",
-        created.resource_key, created.participant
+    let location = super::cluster::resource_location(
+        state,
+        format!(
+            "/{kind}/{room}/{}/{}",
+            created.resource_key, created.participant
+        ),
     );
     let etag = patch::answer_etag(&created.answer);
     let mut response = (

@@ -28,6 +28,7 @@ pub fn config(data: &[u8]) {
         recv_buffer: None,
         send_buffer: None,
         gso: None,
+        cluster: Default::default(),
     };
     if let Ok(config) = Config::from_cli(cli) {
         assert!((1..=crate::config::MAX_THREADS).contains(&config.threads));

@@ -81,6 +81,17 @@ pub enum Command {
         layer: LayerRequest,
         reply: tokio::sync::oneshot::Sender<bool>,
     },
+    /// Cluster mode: the rooms this thread holds, so the node renews exactly the claims
+    /// of rooms that still have participants.
+    ListRooms {
+        reply: tokio::sync::oneshot::Sender<Vec<RoomId>>,
+    },
+    /// Cluster mode: end every session of a room this node turned out not to own (its
+    /// claim was lost during a partition); replies how many sessions ended.
+    CloseRoom {
+        room: RoomId,
+        reply: tokio::sync::oneshot::Sender<usize>,
+    },
     /// Connected mode only: a first datagram that landed on a thread that does not own
     /// its room.
     Handoff {

@@ -315,6 +315,11 @@ impl Table {
         Some(room)
     }
 
+    /// The ids of this thread's rooms (every room here has at least one session).
+    pub fn room_ids(&self) -> impl Iterator<Item = &RoomId> + '_ {
+        self.index.room.keys()
+    }
+
     pub fn contains_ufrag(&self, ufrag: &str) -> bool {
         self.index.ufrag.contains_key(ufrag)
     }

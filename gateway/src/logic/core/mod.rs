@@ -370,6 +370,21 @@ impl ThreadCore {
             } => {
                 let _ = reply.send(self.set_layer(&room, &participant, layer, now));
             }
+            Command::ListRooms { reply } => {
+                let _ = reply.send(self.table.room_ids().cloned().collect());
+            }
+            Command::CloseRoom { room, reply } => {
+                let ids: Vec<_> = self
+                    .table
+                    .room_key(&room)
+                    .and_then(|key| self.table.room(key))
+                    .map(|r| r.sessions.clone())
+                    .unwrap_or_default();
+                for id in &ids {
+                    self.remove_session(*id, now);
+                }
+                let _ = reply.send(ids.len());
+            }
             Command::Handoff {
                 mut datagram,
                 from,

@@ -1,0 +1,31 @@
+-- One round trip per heartbeat: publish this node's record, renew (or, after Redis lost
+-- its data, re-assert) every room it serves, and read the membership view.
+-- KEYS[1] = P:node:ME, KEYS[2] = P:nodes
+-- ARGV[1] = P, ARGV[2] = ME, ARGV[3] = record (JSON), ARGV[4] = lifetime in ms,
+-- ARGV[5..] = rooms this node serves
+-- Returns {rooms owned by another node, records of every live node}.
+local prefix, me, ttl = ARGV[1], ARGV[2], ARGV[4]
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ttl)
+redis.call('SADD', KEYS[2], me)
+local lost = {}
+for i = 5, #ARGV do
+  local key = prefix .. ':room:' .. ARGV[i]
+  local owner = redis.call('GET', key)
+  if owner == me then
+    redis.call('PEXPIRE', key, ttl)
+  elseif not owner then
+    redis.call('SET', key, me, 'PX', ttl)
+  else
+    table.insert(lost, ARGV[i])
+  end
+end
+local view = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local record = redis.call('GET', prefix .. ':node:' .. id)
+  if record then
+    table.insert(view, record)
+  else
+    redis.call('SREM', KEYS[2], id)
+  end
+end
+return {lost, view}

@@ -1,0 +1,253 @@
+//! Cluster mode: many roomgate hosts, one room directory in Redis.
+//!
+//! Inside a host a room lives on the thread `room_hash % threads`; across hosts it lives
+//! on the node whose claim `P:room:{room}` names. Any node answers signaling for any
+//! room: the owner handles it, every other node redirects (307) to the owner. A node
+//! whose heartbeat expired is dead and its rooms can be claimed again.
+//!
+//! Everything here runs on the control plane's runtime; the media path never sees it.
+//! Ownership state is a plain mutex-guarded map because only HTTP handlers and the
+//! heartbeat touch it, never a logic thread.
+pub mod config;
+mod directory;
+mod heartbeat;
+pub mod metrics;
+pub mod placement;
+mod routing;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use tracing::{info, warn};
+
+pub use config::{ClusterCli, ClusterConfig};
+use directory::Directory;
+pub use directory::OpenError;
+use metrics::ClusterMetrics;
+use placement::{NodeRecord, NodeState};
+pub use routing::Route;
+
+use crate::{logic::ThreadHandle, room::RoomId};
+
+/// How long after a reconnect this node places no new rooms: every live node has
+/// reconnected (they retry on the same interval) and re-asserted its claims by then,
+/// so a Redis that came back empty does not hand a served room to a second node.
+const RECONNECT_GRACE: Duration = Duration::from_millis(2 * 500);
+
+pub struct Cluster {
+    pub config: ClusterConfig,
+    pub metrics: Arc<ClusterMetrics>,
+    directory: Arc<Directory>,
+    threads: Vec<ThreadHandle>,
+    capacity: u64,
+    local: Mutex<Local>,
+    /// Fired when a draining node is done (empty, or out of time).
+    pub drained: tokio::sync::Notify,
+    /// Runs the heartbeat at once (state changed).
+    wake: tokio::sync::Notify,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+/// What this node knows about the cluster and its share of it.
+struct Local {
+    /// Rooms this node owns, with when each was last seen without participants.
+    owned: HashMap<RoomId, Option<Instant>>,
+    /// The last membership read (may include this node's previous record).
+    view: Vec<NodeRecord>,
+    /// When the view was read.
+    view_at: Option<Instant>,
+    drain_deadline: Option<Instant>,
+    /// Logic threads' busy nanoseconds at the last heartbeat, for the busy ratio.
+    busy_mark: (Instant, u64),
+    busy: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    #[error("cluster metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+impl Cluster {
+    pub fn new(
+        config: ClusterConfig,
+        threads: Vec<ThreadHandle>,
+        capacity: usize,
+    ) -> Result<Arc<Cluster>, ClusterError> {
+        // rustls needs a process-wide crypto provider for rediss://; ring is the one
+        // the build already carries. Another caller having installed one is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let metrics = Arc::new(ClusterMetrics::new()?);
+        let directory = Arc::new(Directory::open(&config, metrics.clone())?);
+        let busy_ns = total_busy_ns(&threads);
+        Ok(Arc::new(Cluster {
+            config,
+            metrics,
+            directory,
+            threads,
+            capacity: capacity as u64,
+            local: Mutex::new(Local {
+                owned: HashMap::new(),
+                view: Vec::new(),
+                view_at: None,
+                drain_deadline: None,
+                busy_mark: (Instant::now(), busy_ns),
+                busy: 0.0,
+            }),
+            drained: tokio::sync::Notify::new(),
+            wake: tokio::sync::Notify::new(),
+            stop: tokio::sync::watch::channel(false).0,
+        }))
+    }
+
+    /// Connect and publish this node before it reports ready (so its first requests
+    /// can place rooms), then keep the connection and the heartbeat going. An
+    /// unreachable Redis does not stop the start: the node serves and retries.
+    pub async fn start(self: &Arc<Self>) {
+        if self.directory.try_connect(false).await {
+            self.beat().await;
+        }
+        tokio::spawn(self.directory.clone().reconnect_loop(self.stop.subscribe()));
+        tokio::spawn(self.clone().heartbeat_loop(self.stop.subscribe()));
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.config.node_id
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.lock().drain_deadline.is_some()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Local> {
+        // A panic while holding the lock leaves plain data behind; keep serving.
+        self.local.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Enter draining (idempotent): no new rooms here from now on; the heartbeat tells
+    /// the cluster and fires [`Cluster::drained`] when the node is empty or out of time.
+    /// Returns the time left.
+    pub fn drain(&self) -> Duration {
+        let now = Instant::now();
+        let (deadline, started) = {
+            let mut local = self.lock();
+            match local.drain_deadline {
+                Some(deadline) => (deadline, false),
+                None => {
+                    let deadline = now + self.config.drain_timeout;
+                    local.drain_deadline = Some(deadline);
+                    (deadline, true)
+                }
+            }
+        };
+        if started {
+            info!(
+                timeout_secs = self.config.drain_timeout.as_secs(),
+                "draining: no new rooms; existing rooms keep running until they empty"
+            );
+            self.metrics.set_state(NodeState::Draining);
+            // Publish the new state now rather than at the next beat.
+            self.wake.notify_one();
+        }
+        deadline.saturating_duration_since(now)
+    }
+
+    /// Leave the cluster (clean stop): release every claim and the node record, so
+    /// the rooms can be placed again at once instead of after the TTL.
+    pub async fn leave(&self) {
+        let _ = self.stop.send(true);
+        let rooms: Vec<String> = self
+            .lock()
+            .owned
+            .drain()
+            .map(|(r, _)| r.as_str().to_owned())
+            .collect();
+        match self.directory.release(&rooms, true).await {
+            Ok(n) => info!(released = n, "left the cluster"),
+            Err(e) => {
+                warn!(error = %e, "could not release claims on exit; they expire after the TTL")
+            }
+        }
+    }
+
+    /// This node's record as it would be published now.
+    fn my_record(&self, local: &Local) -> NodeRecord {
+        let (sessions, rooms) = self.threads.iter().fold((0, 0), |(s, r), h| {
+            (s + h.stats.sessions.get(), r + h.stats.rooms.get())
+        });
+        NodeRecord {
+            id: self.config.node_id.clone(),
+            url: self.config.advertise_http.clone(),
+            state: if local.drain_deadline.is_some() {
+                NodeState::Draining
+            } else {
+                NodeState::Active
+            },
+            sessions,
+            rooms,
+            claims: local.owned.len() as u64,
+            capacity: self.capacity,
+            busy: local.busy,
+            ts_ms: unix_ms(),
+        }
+    }
+
+    /// `GET /api/cluster`: the membership as Redis has it now (the last view when
+    /// Redis is unreachable), and this node's own state.
+    pub async fn view_json(&self) -> serde_json::Value {
+        let fresh = self.directory.nodes().await;
+        let (nodes, owned, me) = {
+            let mut local = self.lock();
+            if let Ok(view) = &fresh {
+                local.view = view.clone();
+                local.view_at = Some(Instant::now());
+            }
+            let mut owned: Vec<String> =
+                local.owned.keys().map(|r| r.as_str().to_owned()).collect();
+            owned.sort();
+            (local.view.clone(), owned, self.my_record(&local))
+        };
+        let now = unix_ms();
+        let mut nodes: Vec<serde_json::Value> = nodes
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "id": n.id,
+                    "url": n.url,
+                    "state": n.state.as_str(),
+                    "sessions": n.sessions,
+                    "rooms": n.rooms,
+                    "claims": n.claims,
+                    "capacity": n.capacity,
+                    "busy": n.busy,
+                    "load": n.load(),
+                    "heartbeat_age_ms": now.saturating_sub(n.ts_ms),
+                })
+            })
+            .collect();
+        nodes.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+        serde_json::json!({
+            "node": me.id,
+            "state": me.state.as_str(),
+            "redis": if self.directory.is_up() { "up" } else { "down" },
+            "view_stale": fresh.is_err(),
+            "nodes": nodes,
+            "owned_rooms": owned,
+        })
+    }
+}
+
+fn total_busy_ns(threads: &[ThreadHandle]) -> u64 {
+    threads.iter().map(|h| h.stats.busy_ns.get()).sum()
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
