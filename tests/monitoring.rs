@@ -512,7 +512,23 @@ fn prometheus_evaluates_every_dashboard_and_alert_expression() {
     if !require_root() {
         return;
     }
-    let gw = Gateway::start("ebpf", 2);
+    // Cluster mode (one node on a real Redis), so the Cluster row and the cluster alerts
+    // have series too; everything else on the dashboard is the same as without it.
+    let mut redis = LoopbackRedis::start();
+    let http_port = free_tcp_port();
+    let gw = Gateway::builder("ebpf", 2)
+        .set("--http-bind", format!("127.0.0.1:{http_port}"))
+        .args([
+            "--advertise-http".to_owned(),
+            format!("http://127.0.0.1:{http_port}"),
+            "--cluster-redis".to_owned(),
+            redis.url(),
+            "--node-id".to_owned(),
+            "monitoring".to_owned(),
+            "--cluster-prefix".to_owned(),
+            format!("monitoring{}", std::process::id()),
+        ])
+        .start();
     let prom = start_prometheus(&gw.http.to_string());
     assert!(
         eventually(Duration::from_secs(30), || try_get(&format!(
@@ -580,6 +596,179 @@ fn prometheus_evaluates_every_dashboard_and_alert_expression() {
             );
         }
     }
+
+    // Redis goes away: the node reports it and the critical alert becomes pending (it
+    // fires after its 30 s `for`, which promtool_fires_the_cluster_alerts checks).
+    redis.kill();
+    let pending = eventually(Duration::from_secs(20), || {
+        let (_, v) = http("GET", &format!("{}/api/v1/alerts", prom.url));
+        v["data"]["alerts"].as_array().is_some_and(|alerts| {
+            alerts
+                .iter()
+                .any(|a| a["labels"]["alertname"] == "RoomgateClusterRedisUnreachable")
+        })
+    });
+    let (_, alerts) = http("GET", &format!("{}/api/v1/alerts", prom.url));
+    assert!(
+        pending,
+        "RoomgateClusterRedisUnreachable is pending once Redis is gone: {alerts}\n{}",
+        query(&prom, "roomgate_cluster_redis_up")
+    );
+}
+
+/// A real redis-server on a free loopback port, killed on drop.
+struct LoopbackRedis {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl LoopbackRedis {
+    fn start() -> LoopbackRedis {
+        let port = free_tcp_port();
+        let dir = std::env::temp_dir().join(format!("roomgate-redis-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian redis-server, installed by `cargo xtask setup`)");
+        let redis = LoopbackRedis {
+            child: Some(child),
+            port,
+            dir,
+        };
+        let up = eventually(Duration::from_secs(10), || {
+            Command::new("redis-cli")
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "PING"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG")
+        });
+        assert!(up, "redis-server answers PING on port {port}");
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for LoopbackRedis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The cluster alerts fire on their conditions and stay quiet just below them, evaluated
+/// by Prometheus' own rule engine (`promtool test rules`) on synthetic series.
+#[test]
+fn promtool_fires_the_cluster_alerts() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cluster-alert-rules");
+    std::fs::create_dir_all(&dir).expect("test dir");
+    let rules = repo().join("grafana/alerts.yml");
+    let unreachable_summary =
+        "roomgate node n1:8080 cannot reach the cluster directory (Redis): new rooms are refused";
+    let flapping_summary =
+        "roomgate node n1:8080 lost and regained Redis more than 3 times in 15 minutes";
+    let lost_summary = "roomgate node n1:8080 gave up rooms another node had claimed: their participants were disconnected";
+    // The descriptions are the rule file's own, expanded: promtool compares every annotation.
+    let description = |alert: &str, value: &str| -> String {
+        let text = std::fs::read_to_string(&rules).expect("rules");
+        let start = text
+            .find(&format!("alert: {alert}\n"))
+            .unwrap_or_else(|| panic!("{alert} in alerts.yml"));
+        let body: Vec<&str> = text[start..]
+            .lines()
+            .skip_while(|l| !l.trim_start().starts_with("description: >-"))
+            .skip(1)
+            .take_while(|l| l.starts_with("            "))
+            .map(str::trim)
+            .collect();
+        body.join(" ").replace("{{ $value | humanize }}", value)
+    };
+    let test = serde_json::json!({
+        "rule_files": [rules.to_str().expect("UTF-8 path")],
+        "evaluation_interval": "10s",
+        "tests": [
+            {
+                "interval": "10s",
+                "input_series": [{
+                    "series": "roomgate_cluster_redis_up{instance=\"n1:8080\", job=\"roomgate\"}",
+                    // Up for 20 s, then down.
+                    "values": "1 1 0x20",
+                }],
+                "alert_rule_test": [
+                    // Down for 20 s: still within `for: 30s`.
+                    {"eval_time": "40s", "alertname": "RoomgateClusterRedisUnreachable", "exp_alerts": []},
+                    {"eval_time": "60s", "alertname": "RoomgateClusterRedisUnreachable", "exp_alerts": [{
+                        "exp_labels": {"severity": "critical", "instance": "n1:8080", "job": "roomgate"},
+                        "exp_annotations": {
+                            "summary": unreachable_summary,
+                            "description": description("RoomgateClusterRedisUnreachable", ""),
+                        },
+                    }]},
+                ],
+            },
+            {
+                "interval": "1m",
+                "input_series": [
+                    {
+                        "series": "roomgate_cluster_redis_reconnects_total{instance=\"n1:8080\", job=\"roomgate\"}",
+                        // Three reconnects, then a fourth at 6 minutes.
+                        "values": "0 1 2 3 3 3 4 4 4 4 4",
+                    },
+                    {
+                        "series": "roomgate_cluster_claims_lost_total{instance=\"n1:8080\", job=\"roomgate\"}",
+                        "values": "0 0 0 0 0 0 0 0 1 1 1",
+                    },
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "5m", "alertname": "RoomgateClusterRedisFlapping", "exp_alerts": []},
+                    {"eval_time": "6m", "alertname": "RoomgateClusterRedisFlapping", "exp_alerts": [{
+                        "exp_labels": {"severity": "warning", "instance": "n1:8080", "job": "roomgate"},
+                        "exp_annotations": {
+                            "summary": flapping_summary,
+                            "description": description("RoomgateClusterRedisFlapping", "4"),
+                        },
+                    }]},
+                    {"eval_time": "7m", "alertname": "RoomgateClusterClaimsLost", "exp_alerts": []},
+                    {"eval_time": "8m", "alertname": "RoomgateClusterClaimsLost", "exp_alerts": [{
+                        "exp_labels": {"severity": "critical", "instance": "n1:8080", "job": "roomgate"},
+                        "exp_annotations": {
+                            "summary": lost_summary,
+                            "description": description("RoomgateClusterClaimsLost", ""),
+                        },
+                    }]},
+                ],
+            },
+        ],
+    });
+    // JSON is YAML, so promtool reads the test file as written.
+    let file = dir.join("cluster-alerts.test.yml");
+    std::fs::write(&file, test.to_string()).expect("write rule test");
+    let out = Command::new(tool("promtool"))
+        .args(["test", "rules"])
+        .arg(&file)
+        .output()
+        .expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool test rules {}:\n{}{}",
+        file.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -611,7 +800,8 @@ fn dashboard_has_the_variables_and_rows_operators_need() {
             "Per-thread load",
             "Media",
             "Errors",
-            "Simulcast and congestion control"
+            "Simulcast and congestion control",
+            "Cluster"
         ]
     );
     for p in dash["panels"]
