@@ -71,6 +71,40 @@ fn bad_flags_exit_2_with_one_line_before_binding() {
         vec!["--config".into(), unknown_key.display().to_string()],
         vec!["--config".into(), "/nonexistent/roomgate.toml".into()],
         vec!["--no-such-flag".into()],
+        // Cluster flags: each refused on its own, before Redis is contacted.
+        vec!["--node-id".into(), "n1".into()],
+        vec!["--drain-timeout".into(), "5m".into()],
+        vec!["--cluster-redis".into(), "http://127.0.0.1:6379".into()],
+        vec![
+            "--cluster-redis".into(),
+            "redis://127.0.0.1:6379".into(),
+            "--cluster-ttl".into(),
+            "10ms".into(),
+        ],
+        vec![
+            "--cluster-redis".into(),
+            "redis://127.0.0.1:6379".into(),
+            "--advertise-http".into(),
+            "http://h:1/x".into(),
+        ],
+        vec![
+            "--cluster-redis".into(),
+            "redis://127.0.0.1:6379".into(),
+            "--cluster-load-threshold".into(),
+            "2".into(),
+        ],
+        vec![
+            "--cluster-redis".into(),
+            "redis://127.0.0.1:6379".into(),
+            "--node-id".into(),
+            "a/b".into(),
+        ],
+        vec![
+            "--cluster-redis".into(),
+            "redis://127.0.0.1:6379".into(),
+            "--cluster-redis-ca".into(),
+            "/nonexistent.pem".into(),
+        ],
     ];
     for case in cases {
         let mut args: Vec<&str> = vec!["--udp-bind", &udp];
@@ -106,6 +140,11 @@ fn help_documents_every_option() {
         "--public-ip",
         "--log-level",
         "--ebpf-object",
+        "--cluster-redis",
+        "--node-id",
+        "--advertise-http",
+        "--drain-timeout",
+        "--cluster-ttl",
     ] {
         assert!(stdout.contains(flag), "--help lacks {flag}:\n{stdout}");
     }
