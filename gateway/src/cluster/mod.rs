@@ -10,6 +10,8 @@
 //! heartbeat touch it, never a logic thread.
 pub mod config;
 mod directory;
+#[cfg(test)]
+mod directory_tests;
 mod heartbeat;
 pub mod metrics;
 pub mod placement;
