@@ -1,5 +1,6 @@
-//! `cargo xtask bench steering|metrics|media|alloc|srtp|storm`: run a benchmark (release build, eBPF object
-//! embedded) and record its table in BENCHMARKS.md together with the command.
+//! `cargo xtask bench steering|metrics|media|alloc|srtp|storm|cluster`: run a benchmark (release
+//! build, eBPF object embedded) and record its table in BENCHMARKS.md together with the command
+//! (storm and cluster write theirs to target/ for the lead to copy).
 //! `cargo xtask bench media --rooms 8 --subs 50 --secs 20` passes its flags to the bench;
 //! `cargo xtask bench media --simulcast` records the simulcast section instead.
 use std::process::Command;
@@ -48,8 +49,9 @@ pub fn bench(args: &[String]) -> Result<()> {
             &args[1..],
         ),
         Some("storm") => storm(&args[1..]),
+        Some("cluster") => cluster(&args[1..]),
         Some(other) => {
-            bail!("unknown benchmark {other:?}; available: steering, metrics, media, alloc, srtp, storm")
+            bail!("unknown benchmark {other:?}; available: steering, metrics, media, alloc, srtp, storm, cluster")
         }
     }
 }
@@ -149,51 +151,129 @@ fn storm(args: &[String]) -> Result<()> {
             .with_context(|| format!("--sessions {n:?} is not a whole number"))?,
         _ => bail!("usage: cargo xtask bench storm [--sessions N]"),
     };
+    let lines = release_test(
+        "storm",
+        "join_storm",
+        "storm[",
+        &[("ROOMGATE_STORM_SESSIONS", sessions.to_string())],
+    )?;
+    let report = format!(
+        "## Join storm\n\nCommand: `cargo xtask bench storm --sessions {sessions}` (release build, {} CPUs)\n\n```\n{}\n```\n",
+        cpus(),
+        lines.join("\n")
+    );
+    write_report("target/bench-storm.md", &report)
+}
+
+/// `cargo xtask bench cluster [--secs N] [--concurrency N]`: tests/cluster_bench.rs in a
+/// release build: 3 nodes and a real redis-server in network namespaces. Its `cluster[...]`
+/// lines (redirect and claim latency, Redis operations per join, heartbeat traffic, rooms
+/// placed per second over N seconds, default 10, with N concurrent clients, default 32) go
+/// to target/bench-cluster.md with the command.
+fn cluster(args: &[String]) -> Result<()> {
+    let mut secs: u64 = 10;
+    let mut concurrency: u64 = 32;
+    let mut rest = args.iter();
+    while let Some(flag) = rest.next() {
+        let target = match flag.as_str() {
+            "--secs" => &mut secs,
+            "--concurrency" => &mut concurrency,
+            _ => bail!("usage: cargo xtask bench cluster [--secs N] [--concurrency N]"),
+        };
+        let n = rest
+            .next()
+            .with_context(|| format!("{flag} needs a number"))?;
+        *target = n
+            .parse()
+            .with_context(|| format!("{flag} {n:?} is not a whole number"))?;
+    }
+    if secs == 0 || concurrency == 0 {
+        bail!("--secs and --concurrency must be at least 1");
+    }
+    let lines = release_test(
+        "cluster_bench",
+        "cluster_bench",
+        "cluster[",
+        &[
+            ("ROOMGATE_CLUSTER_BENCH_SECS", secs.to_string()),
+            (
+                "ROOMGATE_CLUSTER_BENCH_CONCURRENCY",
+                concurrency.to_string(),
+            ),
+        ],
+    )?;
+    let report = format!(
+        "## Cluster\n\nCommand: `cargo xtask bench cluster --secs {secs} --concurrency {concurrency}` (release build, {} CPUs; 3 nodes and redis-server share them)\n\n```\n{}\n```\n",
+        cpus(),
+        lines.join("\n")
+    );
+    write_report("target/bench-cluster.md", &report)
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(0, |n| n.get())
+}
+
+fn write_report(path: &str, report: &str) -> Result<()> {
+    let path = build::workspace_root().join(path);
+    std::fs::write(&path, report).with_context(|| format!("writing {}", path.display()))?;
+    println!("xtask: report in {}", path.display());
+    Ok(())
+}
+
+/// Run the test `name` of tests/`test`.rs (an integration test used as a benchmark) in a
+/// release build with the eBPF object embedded, relaying its output, and return its lines
+/// starting with `prefix`. The test's own assertions still apply: a failure fails the bench.
+fn release_test(
+    test: &str,
+    name: &str,
+    prefix: &str,
+    env: &[(&str, String)],
+) -> Result<Vec<String>> {
     crate::setup::setup()?;
     let object = build::build_ebpf()?;
-    let root = build::workspace_root();
     let mut cmd = Command::new("cargo");
-    cmd.current_dir(&root)
+    cmd.current_dir(build::workspace_root())
         .env("ROOMGATE_EBPF_OBJECT", &object)
-        .env("ROOMGATE_STORM_SESSIONS", sessions.to_string())
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .args([
             "test",
             "--release",
             "-p",
             "gateway",
             "--test",
-            "storm",
+            test,
             "--",
             "--nocapture",
+            "--include-ignored",
             "--exact",
-            "join_storm",
+            name,
         ])
         .stdout(std::process::Stdio::piped());
     println!("xtask: {}", build::display(&cmd));
-    let mut child = cmd.spawn().context("running cargo test --test storm")?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("running cargo test --test {test}"))?;
     let mut lines = Vec::new();
     if let Some(out) = child.stdout.take() {
         use std::io::BufRead;
         for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
             println!("{line}");
-            if line.starts_with("storm[") {
+            if line.starts_with(prefix) {
                 lines.push(line);
             }
         }
     }
-    let status = child.wait().context("waiting for the storm")?;
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for {test}"))?;
     if !status.success() {
-        bail!("storm benchmark failed ({status})");
+        bail!("{test} benchmark failed ({status})");
     }
-    let report = format!(
-        "## Join storm\n\nCommand: `cargo xtask bench storm --sessions {sessions}` (release build, {} CPUs)\n\n```\n{}\n```\n",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        lines.join("\n")
-    );
-    let path = root.join("target/bench-storm.md");
-    std::fs::write(&path, report).with_context(|| format!("writing {}", path.display()))?;
-    println!("xtask: report in {}", path.display());
-    Ok(())
+    if lines.is_empty() {
+        bail!("{test} printed no {prefix}...] lines (was `{name}` filtered out?)");
+    }
+    Ok(lines)
 }
 
 fn section(report: &str) -> String {
