@@ -2,6 +2,7 @@
 //! its HTTP API, and act as an ICE client with real STUN over real UDP sockets.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod netns;
 
 use std::{
