@@ -352,14 +352,29 @@ fn sigterm_drains_until_the_drain_timeout_then_exits_zero() {
         return;
     }
     const TIMEOUT: Duration = Duration::from_secs(3);
-    let f = Cluster::start_with("drt", &[vec!["--drain-timeout", "3s"], vec![]]);
+    const TOKEN: &str = "drain-token";
+    let f = Cluster::start_with(
+        "drt",
+        &[vec!["--drain-timeout", "3s", "--auth-token", TOKEN], vec![]],
+    );
     let (a, b) = (&f.nodes[0], &f.nodes[1]);
     let room = "stayroom";
+    let mut cfg = f.publisher();
+    cfg.bearer = Some(TOKEN.to_owned());
     let publisher = f
-        .join(a, &format!("/whip/{room}"), f.publisher())
+        .join(a, &format!("/whip/{room}"), cfg)
         .expect("publish at A");
     assert_on(a, &publisher, "publisher");
-    wait_connected(a, room, &[&publisher]);
+    assert_eq!(a.sessions(), 1);
+
+    // POST /api/drain is guarded like signaling: without the token nothing changes.
+    let refused = a.request("POST", "/api/drain", None, None);
+    assert_eq!(
+        refused.status, 401,
+        "drain without the token: {}",
+        refused.body
+    );
+    assert_eq!(a.cluster()["state"], "active");
 
     let signalled = Instant::now();
     a.sigterm();
@@ -367,11 +382,7 @@ fn sigterm_drains_until_the_drain_timeout_then_exits_zero() {
         eventually(WAIT, || state_seen_by(b, a).as_deref() == Some("draining")),
         "B does not see A draining"
     );
-    assert_eq!(
-        support::sum_threads(&a.status(), "sessions"),
-        1,
-        "the session stays"
-    );
+    assert_eq!(a.sessions(), 1, "the session stays");
     let code = a.wait_exit(TIMEOUT + WAIT);
     let took = signalled.elapsed();
     eprintln!("SIGTERM with one session left: exit {code:?} after {took:?}");
@@ -397,6 +408,55 @@ fn sigterm_drains_until_the_drain_timeout_then_exits_zero() {
         "A's node record is deleted on exit"
     );
     assert_eq!(state_seen_by(b, a), None, "B no longer lists A");
+    drop(publisher);
+}
+
+/// While draining, a second SIGTERM stops the node at once (a stuck rolling upgrade can
+/// be cut short); it still leaves the cluster cleanly.
+#[test]
+fn a_second_sigterm_while_draining_stops_at_once() {
+    if !require_root() {
+        return;
+    }
+    let f = Cluster::start("dr2", 2);
+    let (a, b) = (&f.nodes[0], &f.nodes[1]);
+    let room = "cutshort";
+    let publisher = f
+        .join(a, &format!("/whip/{room}"), f.publisher())
+        .expect("publish at A");
+    assert_on(a, &publisher, "publisher");
+
+    a.sigterm();
+    assert!(
+        eventually(WAIT, || state_seen_by(b, a).as_deref() == Some("draining")),
+        "B does not see A draining"
+    );
+    // The default drain timeout is 30 minutes: only the second signal ends this.
+    assert_eq!(
+        a.wait_exit(Duration::from_millis(500)),
+        None,
+        "A waits for its session"
+    );
+    let second = Instant::now();
+    a.sigterm();
+    let code = a.wait_exit(WAIT);
+    eprintln!("second SIGTERM: exit {code:?} after {:?}", second.elapsed());
+    assert_eq!(
+        code,
+        Some(0),
+        "exit after the second SIGTERM\n{}",
+        a.stderr()
+    );
+    assert!(
+        second.elapsed() < Duration::from_secs(2),
+        "the second SIGTERM took {:?}",
+        second.elapsed()
+    );
+    assert!(!f.has_key("room", room), "A's claim is released on exit");
+    assert!(
+        !f.has_key("node", a.id()),
+        "A's node record is deleted on exit"
+    );
     drop(publisher);
 }
 
@@ -493,6 +553,12 @@ fn kill_9_of_the_owner_the_room_is_claimed_again_after_the_ttl() {
             .is_some_and(|r| r.iter().any(|x| x == room)),
         "{} lists {room} as its own",
         owner.id()
+    );
+
+    assert!(
+        eventually(ttl * 2, || state_seen_by(b, a).is_none()),
+        "B still lists the dead node {:?} after the kill",
+        killed.elapsed()
     );
 
     // Media through the new owner: a viewer asking the other live node is sent there.
@@ -707,6 +773,30 @@ fn redis_outage_keeps_rooms_forwarding_refuses_new_rooms_and_recovers() {
     for (flow, viewer, room) in flows {
         flow.finish(room, &viewer);
     }
+    for n in [a, b, c] {
+        assert_eq!(
+            metric(n, "roomgate_cluster_claims_lost_total"),
+            0.0,
+            "{}: no room was given up over the outage",
+            n.id()
+        );
+        // One line per outage, not one per retry every 500 ms.
+        let log = n.stderr();
+        let count = |line: &str| log.matches(line).count();
+        assert_eq!(
+            (
+                count("cluster directory (Redis) unreachable"),
+                count("cluster directory (Redis) reconnected")
+            ),
+            (1, 1),
+            "{}: outage and return logged once each:\n{}",
+            n.id(),
+            log.lines()
+                .filter(|l| l.contains("cluster directory (Redis)"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -772,4 +862,149 @@ fn redis_password_from_the_url_right_one_works_wrong_one_refuses_new_rooms() {
         None,
         "the node with a wrong password is not a member"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. One node cut off from Redis (a partition)
+// ---------------------------------------------------------------------------------------
+
+/// Drop (in the kernel, `nft`) every packet from node `node` to Redis; undone on drop.
+struct RedisCut<'a> {
+    node: &'a Node,
+}
+
+impl<'a> RedisCut<'a> {
+    fn new(node: &'a Node, redis: &RedisServer) -> RedisCut<'a> {
+        let cut = RedisCut { node };
+        let addr = redis.addr();
+        cut.nft(&["add", "table", "inet", "rgcut"]);
+        cut.nft(&[
+            "add",
+            "chain",
+            "inet",
+            "rgcut",
+            "out",
+            "{ type filter hook output priority 0; }",
+        ]);
+        cut.nft(&[
+            "add",
+            "rule",
+            "inet",
+            "rgcut",
+            "out",
+            "ip",
+            "daddr",
+            &addr.ip().to_string(),
+            "tcp",
+            "dport",
+            &addr.port().to_string(),
+            "drop",
+        ]);
+        cut
+    }
+
+    fn nft(&self, args: &[&str]) {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", self.node.ns(), "nft"])
+            .args(args)
+            .output()
+            .expect("run nft");
+        assert!(
+            out.status.success(),
+            "nft {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for RedisCut<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "exec", self.node.ns(), "nft"])
+            .args(["delete", "table", "inet", "rgcut"])
+            .output();
+    }
+}
+
+/// A node that cannot reach Redis keeps serving its room, but its claim expires and the
+/// room may be placed on another node; when the cut heals, the first node finds the room
+/// claimed elsewhere and gives it up (ends its sessions there, counts it) instead of
+/// taking it back: after the partition, one room is served by one node again.
+#[test]
+fn a_node_cut_off_from_redis_gives_up_a_room_claimed_elsewhere_meanwhile() {
+    if !require_root() {
+        return;
+    }
+    let f = Cluster::start("cut", 2);
+    let (a, b) = (&f.nodes[0], &f.nodes[1]);
+    let ttl = a.ttl();
+    let room = "split";
+    let publisher = f
+        .join(a, &format!("/whip/{room}"), f.publisher())
+        .expect("publish at A");
+    let viewer = f
+        .join(a, &format!("/whep/{room}"), f.subscriber())
+        .expect("view at A");
+    wait_connected(a, room, &[&publisher, &viewer]);
+    let flow = Flow::start(publisher);
+
+    let cut = RedisCut::new(a, &f.redis);
+    let cut_at = Instant::now();
+    assert!(
+        eventually(ttl * 3, || f.redis_owner(room).is_empty()),
+        "A's claim did not expire while A was cut off"
+    );
+    assert!(
+        eventually(WAIT, || metric(a, "roomgate_cluster_redis_up") == 0.0),
+        "A does not notice it lost Redis"
+    );
+    // A cannot know: it keeps serving what it has, without loss.
+    let publisher = flow.finish("room on the cut-off node", &viewer);
+    assert_eq!(a.sessions(), 2);
+
+    // The room is free in the directory: B takes it.
+    let (probe, target) = f.route(b, &format!("/whip/{room}"));
+    assert_eq!(
+        target.as_deref(),
+        Some(b.base_url().as_str()),
+        "B places the free room on itself: {} {}",
+        probe.status,
+        probe.body
+    );
+    let taken = f
+        .join(b, &format!("/whip/{room}"), f.publisher())
+        .expect("publish at B");
+    assert_on(b, &taken, "second publisher");
+    assert_eq!(f.redis_owner(room), b.id());
+
+    drop(cut);
+    let healed = Instant::now();
+    assert!(
+        eventually(WAIT, || metric(a, "roomgate_cluster_claims_lost_total")
+            == 1.0),
+        "A did not give the room up after the cut healed ({:?} after the cut)\n{}",
+        cut_at.elapsed(),
+        a.stderr()
+    );
+    eprintln!(
+        "partition healed: A gave up {room} {:?} later",
+        healed.elapsed()
+    );
+    assert!(
+        eventually(WAIT, || a.sessions() == 0),
+        "A still has {} sessions in the room it gave up",
+        a.sessions()
+    );
+    assert!(!a.owned_rooms().iter().any(|r| r == room));
+    assert_eq!(f.redis_owner(room), b.id(), "A did not take the room back");
+    assert_eq!(metric(b, "roomgate_cluster_claims_lost_total"), 0.0);
+    assert_eq!(b.sessions(), 1, "B serves the room");
+    // The old publisher's media goes nowhere now: A ended the room's sessions.
+    let mut stream = Stream::for_peer(&publisher, Kind::Video);
+    for _ in 0..10 {
+        publisher.send_rtp(&stream.next(800, 2));
+    }
+    let after = viewer.collect_rtp(Duration::from_millis(500)).len();
+    assert_eq!(after, 0, "A still forwards the room it gave up");
+    drop((publisher, taken));
 }
