@@ -8,7 +8,7 @@
 //!   the real kernel, network namespaces). This is what `.ci/run` calls.
 //! - `monitor [-- ARGS]`: `run` plus a local Prometheus (Debian package) scraping the
 //!   gateway over loopback with the alert rules loaded, on http://127.0.0.1:9090.
-//! - `bench steering|media|alloc|srtp|metrics [ARGS]`: a benchmark; writes its table to stdout
+//! - `bench steering|media|alloc|srtp|metrics|storm|cluster [ARGS]`: a benchmark; writes its table to stdout
 //!   and its section of BENCHMARKS.md (`bench steering --kernel 5.10` boots Debian's 5.10
 //!   under QEMU and runs the scaling bench there).
 //! - `test --kernels`: only the kernel matrix (the eBPF steering tests inside Debian's
@@ -57,7 +57,7 @@ fn real_main() -> Result<()> {
         "soak" => soak::soak(&rest),
         "install" => install::install(&rest),
         "" | "help" | "--help" | "-h" => {
-            println!("usage: cargo xtask <setup|build [--debug]|run [-- ARGS]|monitor [-- ARGS]|test [--kernels] [-- FILTER]|fuzz [--secs N] [TARGET]|soak --minutes N|install|bench steering|media|alloc|srtp|metrics [ARGS]>");
+            println!("usage: cargo xtask <setup|build [--debug]|run [-- ARGS]|monitor [-- ARGS]|test [--kernels] [-- FILTER]|fuzz [--secs N] [TARGET]|soak --minutes N|install|bench steering|media|alloc|srtp|metrics|storm|cluster [ARGS]>");
             Ok(())
         }
         other => bail!("unknown command {other:?}; try `cargo xtask help`"),
