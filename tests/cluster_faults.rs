@@ -233,6 +233,7 @@ fn drain_via_api_keeps_rooms_sends_new_rooms_elsewhere_and_exits_when_empty() {
     // Media in flight before, during and after the drain starts.
     std::thread::sleep(Duration::from_millis(500));
 
+    assert_eq!(metric(a, "roomgate_cluster_drain_seconds_left"), 0.0);
     let drain = a.request("POST", "/api/drain", None, None);
     assert_eq!(drain.status, 202, "POST /api/drain: {}", drain.body);
     let body = drain.json();
@@ -243,7 +244,9 @@ fn drain_via_api_keeps_rooms_sends_new_rooms_elsewhere_and_exits_when_empty() {
         "{body}"
     );
     assert!(
-        body["deadline_secs"].as_u64().is_some_and(|s| s > 0),
+        body["deadline_secs"]
+            .as_u64()
+            .is_some_and(|s| (1790..=1800).contains(&s)),
         "{body}"
     );
     let again = a.request("POST", "/api/drain", None, None);
@@ -258,6 +261,15 @@ fn drain_via_api_keeps_rooms_sends_new_rooms_elsewhere_and_exits_when_empty() {
     assert_eq!(
         metric(a, "roomgate_cluster_node_state{state=\"active\"}"),
         0.0
+    );
+    // The default --drain-timeout is 30 minutes.
+    assert!(
+        eventually(WAIT, || {
+            let left = metric(a, "roomgate_cluster_drain_seconds_left");
+            left > 1700.0 && left <= 1800.0
+        }),
+        "drain time left: {}",
+        metric(a, "roomgate_cluster_drain_seconds_left")
     );
     for other in [b, c] {
         assert!(
