@@ -69,8 +69,8 @@ pub struct Directory {
     conn: Mutex<Option<MultiplexedConnection>>,
     /// Set once a connection has worked, so the first connection is not a "reconnect".
     ever_up: AtomicBool,
-    /// The start-up attempt already logged the outage.
-    logged_failure: AtomicBool,
+    /// The current outage has been logged.
+    outage_logged: AtomicBool,
     prefix: String,
     node_id: String,
     scripts: Scripts,
@@ -107,7 +107,7 @@ impl Directory {
             client,
             conn: Mutex::new(None),
             ever_up: AtomicBool::new(false),
-            logged_failure: AtomicBool::new(false),
+            outage_logged: AtomicBool::new(false),
             prefix: config.prefix.clone(),
             node_id: config.node_id.clone(),
             scripts: Scripts {
@@ -134,27 +134,26 @@ impl Directory {
 
     /// Keep a connection: again whenever an operation dropped it.
     pub async fn reconnect_loop(self: Arc<Self>, stop: tokio::sync::watch::Receiver<bool>) {
-        let mut logged_failure = self.logged_failure.load(Ordering::Relaxed);
         loop {
             if *stop.borrow() {
                 return;
             }
             if !self.is_up() {
-                logged_failure = !self.try_connect(logged_failure).await;
+                self.try_connect().await;
             }
             tokio::time::sleep(RECONNECT_INTERVAL).await;
         }
     }
 
-    /// One connection attempt; logs the first failure of an outage, not every retry.
-    /// Returns whether a connection is up now.
-    pub async fn try_connect(&self, failure_logged: bool) -> bool {
+    /// One connection attempt. Returns whether a connection is up now.
+    pub async fn try_connect(&self) -> bool {
         match self.connect().await {
             Ok(conn) => {
                 if let Ok(mut slot) = self.conn.lock() {
                     *slot = Some(conn);
                 }
                 self.metrics.set_redis_up(true);
+                self.outage_logged.store(false, Ordering::Relaxed);
                 if self.ever_up.swap(true, Ordering::Relaxed) {
                     self.metrics.reconnected();
                     if let Ok(mut at) = self.reconnected_at.lock() {
@@ -170,14 +169,19 @@ impl Directory {
             Err(e) => {
                 self.metrics.redis_error();
                 self.metrics.set_redis_up(false);
-                if failure_logged {
-                    debug!(error = %e, "cluster directory (Redis) still unreachable");
-                } else {
-                    error!(error = %e, "cluster directory (Redis) unreachable: new rooms are refused, owned rooms keep running; retrying every {} ms", RECONNECT_INTERVAL.as_millis());
-                    self.logged_failure.store(true, Ordering::Relaxed);
-                }
+                self.outage(&e);
                 false
             }
+        }
+    }
+
+    /// One error line per outage, whichever noticed it first (a failed command or a
+    /// failed connection attempt); the retries log at debug.
+    fn outage(&self, e: &redis::RedisError) {
+        if self.outage_logged.swap(true, Ordering::Relaxed) {
+            debug!(error = %e, "cluster directory (Redis) still unreachable");
+        } else {
+            error!(error = %e, "cluster directory (Redis) unreachable: new rooms are refused, owned rooms keep running; retrying every {} ms", RECONNECT_INTERVAL.as_millis());
         }
     }
 
@@ -211,7 +215,7 @@ impl Directory {
             let was_up = self.conn.lock().ok().and_then(|mut c| c.take()).is_some();
             self.metrics.set_redis_up(false);
             if was_up {
-                error!(error = %e, "cluster directory (Redis) unreachable: new rooms are refused, owned rooms keep running; reconnecting");
+                self.outage(&e);
             }
             DirectoryError::Unreachable(e.to_string())
         } else {

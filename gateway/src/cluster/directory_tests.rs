@@ -113,7 +113,7 @@ fn scripts_keep_one_owner_per_room() {
     rt.block_on(async {
         let a = directory(&redis, "a");
         let b = directory(&redis, "b");
-        assert!(a.try_connect(false).await && b.try_connect(false).await);
+        assert!(a.try_connect().await && b.try_connect().await);
         let no_rooms: Vec<String> = Vec::new();
         a.heartbeat(&record("a", NodeState::Active), &no_rooms, TTL)
             .await

@@ -111,7 +111,7 @@ impl Cluster {
     /// can place rooms), then keep the connection and the heartbeat going. An
     /// unreachable Redis does not stop the start: the node serves and retries.
     pub async fn start(self: &Arc<Self>) {
-        if self.directory.try_connect(false).await {
+        if self.directory.try_connect().await {
             self.beat().await;
         }
         tokio::spawn(self.directory.clone().reconnect_loop(self.stop.subscribe()));
