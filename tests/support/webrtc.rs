@@ -599,6 +599,8 @@ pub fn http_request(
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
+        // Redirects are the caller's to see (a cluster answers 307 to the room's owner).
+        .max_redirects(0)
         .build()
         .into();
     let auth = bearer.map(|t| format!("Bearer {t}"));
@@ -648,15 +650,43 @@ pub fn http_request(
     }
 }
 
-/// POST an SDP offer (`application/sdp`) to `base` + `path`.
+/// POST an SDP offer (`application/sdp`) to `base` + `path`, following 307/308 redirects
+/// the way RFC 9725 asks WHIP clients to: the same offer to the `Location`. The reply is
+/// the last one (a cluster's owner answers with an absolute `Location`).
 pub fn post_offer(base: &str, path: &str, sdp: &str, bearer: Option<&str>) -> HttpReply {
-    http_request(
-        "POST",
-        &format!("{base}{path}"),
-        Some("application/sdp"),
-        Some(sdp),
-        bearer,
-    )
+    let mut url = format!("{base}{path}");
+    for _ in 0..MAX_REDIRECTS {
+        let reply = http_request("POST", &url, Some("application/sdp"), Some(sdp), bearer);
+        match (reply.status, &reply.location) {
+            (307 | 308, Some(location)) => url = absolute(&url, location),
+            _ => return reply,
+        }
+    }
+    panic!("POST {base}{path}: more than {MAX_REDIRECTS} redirects");
+}
+
+/// At most this many 307s per offer (a cluster needs one).
+const MAX_REDIRECTS: usize = 4;
+
+/// `scheme://host:port` of an absolute URL.
+fn origin_of(url: &str) -> String {
+    match url.find("://") {
+        Some(i) => {
+            let rest = &url[i + 3..];
+            let end = rest.find('/').map_or(url.len(), |j| i + 3 + j);
+            url[..end].to_owned()
+        }
+        None => String::new(),
+    }
+}
+
+/// `location` resolved against the URL it came from.
+fn absolute(from: &str, location: &str) -> String {
+    if location.contains("://") {
+        location.to_owned()
+    } else {
+        format!("{}{location}", origin_of(from))
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1394,6 +1424,13 @@ pub fn connect(base: &str, path: &str, mut cfg: PeerConfig) -> Result<Peer, Conn
             .map_or(String::from("/"), |p| location[i + 3 + p..].to_owned()),
         None => location.clone(),
     };
+    // An absolute Location names the node that owns the session (after a redirect, not
+    // the one first asked): DELETE and PATCH go there.
+    let base = if location.contains("://") {
+        origin_of(&location)
+    } else {
+        base.to_owned()
+    };
     let answer = match Answer::parse(&reply.body) {
         Ok(a) => a,
         Err(e) => {
@@ -1430,7 +1467,7 @@ pub fn connect(base: &str, path: &str, mut cfg: PeerConfig) -> Result<Peer, Conn
         }
     };
     Ok(Peer {
-        base: base.to_owned(),
+        base,
         location: location_path,
         participant,
         local: shared.socket.local_addr().expect("bound socket address"),
