@@ -78,12 +78,12 @@ impl Faults for Cluster {
     }
 
     /// Where `node` sends a WHIP/WHEP POST to `path`: its reply, and the base URL of the
-    /// node that serves the room (`None` for a refusal). The test client's HTTP agent
-    /// cannot hand back a 307 to a POST (ureq fails the request), and a full offer at a
-    /// node that turns out to serve the room would leave a session nobody connects to, so
-    /// the decision is read with an empty offer, which no node accepts: a redirecting node
-    /// answers 307 before it looks at the body, the node serving the room answers 400 and
-    /// creates nothing. The real offer then goes to that node ([`Faults::join_at`]).
+    /// node that serves the room (`None` for a refusal), so a test can assert each hop.
+    /// A full offer at a node that turns out to serve the room would leave a session
+    /// nobody connects to, so the decision is read with an empty offer, which no node
+    /// accepts: a redirecting node answers 307 before it looks at the body, the node
+    /// serving the room answers 400 and creates nothing. The real offer then goes to that
+    /// node ([`Faults::join_at`]).
     fn route(&self, node: &Node, path: &str) -> (Reply, Option<String>) {
         let probe = node.request("POST", path, Some("application/sdp"), None);
         let target = match probe.status {
