@@ -13,7 +13,9 @@
 //!
 //! API (kept stable; other test binaries use it):
 //! - [`Cluster::start(tag, nodes)`](Cluster::start): net + Redis + nodes with default
-//!   options, dropped in the right order (nodes, Redis, namespaces). Fields are public.
+//!   options, dropped in the right order (nodes, Redis, namespaces); prints the tail of
+//!   each node's log when the test panics. Fields are public. `client(f)`, `key(kind,
+//!   name)`, `redis_owner(room)`, `node(id)`, `node_of_url(url)`.
 //! - [`ClusterNet::new(tag, n)`](ClusterNet::new): namespaces named `rg<pid><tag>h` and
 //!   `rg<pid><tag>n<i>` (pid + tag: parallel tests never collide). `hub()`, `hub_ip()`,
 //!   `node_ns(i)`, `node_ip(i)`, `prefix()` (a Redis key prefix unique to this net),
@@ -67,6 +69,8 @@ pub const DEFAULT_TTL: Duration = Duration::from_millis(1500);
 /// Redirects [`request_following`] follows before giving up (a loop is a product bug).
 pub const MAX_HOPS: usize = 3;
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Lines of each node's log printed when a test using [`Cluster`] panics.
+const LOG_TAIL: usize = 40;
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip");
@@ -636,6 +640,27 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     pub redis: RedisServer,
     pub net: ClusterNet,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        // The nodes' own account of a failure, before they are gone.
+        for n in &self.nodes {
+            let log = n.stderr();
+            let lines: Vec<&str> = log.lines().collect();
+            let start = lines.len().saturating_sub(LOG_TAIL);
+            eprintln!(
+                "==== node {} ({}) stderr, last {} lines:\n{}",
+                n.id(),
+                n.mode(),
+                lines.len() - start,
+                lines[start..].join("\n")
+            );
+        }
+    }
 }
 
 impl Cluster {
