@@ -76,26 +76,12 @@ fn assert_redirect(reply: &Reply, owner: &Node, path: &str) {
     assert_eq!(body["location"], want.as_str(), "307 body: {body}");
 }
 
-/// The Rust WHIP/WHEP client at `entry`: its offer is answered with a 307, which it
-/// follows by POSTing its offer to the Location. (`connect` makes its own certificate, so
-/// the re-POSTed offer differs from the first only in the fingerprint line.)
-fn connect_via(c: &Cluster, entry: &Node, path: &str, cfg: PeerConfig) -> (Reply, Peer) {
-    let mut first = cfg.offer.clone();
-    first.fingerprint = fingerprint_of(&new_certificate());
-    let url = entry.url(path);
-    let sdp = first.to_sdp();
-    c.client(|| {
-        let redirect = request("POST", &url, Some(SDP), Some(&sdp));
-        let location = redirect.location.clone().unwrap_or_else(|| {
-            panic!(
-                "POST {url}: {} {} (no Location)",
-                redirect.status, redirect.body
-            )
-        });
-        let peer = connect(base_of(&location), path_of(&location), cfg)
-            .unwrap_or_else(|e| panic!("WHIP/WHEP at {location} after the 307 from {url}: {e}"));
-        (redirect, peer)
-    })
+/// The Rust WHIP/WHEP client at `entry`; it follows a 307 itself (the same offer to the
+/// Location, as RFC 9725 asks).
+fn connect_at(c: &Cluster, entry: &Node, path: &str, cfg: PeerConfig) -> Peer {
+    let base = entry.base_url();
+    c.client(|| connect(&base, path, cfg))
+        .unwrap_or_else(|e| panic!("WHIP/WHEP {path} at {}: {e}", entry.id()))
 }
 
 fn peer_config(c: &Cluster, mut cfg: PeerConfig) -> PeerConfig {
@@ -216,23 +202,20 @@ fn clients_at_other_nodes_are_redirected_and_served_by_the_owner() {
     assert_eq!(seed.status, 201, "REST join at B: {}", seed.body);
     assert_eq!(c.redis_owner(room), b.id(), "Redis names B as the owner");
 
-    // WHIP at A: 307 to B, same path; the real client follows it and publishes at B.
+    // WHIP at A, WHEP at C: the real client follows the 307 and lands on B (its session's
+    // absolute Location names B); each entry node counts one redirect.
     let whip = format!("/whip/{room}");
-    let cfg = peer_config(&c, PeerConfig::publisher());
-    let (redirect, publisher) = connect_via(&c, a, &whip, cfg);
-    assert_redirect(&redirect, b, &whip);
+    let publisher = connect_at(&c, a, &whip, peer_config(&c, PeerConfig::publisher()));
     assert_eq!(
         publisher.base,
         b.base_url(),
         "the publisher's session lives on B"
     );
-
-    // WHEP at C: 307 to B; the viewer gets its media through B.
+    assert_eq!(a.metric(REDIRECTS), 1.0, "A redirected the WHIP offer");
     let whep = format!("/whep/{room}");
-    let cfg = peer_config(&c, PeerConfig::subscriber());
-    let (redirect, viewer) = connect_via(&c, cc, &whep, cfg);
-    assert_redirect(&redirect, b, &whep);
+    let viewer = connect_at(&c, cc, &whep, peer_config(&c, PeerConfig::subscriber()));
     assert_eq!(viewer.base, b.base_url(), "the viewer's session lives on B");
+    assert_eq!(cc.metric(REDIRECTS), 1.0, "C redirected the WHEP offer");
     wait_connected(b, room, &[&publisher, &viewer]);
     assert_media_flows(&publisher, &viewer, 100);
     assert_eq!(sessions(&c), vec![0, 3, 0], "every participant is on B");
@@ -244,6 +227,7 @@ fn clients_at_other_nodes_are_redirected_and_served_by_the_owner() {
     let replies = c.client(|| request_following("POST", &whip_url, Some(SDP), Some(&offer)));
     let statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
     assert_eq!(statuses, vec![307, 201], "WHIP at A, followed: {replies:?}");
+    assert_redirect(&replies[0], b, &whip);
     let created = replies[1].location.clone().expect("201 with Location");
     let resource = path_of(&created).to_owned();
     assert!(
@@ -273,6 +257,8 @@ fn clients_at_other_nodes_are_redirected_and_served_by_the_owner() {
     );
 
     // REST is redirected too, never proxied: a participant POST at A and a room GET at C.
+    let probe = cc.request("POST", &whep, Some(SDP), Some(&offer_sdp(Role::Subscriber)));
+    assert_redirect(&probe, b, &whep);
     let participants = format!("/api/rooms/{room}/participants");
     let rest = a.request("POST", &participants, None, None);
     assert_redirect(&rest, b, &participants);
@@ -304,10 +290,10 @@ fn clients_at_other_nodes_are_redirected_and_served_by_the_owner() {
     );
     assert_eq!(c.redis_owner(room), b.id());
 
-    // Exactly the 307s sent: A answered WHIP, WHIP (followed), DELETE, REST POST;
-    // C answered WHEP, GET, GET (followed); B redirected nothing.
+    // Exactly the 307s sent: A answered WHIP (client), WHIP (followed here), DELETE, REST
+    // POST; C answered WHEP (client), WHEP (probe), GET, GET (followed); B none.
     assert_eq!(a.metric(REDIRECTS), 4.0, "A's redirects");
-    assert_eq!(cc.metric(REDIRECTS), 3.0, "C's redirects");
+    assert_eq!(cc.metric(REDIRECTS), 4.0, "C's redirects");
     assert_eq!(b.metric(REDIRECTS), 0.0, "B's redirects");
 
     // The viewer leaves through its resource on B (the Location it was given).
