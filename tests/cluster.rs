@@ -549,6 +549,36 @@ fn a_browser_follows_the_cross_origin_307_and_its_media_reaches_a_viewer_at_the_
         "the entry node sent the 307"
     );
     assert_eq!(owner.metric(REDIRECTS), 0.0);
+
+    // The page's room polls (GET at the entry node) follow their 307 too: it lists itself.
+    let listed = eventually(Duration::from_secs(10), || {
+        reports.latest("P").is_some_and(|r| {
+            r["listing"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|p| p["participant"] == participant.as_str()))
+        })
+    });
+    assert!(
+        listed,
+        "the page's room listing never showed it:\n{}",
+        reports.dump()
+    );
+
+    // Leaving sends DELETE to the absolute Location, on the owner (cross-origin again).
+    reports.command("P", "leave");
+    assert!(
+        eventually(Duration::from_secs(10), || sessions(&c) == vec![0, 0, 1]),
+        "the page's DELETE did not end its session on the owner: {:?}\nconsole:\n{}",
+        sessions(&c),
+        browser.log_tail(30)
+    );
+    let errors = reports.latest("P").map(|r| r["errors"].clone());
+    assert_eq!(
+        errors,
+        Some(Value::Array(Vec::new())),
+        "page errors; console:\n{}",
+        browser.log_tail(30)
+    );
     drop(browser);
 }
 
