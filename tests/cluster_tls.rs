@@ -4,101 +4,36 @@
 //! rooms (503), with the failures counted. Loopback only, no namespaces needed.
 mod support;
 
-use std::{
-    net::TcpListener,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::path::Path;
 
-use support::*;
+use support::{
+    redis::{RedisServer, RedisTls},
+    *,
+};
 
 const PASSWORD: &str = "cluster-tls-secret";
 
-struct TlsRedis {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl TlsRedis {
-    fn start(dir: &Path) -> TlsRedis {
-        let ca_key = rcgen::KeyPair::generate().expect("CA key");
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA");
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "roomgate test CA");
-        let ca = ca_params.self_signed(&ca_key).expect("self-sign CA");
-        let key = rcgen::KeyPair::generate().expect("server key");
-        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("server");
-        let cert = params.signed_by(&key, &ca, &ca_key).expect("sign server");
-        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-        std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
-        std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                "0",
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args(["--tls-port", &port.to_string()])
-            .args(["--tls-auth-clients", "no", "--requirepass", PASSWORD])
-            .arg("--tls-cert-file")
-            .arg(dir.join("server.pem"))
-            .arg("--tls-key-file")
-            .arg(dir.join("server.key"))
-            .arg("--tls-ca-cert-file")
-            .arg(dir.join("ca.pem"))
-            .arg("--dir")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (Debian package redis-server; `cargo xtask setup` installs it)");
-        let redis = TlsRedis {
-            child,
-            port,
-            dir: dir.to_owned(),
-        };
-        assert!(
-            eventually(Duration::from_secs(10), || redis.cli(&["PING"]) == "PONG"),
-            "TLS redis-server did not answer PING"
-        );
-        redis
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "--tls"])
-            .arg("--cacert")
-            .arg(self.dir.join("ca.pem"))
-            .args(["-a", PASSWORD, "--no-auth-warning"])
-            .args(args)
-            .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-
-    fn url(&self, password: &str) -> String {
-        format!("rediss://:{password}@127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for TlsRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A CA and a server certificate for 127.0.0.1, written to `dir`.
+fn certificates(dir: &Path) -> RedisTls {
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "roomgate test CA");
+    let ca = ca_params.self_signed(&ca_key).expect("self-sign CA");
+    let key = rcgen::KeyPair::generate().expect("server key");
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("server");
+    let cert = params.signed_by(&key, &ca, &ca_key).expect("sign server");
+    let tls = RedisTls {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+    };
+    std::fs::write(&tls.ca, ca.pem()).unwrap();
+    std::fs::write(&tls.cert, cert.pem()).unwrap();
+    std::fs::write(&tls.key, key.serialize_pem()).unwrap();
+    tls
 }
 
 fn node(redis_url: &str, ca: Option<&Path>, id: &str, prefix: &str) -> Gateway {
@@ -124,12 +59,12 @@ fn metric(gw: &Gateway, name: &str) -> f64 {
 fn tls_and_password_are_required_and_checked() {
     let dir = std::env::temp_dir().join(format!("roomgate-cluster-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let redis = TlsRedis::start(&dir);
+    let redis = RedisServer::loopback_tls(certificates(&dir), PASSWORD);
     let prefix = format!("tls{}", std::process::id());
     let ca = dir.join("ca.pem");
 
     // Right CA, right password: the node registers and claims a room over TLS.
-    let good = node(&redis.url(PASSWORD), Some(&ca), "tls-good", &prefix);
+    let good = node(&redis.url(), Some(&ca), "tls-good", &prefix);
     assert_eq!(metric(&good, "roomgate_cluster_redis_up"), 1.0);
     let (status, body) = good.post("/api/rooms/tlsroom/participants");
     assert_eq!(status, 201, "{body}");
@@ -144,8 +79,13 @@ fn tls_and_password_are_required_and_checked() {
 
     // Wrong password, and a server the node cannot verify (system roots only): both
     // nodes run, refuse new rooms with a clear 503 and count the failures.
-    let wrong_password = node(&redis.url("wrong"), Some(&ca), "tls-badpass", &prefix);
-    let unverified = node(&redis.url(PASSWORD), None, "tls-noca", &prefix);
+    let wrong_password = node(
+        &redis.url_with_password(Some("wrong")),
+        Some(&ca),
+        "tls-badpass",
+        &prefix,
+    );
+    let unverified = node(&redis.url(), None, "tls-noca", &prefix);
     for (gw, what) in [
         (&wrong_password, "wrong password"),
         (&unverified, "unverified server"),

@@ -12,7 +12,6 @@ mod support;
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::Write,
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
@@ -304,12 +303,7 @@ impl Drop for Prometheus {
     }
 }
 
-fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+use support::redis::free_tcp_port;
 
 fn start_prometheus(target: &str) -> Prometheus {
     let dir = std::env::temp_dir().join(format!("roomgate-prom-{}", std::process::id()));
@@ -514,7 +508,7 @@ fn prometheus_evaluates_every_dashboard_and_alert_expression() {
     }
     // Cluster mode (one node on a real Redis), so the Cluster row and the cluster alerts
     // have series too; everything else on the dashboard is the same as without it.
-    let mut redis = LoopbackRedis::start();
+    let redis = support::redis::RedisServer::loopback();
     let http_port = free_tcp_port();
     let gw = Gateway::builder("ebpf", 2)
         .set("--http-bind", format!("127.0.0.1:{http_port}"))
@@ -599,7 +593,7 @@ fn prometheus_evaluates_every_dashboard_and_alert_expression() {
 
     // Redis goes away: the node reports it and the critical alert becomes pending (it
     // fires after its 30 s `for`, which promtool_fires_the_cluster_alerts checks).
-    redis.kill();
+    redis.stop();
     let pending = eventually(Duration::from_secs(20), || {
         let (_, v) = http("GET", &format!("{}/api/v1/alerts", prom.url));
         v["data"]["alerts"].as_array().is_some_and(|alerts| {
@@ -614,60 +608,6 @@ fn prometheus_evaluates_every_dashboard_and_alert_expression() {
         "RoomgateClusterRedisUnreachable is pending once Redis is gone: {alerts}\n{}",
         query(&prom, "roomgate_cluster_redis_up")
     );
-}
-
-/// A real redis-server on a free loopback port, killed on drop.
-struct LoopbackRedis {
-    child: Option<Child>,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl LoopbackRedis {
-    fn start() -> LoopbackRedis {
-        let port = free_tcp_port();
-        let dir = std::env::temp_dir().join(format!("roomgate-redis-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("redis dir");
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--dir"])
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (Debian redis-server, installed by `cargo xtask setup`)");
-        let redis = LoopbackRedis {
-            child: Some(child),
-            port,
-            dir,
-        };
-        let up = eventually(Duration::from_secs(10), || {
-            Command::new("redis-cli")
-                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "PING"])
-                .output()
-                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG")
-        });
-        assert!(up, "redis-server answers PING on port {port}");
-        redis
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for LoopbackRedis {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// The cluster alerts fire on their conditions and stay quiet just below them, evaluated

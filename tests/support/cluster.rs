@@ -48,16 +48,14 @@
 #![allow(dead_code)]
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::Mutex,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 
-use super::{eventually, metric_sum, netns::in_netns, Gateway};
+use super::{metric_sum, netns::in_netns, Gateway};
 
 /// The hub's address on the bridge: Redis listens here and clients send from here.
 pub const HUB_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
@@ -184,134 +182,16 @@ impl Drop for ClusterNet {
 // Redis
 // ---------------------------------------------------------------------------------------
 
-/// A real `redis-server` (Debian package) in a namespace, restartable on the same address.
-pub struct RedisServer {
-    ns: String,
-    ip: IpAddr,
-    port: u16,
-    pub password: Option<String>,
-    dir: PathBuf,
-    child: Mutex<Option<Child>>,
-}
+pub use super::redis::RedisServer;
 
 impl RedisServer {
+    /// In the hub of `net`, on its address and [`REDIS_PORT`].
     pub fn start(net: &ClusterNet) -> RedisServer {
         Self::start_with(net, None)
     }
 
     pub fn start_with(net: &ClusterNet, password: Option<&str>) -> RedisServer {
         Self::start_in(net.hub(), net.hub_ip(), REDIS_PORT, password)
-    }
-
-    /// In namespace `ns` on `ip:port`.
-    pub fn start_in(ns: &str, ip: IpAddr, port: u16, password: Option<&str>) -> RedisServer {
-        let dir = std::env::temp_dir().join(format!("roomgate-redis-{ns}-{port}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create redis dir");
-        let redis = RedisServer {
-            ns: ns.to_owned(),
-            ip,
-            port,
-            password: password.map(str::to_owned),
-            dir,
-            child: Mutex::new(None),
-        };
-        redis.start_again();
-        redis
-    }
-
-    /// Start (again) on the same address, with no data (`--save ""`, no AOF).
-    pub fn start_again(&self) {
-        let mut slot = self.child.lock().expect("redis child lock");
-        assert!(slot.is_none(), "redis-server is already running");
-        let log = std::fs::File::create(self.dir.join("redis.log")).expect("redis log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns, "redis-server"])
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", &self.ip.to_string()])
-            .args(["--save", "", "--appendonly", "no"])
-            .args(["--protected-mode", "no"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .args(
-                self.password
-                    .iter()
-                    .flat_map(|p| ["--requirepass".to_owned(), p.clone()]),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().expect("dup redis log")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("redis-server (Debian package redis-server; `cargo xtask setup` installs it)");
-        *slot = Some(child);
-        drop(slot);
-        assert!(
-            eventually(Duration::from_secs(10), || self.cli(&["PING"]) == "PONG"),
-            "redis-server in {} did not answer PING; log:\n{}",
-            self.ns,
-            std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default()
-        );
-    }
-
-    /// SIGKILL, reap, and wait until the port refuses connections.
-    pub fn stop(&self) {
-        let child = self.child.lock().expect("redis child lock").take();
-        let Some(mut child) = child else { return };
-        let _ = child.kill();
-        let _ = child.wait();
-        let addr = SocketAddr::new(self.ip, self.port);
-        let closed = in_netns(&self.ns, || {
-            eventually(Duration::from_secs(5), || {
-                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err()
-            })
-        });
-        assert!(closed, "redis port {addr} still open after SIGKILL");
-    }
-
-    pub fn running(&self) -> bool {
-        self.child
-            .lock()
-            .is_ok_and(|mut c| c.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None))))
-    }
-
-    /// `redis-cli` in the namespace; trimmed stdout (empty when the command failed).
-    pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns, "redis-cli"])
-            .args(["-h", &self.ip.to_string(), "-p", &self.port.to_string()])
-            .args(
-                self.password
-                    .iter()
-                    .flat_map(|p| ["-a".to_owned(), p.clone(), "--no-auth-warning".to_owned()]),
-            )
-            .args(args)
-            .output()
-            .expect("redis-cli (Debian package redis-tools)");
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-
-    /// `redis://[:password@]ip:port`.
-    pub fn url(&self) -> String {
-        match &self.password {
-            Some(p) => format!("redis://:{p}@{}:{}", self.ip, self.port),
-            None => format!("redis://{}:{}", self.ip, self.port),
-        }
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        SocketAddr::new(self.ip, self.port)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        if let Ok(mut slot) = self.child.lock() {
-            if let Some(mut child) = slot.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod netns;
+pub mod redis;
 
 use std::{
     io::{BufRead, BufReader, Read},
