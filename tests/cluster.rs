@@ -492,10 +492,8 @@ fn a_browser_follows_the_cross_origin_307_and_its_media_reaches_a_viewer_at_the_
 
     // The page loads from a third origin in the hub and talks to `entry`.
     let hub_ip = c.net.hub_ip();
-    let reports = HubReports {
-        server: Some(c.client(|| ReportServer::start_on(hub_ip, Some(demo_page_source())))),
-        hub: c.net.hub().to_owned(),
-    };
+    // Listening in the hub, where the browser runs.
+    let reports = c.client(|| ReportServer::start_on(hub_ip, Some(demo_page_source())));
     let query = format!(
         "room={room}&autostart=1&name=P&report={}&gateway={}",
         reports.report_url(),
@@ -580,26 +578,4 @@ fn a_browser_follows_the_cross_origin_307_and_its_media_reaches_a_viewer_at_the_
         browser.log_tail(30)
     );
     drop(browser);
-}
-
-/// The page's report server, listening in the hub. Its drop wakes the accept loop with a
-/// connection, which only a thread in the hub can make, so it is dropped there (also
-/// when the test panics; otherwise the drop would wait forever).
-struct HubReports {
-    server: Option<ReportServer>,
-    hub: String,
-}
-
-impl std::ops::Deref for HubReports {
-    type Target = ReportServer;
-    fn deref(&self) -> &ReportServer {
-        self.server.as_ref().expect("report server")
-    }
-}
-
-impl Drop for HubReports {
-    fn drop(&mut self) {
-        let server = self.server.take();
-        support::netns::in_netns(&self.hub, move || drop(server));
-    }
 }

@@ -78,6 +78,8 @@ pub struct ReportServer {
     reports: Reports,
     commands: Commands,
     stop: Arc<AtomicBool>,
+    /// The listening socket, kept to wake the accept loop on drop.
+    listener: TcpListener,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -95,6 +97,7 @@ impl ReportServer {
         let commands: Commands = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let page = Arc::new(page);
+        let wake = listener.try_clone().expect("clone report listener");
         let thread = {
             let (reports, commands, stop) = (reports.clone(), commands.clone(), stop.clone());
             std::thread::spawn(move || {
@@ -116,6 +119,7 @@ impl ReportServer {
             reports,
             commands,
             stop,
+            listener: wake,
             thread: Some(thread),
         }
     }
@@ -184,8 +188,17 @@ impl ReportServer {
 impl Drop for ReportServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        // Wake the accept loop so it sees the flag. shutdown(2) on the listening socket
+        // makes a blocked accept fail at once; a wake-up connection would need this
+        // thread to be in the listener's network namespace (and from any other one it
+        // would leave through that namespace's routes).
+        // SAFETY: shutdown on a socket fd this struct owns.
+        unsafe {
+            libc::shutdown(
+                std::os::fd::AsRawFd::as_raw_fd(&self.listener),
+                libc::SHUT_RDWR,
+            );
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
