@@ -39,6 +39,7 @@ use webrtc::{
 /// Bound for state to show up (heartbeats run every ttl/3 = 500 ms) and packets to arrive.
 const WAIT: Duration = Duration::from_secs(5);
 const SDP: &str = "application/sdp";
+const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
 const REDIRECTS: &str = "roomgate_cluster_redirects_total";
 const CLAIMS: &str = "roomgate_cluster_claims_total";
 
@@ -236,6 +237,12 @@ fn clients_at_other_nodes_are_redirected_and_served_by_the_owner() {
         b.base_url()
     );
     assert_eq!(sessions(&c), vec![0, 4, 0]);
+    // PATCH (trickle, RFC 9725 4.3) reaches B at the absolute Location; at A it is 307'd.
+    let frag = "a=end-of-candidates\r\n";
+    let patch_at_a = a.request("PATCH", &resource, Some(SDPFRAG), Some(frag));
+    assert_redirect(&patch_at_a, b, &resource);
+    let patched = c.client(|| request("PATCH", &created, Some(SDPFRAG), Some(frag)));
+    assert_eq!(patched.status, 204, "PATCH {created}: {}", patched.body);
     let at_a = a.request("DELETE", &resource, None, None);
     assert_redirect(&at_a, b, &resource);
     assert_eq!(
@@ -290,9 +297,9 @@ fn clients_at_other_nodes_are_redirected_and_served_by_the_owner() {
     );
     assert_eq!(c.redis_owner(room), b.id());
 
-    // Exactly the 307s sent: A answered WHIP (client), WHIP (followed here), DELETE, REST
-    // POST; C answered WHEP (client), WHEP (probe), GET, GET (followed); B none.
-    assert_eq!(a.metric(REDIRECTS), 4.0, "A's redirects");
+    // Exactly the 307s sent: A answered WHIP (client), WHIP (followed here), PATCH, DELETE,
+    // REST POST; C answered WHEP (client), WHEP (probe), GET, GET (followed); B none.
+    assert_eq!(a.metric(REDIRECTS), 5.0, "A's redirects");
     assert_eq!(cc.metric(REDIRECTS), 4.0, "C's redirects");
     assert_eq!(b.metric(REDIRECTS), 0.0, "B's redirects");
 
