@@ -15,6 +15,8 @@
 //!   deltas (commands run inside the Lua scripts are counted by Redis under their own
 //!   names); heartbeats that ran meanwhile are recognised by their SADD (only the
 //!   heartbeat script adds to the node set) and reported apart;
+//! - a fresh room placed on another node (the entry node drains): the 307 and the join
+//!   at the chosen owner, latency and Redis operations;
 //! - placement throughput: `ROOMGATE_CLUSTER_BENCH_CONCURRENCY` clients (default 32) POST
 //!   fresh rooms spread over the 3 nodes, following 307s, for
 //!   `ROOMGATE_CLUSTER_BENCH_SECS` (default 10): rooms/s and rooms per node. Each room keeps
@@ -517,6 +519,43 @@ fn cluster_bench() {
         failures.len(),
         total as usize + failures.len(),
         failures.iter().take(5).collect::<Vec<_>>()
+    );
+
+    // 5. A fresh room placed on another node: the entry node drains, so it claims each
+    // new room for another node and redirects; the owner then finds its claim.
+    let drainer = NODES - 1;
+    let drained = net.client(|| post(&agent(), &format!("{}/api/drain", bases[drainer])));
+    assert_eq!(drained.status, 202, "drain: {}", drained.body);
+    let s4 = stats();
+    let (mut redirect, mut followed) = net.client(|| {
+        let a = agent();
+        let mut redirect = Vec::new();
+        let mut followed = Vec::new();
+        for i in 0..ROOMS {
+            let path = participants(&bases[drainer], &format!("spill-{i}"));
+            let r = post(&a, &path);
+            assert_eq!(r.status, 307, "{path} at the draining node: {}", r.body);
+            let location = r.location.expect("307 has a Location");
+            let r2 = post(&a, &location);
+            assert_eq!(r2.status, 201, "{location} after the redirect: {}", r2.body);
+            redirect.push(r.took);
+            followed.push(r.took + r2.took);
+        }
+        (redirect, followed)
+    });
+    let s5 = stats();
+    println!(
+        "cluster[placed elsewhere latency] fresh room POSTed at a draining node -> 307: {}; -> 307 + 201 at the chosen owner: {}",
+        p50_p99(&mut redirect),
+        p50_p99(&mut followed)
+    );
+    println!(
+        "{}",
+        ops_line(
+            "fresh room placed on another node + redirect + join at it",
+            ROOMS,
+            &delta(&s4, &s5)
+        )
     );
     drop(nodes);
 }
