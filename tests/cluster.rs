@@ -269,6 +269,15 @@ fn clients_at_other_nodes_are_redirected_and_served_by_the_owner() {
     let participants = format!("/api/rooms/{room}/participants");
     let rest = a.request("POST", &participants, None, None);
     assert_redirect(&rest, b, &participants);
+    // A percent-encoded room name is the same room (the handler decodes it): redirected
+    // too, never served here.
+    let encoded = format!(
+        "/api/rooms/%{:02X}{}/participants",
+        room.as_bytes()[0],
+        &room[1..]
+    );
+    let rest = a.request("POST", &encoded, None, None);
+    assert_redirect(&rest, b, &encoded);
     let listing = format!("/api/rooms/{room}");
     let get = cc.request("GET", &listing, None, None);
     assert_redirect(&get, b, &listing);
@@ -298,8 +307,8 @@ fn clients_at_other_nodes_are_redirected_and_served_by_the_owner() {
     assert_eq!(c.redis_owner(room), b.id());
 
     // Exactly the 307s sent: A answered WHIP (client), WHIP (followed here), PATCH, DELETE,
-    // REST POST; C answered WHEP (client), WHEP (probe), GET, GET (followed); B none.
-    assert_eq!(a.metric(REDIRECTS), 5.0, "A's redirects");
+    // REST POST twice; C answered WHEP (client), WHEP (probe), GET, GET (followed); B none.
+    assert_eq!(a.metric(REDIRECTS), 6.0, "A's redirects");
     assert_eq!(cc.metric(REDIRECTS), 4.0, "C's redirects");
     assert_eq!(b.metric(REDIRECTS), 0.0, "B's redirects");
 

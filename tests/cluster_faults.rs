@@ -386,7 +386,10 @@ fn sigterm_drains_until_the_drain_timeout_then_exits_zero() {
         "drain without the token: {}",
         refused.body
     );
-    assert_eq!(a.cluster()["state"], "active");
+    assert_eq!(state_seen_by(b, a).as_deref(), Some("active"));
+    // /api/cluster lists room names, which the token protects.
+    let listing = a.request("GET", "/api/cluster", None, None);
+    assert_eq!(listing.status, 401, "/api/cluster without the token");
 
     let signalled = Instant::now();
     a.sigterm();

@@ -126,9 +126,12 @@ async fn run_async(config: Config) -> Result<(), StartError> {
     }
     let (handles, joins) = logic::spawn_all(setups).map_err(StartError::Threads)?;
     let cluster = match config.cluster.clone() {
-        Some(c) => {
+        Some(mut c) => {
+            if c.advertise_derived {
+                c.advertise_http = format!("http://{http_addr}");
+            }
             let cluster = crate::cluster::Cluster::new(c, handles.clone(), config.max_sessions)?;
-            cluster.start().await;
+            cluster.start().await?;
             Some(cluster)
         }
         None => None,

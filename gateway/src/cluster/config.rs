@@ -39,7 +39,7 @@ pub struct ClusterCli {
 
     /// Lifetime of the node's heartbeat and of its room claims in Redis; both are renewed
     /// every third of it. A node silent this long is dead and its rooms can be claimed
-    /// again. 500ms to 60s. [default: 3s]
+    /// again. 1s to 60s. [default: 3s]
     #[arg(long, value_name = "DURATION")]
     pub cluster_ttl: Option<String>,
 
@@ -78,6 +78,9 @@ pub struct ClusterConfig {
     pub redis_ca: Option<PathBuf>,
     pub node_id: String,
     pub advertise_http: String,
+    /// `--advertise-http` was not given: the URL follows the HTTP address actually bound
+    /// (which differs from `--http-bind` for port 0).
+    pub advertise_derived: bool,
     pub drain_timeout: Duration,
     pub ttl: Duration,
     pub load_threshold: f64,
@@ -87,8 +90,9 @@ pub struct ClusterConfig {
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3);
 pub const DEFAULT_LOAD_THRESHOLD: f64 = 0.7;
+/// Below a second, one slow Redis answer or busy logic thread would let claims lapse.
 const TTL_RANGE: std::ops::RangeInclusive<Duration> =
-    Duration::from_millis(500)..=Duration::from_secs(60);
+    Duration::from_secs(1)..=Duration::from_secs(60);
 
 impl ClusterConfig {
     /// `None` without `--cluster-redis`; then every other cluster flag is an error, so a
@@ -140,6 +144,7 @@ impl ClusterConfig {
             })?,
         };
         check_name("--node-id", &node_id, 64)?;
+        let advertise_derived = cli.advertise_http.is_none();
         let advertise_http = match cli.advertise_http {
             Some(url) => check_advertise(&url)?,
             None if http_bind.ip().is_unspecified() => {
@@ -159,7 +164,7 @@ impl ClusterConfig {
             Some(raw) => {
                 let ttl = parse_duration("--cluster-ttl", &raw)?;
                 if !TTL_RANGE.contains(&ttl) {
-                    return Err(invalid("--cluster-ttl", &raw, "must be 500ms to 60s"));
+                    return Err(invalid("--cluster-ttl", &raw, "must be 1s to 60s"));
                 }
                 ttl
             }
@@ -185,6 +190,7 @@ impl ClusterConfig {
             redis_ca: cli.cluster_redis_ca,
             node_id,
             advertise_http,
+            advertise_derived,
             drain_timeout,
             ttl,
             load_threshold,
@@ -354,7 +360,7 @@ mod tests {
         for (field, value) in [
             ("advertise", "ftp://x:1"),
             ("advertise", "http://x:1/path"),
-            ("ttl", "100ms"),
+            ("ttl", "900ms"),
             ("ttl", "2m"),
             ("threshold", "1.5"),
             ("threshold", "x"),

@@ -24,16 +24,21 @@ use super::{
 /// How often a lost connection is retried.
 pub const RECONNECT_INTERVAL: Duration = Duration::from_millis(500);
 /// A command Redis has not answered in this long counts as Redis being unreachable, so
-/// a hung server turns into a prompt 503 rather than a hung WHIP request.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// a hung server turns into a prompt 503 rather than a hung WHIP request. Never more than
+/// a third of the TTL: one slow answer must not let the claims lapse.
+const MAX_RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DirectoryError {
+    #[error("cluster directory unreachable (Redis: not connected)")]
+    NotConnected,
+    /// Any failed command: the connection is dropped and replaced, because a server that
+    /// answers READONLY (after a failover), NOPERM or OOM cannot keep claims alive either.
     #[error("cluster directory unreachable (Redis: {0})")]
-    Unreachable(String),
-    #[error("cluster directory (Redis) failed: {0}")]
-    Failed(String),
+    Unreachable(#[source] redis::RedisError),
+    #[error("cluster directory unreachable (Redis answered something unreadable: {0})")]
+    Unreadable(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +50,18 @@ pub enum OpenError {
     },
     #[error("--cluster-redis: {0}")]
     Client(redis::RedisError),
+}
+
+/// What a heartbeat found.
+#[derive(Debug)]
+pub enum Beat {
+    /// Published: the rooms another node holds, and every live node's record.
+    Published {
+        lost: Vec<String>,
+        view: Vec<NodeRecord>,
+    },
+    /// Another live process has this node id (its record); nothing was written.
+    Duplicate(Option<NodeRecord>),
 }
 
 /// What the claim script decided.
@@ -69,6 +86,9 @@ pub struct Directory {
     conn: Mutex<Option<MultiplexedConnection>>,
     /// Set once a connection has worked, so the first connection is not a "reconnect".
     ever_up: AtomicBool,
+    /// A command or connection attempt failed since the last connection was made.
+    failed_since_connect: AtomicBool,
+    response_timeout: Duration,
     /// The current outage has been logged.
     outage_logged: AtomicBool,
     prefix: String,
@@ -107,6 +127,8 @@ impl Directory {
             client,
             conn: Mutex::new(None),
             ever_up: AtomicBool::new(false),
+            failed_since_connect: AtomicBool::new(false),
+            response_timeout: (config.ttl / 3).min(MAX_RESPONSE_TIMEOUT),
             outage_logged: AtomicBool::new(false),
             prefix: config.prefix.clone(),
             node_id: config.node_id.clone(),
@@ -127,7 +149,8 @@ impl Directory {
         self.conn.lock().is_ok_and(|c| c.is_some())
     }
 
-    /// When the connection last came back after a loss.
+    /// When a connection was last made after a failure (a reconnect, or the first
+    /// connection of a node that started while Redis was away).
     pub fn reconnected_at(&self) -> Option<Instant> {
         self.reconnected_at.lock().ok().and_then(|t| *t)
     }
@@ -154,11 +177,13 @@ impl Directory {
                 }
                 self.metrics.set_redis_up(true);
                 self.outage_logged.store(false, Ordering::Relaxed);
-                if self.ever_up.swap(true, Ordering::Relaxed) {
-                    self.metrics.reconnected();
+                if self.failed_since_connect.swap(false, Ordering::Relaxed) {
                     if let Ok(mut at) = self.reconnected_at.lock() {
                         *at = Some(Instant::now());
                     }
+                }
+                if self.ever_up.swap(true, Ordering::Relaxed) {
+                    self.metrics.reconnected();
                     info!("cluster directory (Redis) reconnected");
                 } else {
                     info!("cluster directory (Redis) connected");
@@ -169,6 +194,7 @@ impl Directory {
             Err(e) => {
                 self.metrics.redis_error();
                 self.metrics.set_redis_up(false);
+                self.failed_since_connect.store(true, Ordering::Relaxed);
                 self.outage(&e);
                 false
             }
@@ -188,7 +214,7 @@ impl Directory {
     async fn connect(&self) -> redis::RedisResult<MultiplexedConnection> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT));
+            .set_response_timeout(Some(self.response_timeout));
         self.client
             .get_multiplexed_async_connection_with_config(&config)
             .await
@@ -199,29 +225,21 @@ impl Directory {
             .lock()
             .ok()
             .and_then(|c| c.clone())
-            .ok_or_else(|| DirectoryError::Unreachable("not connected".into()))
+            .ok_or(DirectoryError::NotConnected)
     }
 
-    /// Count and classify a failed command; a connection-level failure drops the
-    /// connection so the reconnect loop replaces it.
+    /// Count a failed command and drop the connection so the reconnect loop replaces
+    /// it: whatever the failure (I/O, timeout, READONLY after a failover, NOPERM, OOM),
+    /// the directory cannot be trusted with claims until a fresh connection works.
     fn failed(&self, e: redis::RedisError) -> DirectoryError {
         self.metrics.redis_error();
-        let connection_lost = e.is_io_error()
-            || e.is_timeout()
-            || e.is_connection_dropped()
-            || e.is_connection_refusal()
-            || e.is_unrecoverable_error();
-        if connection_lost {
-            let was_up = self.conn.lock().ok().and_then(|mut c| c.take()).is_some();
-            self.metrics.set_redis_up(false);
-            if was_up {
-                self.outage(&e);
-            }
-            DirectoryError::Unreachable(e.to_string())
-        } else {
-            warn!(error = %e, "cluster directory (Redis) command failed");
-            DirectoryError::Failed(e.to_string())
+        self.failed_since_connect.store(true, Ordering::Relaxed);
+        let was_up = self.conn.lock().ok().and_then(|mut c| c.take()).is_some();
+        self.metrics.set_redis_up(false);
+        if was_up {
+            self.outage(&e);
         }
+        DirectoryError::Unreachable(e)
     }
 
     fn key(&self, kind: &str, name: &str) -> String {
@@ -259,7 +277,7 @@ impl Directory {
                 record: parse_record(&record)?,
                 won: outcome == "won",
             }),
-            other => Err(DirectoryError::Failed(format!(
+            other => Err(DirectoryError::Unreadable(format!(
                 "claim script answered {other:?}"
             ))),
         }
@@ -285,17 +303,16 @@ impl Directory {
         parse_record(&record).map(Some)
     }
 
-    /// Publish `me`, renew the claims of `rooms`, and read the membership. Returns the
-    /// rooms another node holds and every live node's record.
+    /// Publish `me`, renew the claims of `rooms`, and read the membership.
     pub async fn heartbeat(
         &self,
         me: &NodeRecord,
         rooms: &[String],
         ttl: Duration,
-    ) -> Result<(Vec<String>, Vec<NodeRecord>), DirectoryError> {
+    ) -> Result<Beat, DirectoryError> {
         let mut conn = self.conn()?;
         let record =
-            serde_json::to_string(me).map_err(|e| DirectoryError::Failed(e.to_string()))?;
+            serde_json::to_string(me).map_err(|e| DirectoryError::Unreadable(e.to_string()))?;
         let started = Instant::now();
         let mut invocation = self.scripts.heartbeat.key(self.key("node", &self.node_id));
         invocation
@@ -304,12 +321,21 @@ impl Directory {
             .arg(&self.node_id)
             .arg(record)
             .arg(ttl.as_millis() as u64)
+            .arg(&me.instance)
             .arg(rooms);
-        let reply: Result<(Vec<String>, Vec<String>), _> = invocation.invoke_async(&mut conn).await;
+        let reply: Result<(String, Vec<String>, Vec<String>), _> =
+            invocation.invoke_async(&mut conn).await;
         self.metrics
             .observe_op(OpKind::Heartbeat, started.elapsed().as_secs_f64());
-        let (lost, view) = reply.map_err(|e| self.failed(e))?;
-        Ok((lost, parse_view(&view)))
+        let (status, lost, view) = reply.map_err(|e| self.failed(e))?;
+        if status == "duplicate" {
+            let other = view.first().map(|r| parse_record(r)).transpose()?;
+            return Ok(Beat::Duplicate(other));
+        }
+        Ok(Beat::Published {
+            lost,
+            view: parse_view(&view),
+        })
     }
 
     /// Delete the claims of `rooms` that still name this node; with `leave`, this
@@ -347,7 +373,7 @@ impl Directory {
 
 fn parse_record(json: &str) -> Result<NodeRecord, DirectoryError> {
     serde_json::from_str(json)
-        .map_err(|e| DirectoryError::Failed(format!("node record {json:?}: {e}")))
+        .map_err(|e| DirectoryError::Unreadable(format!("node record {json:?}: {e}")))
 }
 
 /// Records another version wrote in a shape this one cannot read are skipped (and

@@ -9,7 +9,7 @@ use std::{
 
 use super::{
     config::ClusterConfig,
-    directory::{Claim, Directory},
+    directory::{Beat, Claim, Directory},
     metrics::ClusterMetrics,
     placement::{NodeRecord, NodeState},
 };
@@ -71,6 +71,7 @@ fn directory(redis: &Redis, node: &str) -> Directory {
         redis_ca: None,
         node_id: node.into(),
         advertise_http: format!("http://{node}.example:8080"),
+        advertise_derived: false,
         drain_timeout: Duration::from_secs(60),
         ttl: TTL,
         load_threshold: 0.7,
@@ -91,10 +92,18 @@ fn record(id: &str, state: NodeState) -> NodeRecord {
         capacity: 100,
         busy: 0.0,
         ts_ms: 0,
+        instance: format!("{id}-instance"),
     }
 }
 
 const TTL: Duration = Duration::from_secs(30);
+
+fn published(beat: Beat) -> (Vec<String>, Vec<NodeRecord>) {
+    match beat {
+        Beat::Published { lost, view } => (lost, view),
+        Beat::Duplicate(other) => panic!("duplicate node id: {other:?}"),
+    }
+}
 
 fn owner(claim: Claim) -> Option<(String, bool)> {
     match claim {
@@ -118,11 +127,27 @@ fn scripts_keep_one_owner_per_room() {
         a.heartbeat(&record("a", NodeState::Active), &no_rooms, TTL)
             .await
             .unwrap();
-        let (_, view) = b
-            .heartbeat(&record("b", NodeState::Active), &no_rooms, TTL)
-            .await
-            .unwrap();
+        let (_, view) = published(
+            b.heartbeat(&record("b", NodeState::Active), &no_rooms, TTL)
+                .await
+                .unwrap(),
+        );
         assert_eq!(view.len(), 2, "both nodes are members");
+
+        // A second process under node id "a" is refused and writes nothing.
+        let mut impostor = record("a", NodeState::Active);
+        impostor.instance = "another-process".into();
+        impostor.url = "http://impostor.example:8080".into();
+        match a
+            .heartbeat(&impostor, &["r9".to_owned()], TTL)
+            .await
+            .unwrap()
+        {
+            Beat::Duplicate(Some(other)) => assert_eq!(other.url, "http://a.example:8080"),
+            other => panic!("expected a duplicate, got {other:?}"),
+        }
+        assert!(redis.cli(&["GET", "t:node:a"]).contains("a-instance"));
+        assert_eq!(redis.cli(&["EXISTS", "t:room:r9"]), "0");
 
         // First claim wins; a later claim for another node learns the owner.
         assert_eq!(
@@ -153,10 +178,11 @@ fn scripts_keep_one_owner_per_room() {
 
         // Renewal: only the owner's heartbeat extends a claim; another node's heartbeat
         // naming the room reports it as lost and leaves the claim alone.
-        let (lost, _) = b
-            .heartbeat(&record("b", NodeState::Draining), &["r1".to_owned()], TTL)
-            .await
-            .unwrap();
+        let (lost, _) = published(
+            b.heartbeat(&record("b", NodeState::Draining), &["r1".to_owned()], TTL)
+                .await
+                .unwrap(),
+        );
         assert_eq!(lost, vec!["r1".to_owned()]);
         assert_eq!(redis.cli(&["GET", "t:room:r1"]), "a");
 
@@ -191,10 +217,11 @@ fn scripts_keep_one_owner_per_room() {
 
         // Redis lost everything: the owner's next heartbeat re-asserts its rooms.
         redis.cli(&["FLUSHALL"]);
-        let (lost, view) = b
-            .heartbeat(&record("b", NodeState::Active), &["r1".to_owned()], TTL)
-            .await
-            .unwrap();
+        let (lost, view) = published(
+            b.heartbeat(&record("b", NodeState::Active), &["r1".to_owned()], TTL)
+                .await
+                .unwrap(),
+        );
         assert!(lost.is_empty());
         assert_eq!(view.len(), 1);
         assert_eq!(redis.cli(&["GET", "t:room:r1"]), "b");

@@ -7,44 +7,61 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracing::{error, info, warn};
+use tracing::{error, warn};
 
-use super::{total_busy_ns, Cluster};
+use super::{directory::Beat, placement::NodeRecord, total_busy_ns, Cluster};
 use crate::{logic::Command, room::RoomId};
 
-/// How long a logic thread may take to list its rooms before this beat goes without.
-const LIST_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a logic thread may take to list its rooms before this beat goes without;
+/// at most a sixth of the TTL, so listing and Redis together stay well inside it.
+const MAX_LIST_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often a draining node checks whether it is empty.
 const DRAIN_POLL: Duration = Duration::from_millis(250);
+
+/// What one beat achieved.
+pub(super) enum BeatOutcome {
+    Published,
+    /// Another live process holds this node id (its record, if readable).
+    Duplicate(Option<NodeRecord>),
+    /// Redis was not reachable; nothing was published.
+    Skipped,
+}
 
 impl Cluster {
     pub(super) async fn heartbeat_loop(
         self: Arc<Self>,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
-        let beat = self.config.ttl / 3;
+        // Beats start on a fixed schedule, not a fixed pause after the previous beat, so
+        // a slow beat does not stretch the renewal period past what the TTL allows.
+        let mut beats = tokio::time::interval(self.config.ttl / 3);
+        beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut drain_poll = tokio::time::interval(DRAIN_POLL);
         loop {
-            self.beat().await;
-            // A draining node looks more often, so it exits soon after its last leave.
-            let period = if self.is_draining() {
-                beat.min(DRAIN_POLL)
-            } else {
-                beat
-            };
             tokio::select! {
-                _ = tokio::time::sleep(period) => {}
+                _ = beats.tick() => {
+                    self.beat().await;
+                }
                 // Re-assert claims the moment Redis is back (it may have come back empty).
-                _ = self.directory.reconnected.notified() => {}
-                _ = self.wake.notified() => {}
+                _ = self.directory.reconnected.notified() => {
+                    self.beat().await;
+                }
+                _ = self.wake.notified() => {
+                    self.beat().await;
+                }
+                // A draining node looks more often, so it exits soon after its last leave.
+                _ = drain_poll.tick(), if self.is_draining() => self.check_drain(),
                 _ = stop.changed() => return,
             }
         }
     }
 
-    pub(super) async fn beat(&self) {
+    pub(super) async fn beat(&self) -> BeatOutcome {
+        let ttl = self.config.ttl;
+        // Taken before the listing: a room is released only if it was idle a whole TTL
+        // before this instant, so a join that raced the listing always survives.
+        let listed_at = Instant::now();
         let live = self.live_rooms().await;
-        let now = Instant::now();
-        // Rooms whose last participant left more than a TTL ago are given up; the TTL
-        // covers a client that was placed here and is still on its way.
         let (record, renew, idle) = {
             let mut local = self.lock();
             if let Some(live) = &live {
@@ -55,20 +72,23 @@ impl Cluster {
                 }
                 for (room, idle_since) in local.owned.iter_mut() {
                     if !live.contains(room) {
-                        idle_since.get_or_insert(now);
+                        idle_since.get_or_insert(listed_at);
                     }
                 }
             }
-            let ttl = self.config.ttl;
             let idle: Vec<RoomId> = local
                 .owned
                 .iter()
-                .filter(|(_, since)| since.is_some_and(|s| now.duration_since(s) > ttl))
+                .filter(|(_, since)| {
+                    since.is_some_and(|s| listed_at.saturating_duration_since(s) > ttl)
+                })
                 .map(|(r, _)| r.clone())
                 .collect();
             for room in &idle {
                 local.owned.remove(room);
+                local.releasing.insert(room.clone());
             }
+            let now = Instant::now();
             let busy_ns = total_busy_ns(&self.threads);
             let (mark_at, mark_ns) = local.busy_mark;
             let elapsed = now.duration_since(mark_at).as_nanos() as f64;
@@ -87,38 +107,58 @@ impl Cluster {
             if let Err(e) = self.directory.release(&names, false).await {
                 warn!(error = %e, rooms = names.len(), "could not release emptied rooms; their claims expire after the TTL");
             }
+            let mut local = self.lock();
+            for room in &idle {
+                local.releasing.remove(room);
+            }
         }
-        if self.directory.is_up() {
-            match self
-                .directory
-                .heartbeat(&record, &renew, self.config.ttl)
-                .await
-            {
-                Ok((lost, view)) => {
+        let outcome = if self.directory.is_up() {
+            match self.directory.heartbeat(&record, &renew, ttl).await {
+                Ok(Beat::Published { lost, view }) => {
                     self.metrics.set_nodes_live(view.len());
                     {
                         let mut local = self.lock();
                         local.view = view;
                         local.view_at = Some(Instant::now());
+                        local.duplicate_logged = false;
                     }
                     for room in lost {
                         self.give_up(&room).await;
                     }
+                    BeatOutcome::Published
                 }
-                Err(e) => warn!(error = %e, "heartbeat failed"),
+                Ok(Beat::Duplicate(other)) => {
+                    let first = !std::mem::replace(&mut self.lock().duplicate_logged, true);
+                    if first {
+                        error!(
+                            node_id = %self.config.node_id,
+                            other = other.as_ref().map_or("unknown", |o| o.url.as_str()),
+                            "another live process uses this --node-id: not publishing, claims are not renewed"
+                        );
+                    }
+                    BeatOutcome::Duplicate(other)
+                }
+                Err(e) => {
+                    warn!(error = %e, "heartbeat failed");
+                    BeatOutcome::Skipped
+                }
             }
-        }
-        self.check_drain().await;
+        } else {
+            BeatOutcome::Skipped
+        };
+        self.check_drain();
+        outcome
     }
 
     /// Every room that has participants on this node, or `None` if a thread did not
     /// answer (then nothing is released on this beat).
     async fn live_rooms(&self) -> Option<HashSet<RoomId>> {
+        let timeout = (self.config.ttl / 6).min(MAX_LIST_TIMEOUT);
         let mut rooms = HashSet::new();
         for handle in &self.threads {
             let (tx, rx) = tokio::sync::oneshot::channel();
             handle.send(Command::ListRooms { reply: tx }).ok()?;
-            match tokio::time::timeout(LIST_TIMEOUT, rx).await {
+            match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(list)) => rooms.extend(list),
                 _ => return None,
             }
@@ -133,7 +173,11 @@ impl Cluster {
         let Ok(room) = RoomId::parse(room) else {
             return;
         };
-        self.lock().owned.remove(&room);
+        {
+            let mut local = self.lock();
+            local.owned.remove(&room);
+            self.metrics.set_rooms_owned(local.owned.len());
+        }
         self.metrics.claim_lost();
         let owner = room.owner(self.threads.len());
         let mut ended = 0;
@@ -146,7 +190,7 @@ impl Cluster {
                 })
                 .is_ok()
             {
-                ended = tokio::time::timeout(LIST_TIMEOUT, rx)
+                ended = tokio::time::timeout(MAX_LIST_TIMEOUT, rx)
                     .await
                     .ok()
                     .and_then(Result::ok)
@@ -154,25 +198,5 @@ impl Cluster {
             }
         }
         error!(%room, sessions_ended = ended, "another node owns this room (claim lost while Redis was unreachable): gave it up");
-    }
-
-    async fn check_drain(&self) {
-        let Some(deadline) = self.lock().drain_deadline else {
-            return;
-        };
-        let now = Instant::now();
-        let left = deadline.saturating_duration_since(now);
-        self.metrics.set_drain_seconds_left(left.as_secs());
-        let sessions: u64 = self.threads.iter().map(|h| h.stats.sessions.get()).sum();
-        if sessions == 0 {
-            info!("drained: no sessions left, exiting");
-            self.drained.notify_one();
-        } else if left.is_zero() {
-            info!(
-                sessions,
-                "drained: drain timeout reached, exiting with sessions left"
-            );
-            self.drained.notify_one();
-        }
     }
 }

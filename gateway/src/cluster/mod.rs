@@ -12,15 +12,16 @@ pub mod config;
 mod directory;
 #[cfg(test)]
 mod directory_tests;
+mod drain;
 mod heartbeat;
 pub mod metrics;
 pub mod placement;
 mod routing;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use tracing::{info, warn};
@@ -34,11 +35,6 @@ pub use routing::Route;
 
 use crate::{logic::ThreadHandle, room::RoomId};
 
-/// How long after a reconnect this node places no new rooms: every live node has
-/// reconnected (they retry on the same interval) and re-asserted its claims by then,
-/// so a Redis that came back empty does not hand a served room to a second node.
-const RECONNECT_GRACE: Duration = Duration::from_millis(2 * 500);
-
 pub struct Cluster {
     pub config: ClusterConfig,
     pub metrics: Arc<ClusterMetrics>,
@@ -46,8 +42,13 @@ pub struct Cluster {
     threads: Vec<ThreadHandle>,
     capacity: u64,
     local: Mutex<Local>,
+    /// Random per process, published in the record: a second process started with the
+    /// same `--node-id` is detected instead of silently sharing one identity.
+    instance: String,
     /// Fired when a draining node is done (empty, or out of time).
     pub drained: tokio::sync::Notify,
+    /// The heartbeat task, awaited on leave so no beat re-creates what leave deleted.
+    heartbeat: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Runs the heartbeat at once (state changed).
     wake: tokio::sync::Notify,
     stop: tokio::sync::watch::Sender<bool>,
@@ -57,6 +58,11 @@ pub struct Cluster {
 struct Local {
     /// Rooms this node owns, with when each was last seen without participants.
     owned: HashMap<RoomId, Option<Instant>>,
+    /// Rooms whose claims are being deleted right now: a join for one waits until the
+    /// release is done and then claims afresh, so it never lands on a deleted claim.
+    releasing: HashSet<RoomId>,
+    /// A heartbeat found another process under this node id (logged once).
+    duplicate_logged: bool,
     /// The last membership read (may include this node's previous record).
     view: Vec<NodeRecord>,
     /// When the view was read.
@@ -73,6 +79,8 @@ pub enum ClusterError {
     Open(#[from] OpenError),
     #[error("cluster metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("--node-id {id} is already used by a live node ({url}); every node needs its own id")]
+    DuplicateNodeId { id: String, url: String },
 }
 
 impl Cluster {
@@ -93,8 +101,12 @@ impl Cluster {
             directory,
             threads,
             capacity: capacity as u64,
+            instance: random_instance(),
+            heartbeat: Mutex::new(None),
             local: Mutex::new(Local {
                 owned: HashMap::new(),
+                releasing: HashSet::new(),
+                duplicate_logged: false,
                 view: Vec::new(),
                 view_at: None,
                 drain_deadline: None,
@@ -109,13 +121,28 @@ impl Cluster {
 
     /// Connect and publish this node before it reports ready (so its first requests
     /// can place rooms), then keep the connection and the heartbeat going. An
-    /// unreachable Redis does not stop the start: the node serves and retries.
-    pub async fn start(self: &Arc<Self>) {
+    /// unreachable Redis does not stop the start: the node serves and retries. Another
+    /// live process under this node id does: a predecessor that just died is waited
+    /// out (its record expires within a TTL), a live one makes the start fail.
+    pub async fn start(self: &Arc<Self>) -> Result<(), ClusterError> {
         if self.directory.try_connect().await {
-            self.beat().await;
+            let deadline = Instant::now() + self.config.ttl + self.config.ttl / 3;
+            while let heartbeat::BeatOutcome::Duplicate(other) = self.beat().await {
+                if Instant::now() >= deadline {
+                    return Err(ClusterError::DuplicateNodeId {
+                        id: self.config.node_id.clone(),
+                        url: other.map_or_else(|| "unknown URL".into(), |o| o.url),
+                    });
+                }
+                tokio::time::sleep(self.config.ttl / 3).await;
+            }
         }
         tokio::spawn(self.directory.clone().reconnect_loop(self.stop.subscribe()));
-        tokio::spawn(self.clone().heartbeat_loop(self.stop.subscribe()));
+        let beat = tokio::spawn(self.clone().heartbeat_loop(self.stop.subscribe()));
+        if let Ok(mut slot) = self.heartbeat.lock() {
+            *slot = Some(beat);
+        }
+        Ok(())
     }
 
     pub fn node_id(&self) -> &str {
@@ -131,44 +158,23 @@ impl Cluster {
         self.local.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Enter draining (idempotent): no new rooms here from now on; the heartbeat tells
-    /// the cluster and fires [`Cluster::drained`] when the node is empty or out of time.
-    /// Returns the time left.
-    pub fn drain(&self) -> Duration {
-        let now = Instant::now();
-        let (deadline, started) = {
-            let mut local = self.lock();
-            match local.drain_deadline {
-                Some(deadline) => (deadline, false),
-                None => {
-                    let deadline = now + self.config.drain_timeout;
-                    local.drain_deadline = Some(deadline);
-                    (deadline, true)
-                }
-            }
-        };
-        if started {
-            info!(
-                timeout_secs = self.config.drain_timeout.as_secs(),
-                "draining: no new rooms; existing rooms keep running until they empty"
-            );
-            self.metrics.set_state(NodeState::Draining);
-            // Publish the new state now rather than at the next beat.
-            self.wake.notify_one();
-        }
-        deadline.saturating_duration_since(now)
-    }
-
     /// Leave the cluster (clean stop): release every claim and the node record, so
     /// the rooms can be placed again at once instead of after the TTL.
     pub async fn leave(&self) {
         let _ = self.stop.send(true);
+        let beat = self.heartbeat.lock().ok().and_then(|mut h| h.take());
+        if let Some(beat) = beat {
+            // A beat under way finishes first; otherwise its script could re-create the
+            // record and claims deleted below.
+            let _ = tokio::time::timeout(self.config.ttl, beat).await;
+        }
         let rooms: Vec<String> = self
             .lock()
             .owned
             .drain()
             .map(|(r, _)| r.as_str().to_owned())
             .collect();
+        self.metrics.set_rooms_owned(0);
         match self.directory.release(&rooms, true).await {
             Ok(n) => info!(released = n, "left the cluster"),
             Err(e) => {
@@ -196,6 +202,7 @@ impl Cluster {
             capacity: self.capacity,
             busy: local.busy,
             ts_ms: unix_ms(),
+            instance: self.instance.clone(),
         }
     }
 
@@ -242,6 +249,19 @@ impl Cluster {
             "owned_rooms": owned,
         })
     }
+}
+
+/// 64 random bits in hex; a clock-based fallback keeps the start going if the kernel's
+/// random source is unavailable (it only needs to differ between processes).
+fn random_instance() -> String {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        bytes = (nanos ^ u64::from(std::process::id())).to_be_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn total_busy_ns(threads: &[ThreadHandle]) -> u64 {

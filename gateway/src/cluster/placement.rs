@@ -19,6 +19,9 @@ pub struct NodeRecord {
     pub busy: f64,
     /// Unix time of the heartbeat, milliseconds.
     pub ts_ms: u64,
+    /// Random per process: tells two processes started with one `--node-id` apart.
+    #[serde(default)]
+    pub instance: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +83,7 @@ mod tests {
             capacity: 100,
             busy,
             ts_ms: 0,
+            instance: String::new(),
         }
     }
 

@@ -1,5 +1,5 @@
 //! Which node serves a signaling request: this one, another one (307), or none (503).
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
@@ -7,8 +7,11 @@ use super::{
     directory::{Claim, DirectoryError},
     metrics::{ClaimOutcome, RefusedReason},
     placement::{self, NodeRecord},
-    Cluster, RECONNECT_GRACE,
+    Cluster,
 };
+
+/// How long a join waits for its room's release to finish before claiming afresh.
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
 use crate::room::RoomId;
 
 #[derive(Debug, PartialEq)]
@@ -30,19 +33,24 @@ impl Cluster {
     /// Joins to a room this node owns cost no Redis round trip and keep working while
     /// Redis is away; anything else is decided by one claim script.
     pub async fn route_create(&self, room: &RoomId) -> Route {
-        if self.lock().owned.contains_key(room) {
+        if self.join_owned(room) {
             return Route::Local;
         }
+        self.wait_for_release(room).await;
         if !self.directory.is_up() {
             return self.refuse(
                 RefusedReason::RedisUnreachable,
                 format!("cluster directory unreachable: cannot place new room {room} (Redis is not answering); rooms already on this node keep working"),
             );
         }
+        // For one TTL after Redis came back this node places no new room: by then every
+        // live node has reconnected and re-asserted its claims (a node that has not is
+        // dead by definition), so a Redis that returned empty cannot hand a served room
+        // to a second node.
         if self
             .directory
             .reconnected_at()
-            .is_some_and(|at| at.elapsed() < RECONNECT_GRACE)
+            .is_some_and(|at| at.elapsed() < self.config.ttl)
         {
             return self.refuse(
                 RefusedReason::RedisUnreachable,
@@ -112,9 +120,10 @@ impl Cluster {
     /// another node owns it; otherwise handle it here (404 if nobody has it). Without
     /// Redis, this node answers for what it has.
     pub async fn route_existing(&self, room: &RoomId) -> Route {
-        if self.lock().owned.contains_key(room) {
+        if self.join_owned(room) {
             return Route::Local;
         }
+        self.wait_for_release(room).await;
         match self.directory.lookup(room.as_str()).await {
             Ok(Some(record)) => self.route_to(room, record),
             Ok(None) => Route::Local,
@@ -122,6 +131,27 @@ impl Cluster {
                 debug!(%room, error = %e, "owner lookup failed; answering locally");
                 Route::Local
             }
+        }
+    }
+
+    /// Whether this node owns `room`; a request for it restarts the room's idle time, so
+    /// a join that arrives just as the room emptied keeps its claim.
+    fn join_owned(&self, room: &RoomId) -> bool {
+        match self.lock().owned.get_mut(room) {
+            Some(idle_since) => {
+                *idle_since = None;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// If the room's claim is being deleted, wait until it is gone: the request then
+    /// claims afresh instead of joining a claim that is about to vanish.
+    async fn wait_for_release(&self, room: &RoomId) {
+        let deadline = Instant::now() + RELEASE_WAIT;
+        while self.lock().releasing.contains(room) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 

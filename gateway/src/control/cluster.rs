@@ -26,13 +26,38 @@ fn room_of(method: &Method, path: &str) -> Option<(RoomId, bool)> {
         "api" if second == "rooms" => (parts.next()?, parts.collect()),
         _ => return None,
     };
-    let room = RoomId::parse(raw).ok()?;
+    // Decoded as axum's `Path` will decode it for the handler: `r%31` is room `r1`, and
+    // routing on the raw text would let it past the owner check.
+    let room = RoomId::parse(&percent_decode(raw)?).ok()?;
     let creates = method == Method::POST
         && match first {
             "api" => rest == ["participants"],
             _ => rest.is_empty(),
         };
     Some((room, creates))
+}
+
+/// `%XX` escapes decoded; `None` for a malformed escape or non-UTF-8 result (axum
+/// refuses those too, so nothing reaches a handler).
+fn percent_decode(raw: &str) -> Option<String> {
+    if !raw.contains('%') {
+        return Some(raw.to_owned());
+    }
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Middleware on the signaling routes: redirect (307) or refuse (503) what this node
@@ -153,6 +178,14 @@ mod tests {
             Some(("r1".into(), false))
         );
         assert_eq!(room(&post, "/api/drain"), None);
+        // Escapes are decoded as the handler's `Path` will decode them.
+        assert_eq!(room(&post, "/whip/r%31"), Some(("r1".into(), true)));
+        assert_eq!(
+            room(&Method::GET, "/api/rooms/%72%31"),
+            Some(("r1".into(), false))
+        );
+        assert_eq!(room(&post, "/whip/r%3"), None);
+        assert_eq!(room(&post, "/whip/r%zz"), None);
         assert_eq!(room(&post, "/whip/bad room"), None);
         assert_eq!(room(&Method::GET, "/metrics"), None);
     }

@@ -54,6 +54,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .merge(layer::routes())
         .merge(signaling::routes())
         .route("/api/drain", post(cluster::post_drain))
+        // Room names are what the token protects, and /api/cluster lists them.
+        .route("/api/cluster", get(cluster::get_cluster))
         // Outermost runs first: the token is checked before ownership is looked up.
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -67,7 +69,6 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/", get(demo_page))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/api/status", get(status))
-        .route("/api/cluster", get(cluster::get_cluster))
         .route("/metrics", get(metrics_text))
         .merge(signaling)
         .layer(axum::middleware::from_fn(signaling::cors))

@@ -2,13 +2,22 @@
 -- its data, re-assert) every room it serves, and read the membership view.
 -- KEYS[1] = P:node:ME, KEYS[2] = P:nodes
 -- ARGV[1] = P, ARGV[2] = ME, ARGV[3] = record (JSON), ARGV[4] = lifetime in ms,
--- ARGV[5..] = rooms this node serves
--- Returns {rooms owned by another node, records of every live node}.
+-- ARGV[5] = this process's instance token, ARGV[6..] = rooms this node serves
+-- Returns {"ok", rooms owned by another node, records of every live node}, or
+-- {"duplicate", {}, {the other process's record}} when a live record under this node id
+-- belongs to another process (two nodes started with one --node-id): nothing is written.
 local prefix, me, ttl = ARGV[1], ARGV[2], ARGV[4]
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, record = pcall(cjson.decode, current)
+  if ok and record.instance and record.instance ~= ARGV[5] then
+    return {'duplicate', {}, {current}}
+  end
+end
 redis.call('SET', KEYS[1], ARGV[3], 'PX', ttl)
 redis.call('SADD', KEYS[2], me)
 local lost = {}
-for i = 5, #ARGV do
+for i = 6, #ARGV do
   local key = prefix .. ':room:' .. ARGV[i]
   local owner = redis.call('GET', key)
   if owner == me then
@@ -28,4 +37,4 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
     redis.call('SREM', KEYS[2], id)
   end
 end
-return {lost, view}
+return {'ok', lost, view}

@@ -1,10 +1,12 @@
-//! Cluster mode against a Redis that requires TLS and a password: the node verifies the
-//! server against `--cluster-redis-ca` and authenticates with the password in the URL;
-//! a wrong password or an unverifiable server leaves the node serving but refusing new
-//! rooms (503), with the failures counted. Loopback only, no namespaces needed.
+//! Cluster mode on loopback, no namespaces needed:
+//! - against a Redis that requires TLS and a password: the node verifies the server
+//!   against `--cluster-redis-ca` and authenticates with the password in the URL; a wrong
+//!   password or an unverifiable server leaves the node serving but refusing new rooms
+//!   (503), with the failures counted;
+//! - two processes with one `--node-id`: the second refuses to start.
 mod support;
 
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
 use support::{
     redis::{RedisServer, RedisTls},
@@ -121,4 +123,47 @@ fn tls_and_password_are_required_and_checked() {
     );
     drop((good, wrong_password, unverified));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_second_process_with_the_same_node_id_refuses_to_start() {
+    let redis = RedisServer::loopback();
+    let prefix = format!("dup{}", std::process::id());
+    let first = node(&redis.url(), None, "twin", &prefix);
+    let (status, body) = first.post("/api/rooms/twinroom/participants");
+    assert_eq!(status, 201, "{body}");
+
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(BIN)
+        .args(["--steering", "connected", "--threads", "1"])
+        .args(["--udp-bind", "127.0.0.1:0", "--http-bind", "127.0.0.1:0"])
+        .args(["--cluster-redis", &redis.url(), "--node-id", "twin"])
+        .args(["--cluster-prefix", &prefix, "--log-level", "error"])
+        .output()
+        .expect("run roomgate");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("ready"),
+        "never ready"
+    );
+    assert!(
+        stderr.contains("--node-id twin is already used by a live node"),
+        "{stderr}"
+    );
+    // It waited out one TTL (a predecessor that just died would have expired) first.
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "gave up after {:?}",
+        started.elapsed()
+    );
+    // The first one was not disturbed: same record, same claim.
+    assert_eq!(
+        redis.cli(&["GET", &format!("{prefix}:room:twinroom")]),
+        "twin"
+    );
+    let record = redis.cli(&["GET", &format!("{prefix}:node:twin")]);
+    assert!(record.contains(&first.http.to_string()), "{record}");
+    let (status, _) = first.post("/api/rooms/twinroom/participants");
+    assert_eq!(status, 201);
 }
