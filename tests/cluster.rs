@@ -90,29 +90,6 @@ fn peer_config(c: &Cluster, mut cfg: PeerConfig) -> PeerConfig {
     cfg
 }
 
-/// Wait until every peer's session in `room` at `node` is DTLS-connected.
-fn wait_connected(node: &Node, room: &str, peers: &[&Peer]) {
-    let mut last = Value::Null;
-    let ok = eventually(WAIT, || {
-        last = node
-            .request("GET", &format!("/api/rooms/{room}"), None, None)
-            .json();
-        peers.iter().all(|p| {
-            last["participants"].as_array().is_some_and(|ps| {
-                ps.iter().any(|x| {
-                    x["participant"].as_str() == Some(p.participant.as_str())
-                        && x["dtls_state"] == "connected"
-                })
-            })
-        })
-    });
-    assert!(
-        ok,
-        "not all DTLS-connected in {room} at {}: {last}",
-        node.id()
-    );
-}
-
 /// Send `n` video packets at 100/s; `viewer` must receive all of them.
 fn assert_media_flows(publisher: &Peer, viewer: &Peer, n: usize) {
     let mut video = Stream::for_peer(publisher, Kind::Video);
@@ -217,7 +194,7 @@ fn clients_at_other_nodes_are_redirected_and_served_by_the_owner() {
     let viewer = connect_at(&c, cc, &whep, peer_config(&c, PeerConfig::subscriber()));
     assert_eq!(viewer.base, b.base_url(), "the viewer's session lives on B");
     assert_eq!(cc.metric(REDIRECTS), 1.0, "C redirected the WHEP offer");
-    wait_connected(b, room, &[&publisher, &viewer]);
+    b.wait_connected(room, &[&publisher.participant, &viewer.participant]);
     assert_media_flows(&publisher, &viewer, 100);
     assert_eq!(sessions(&c), vec![0, 3, 0], "every participant is on B");
 

@@ -108,6 +108,20 @@ fn get(agent: &ureq::Agent, url: &str) -> String {
     resp.into_body().read_to_string().unwrap_or_default()
 }
 
+/// POST at `url`, which must answer 307 (to `expected` when given), then POST at the
+/// Location, which must answer 201. Returns the time to the 307 and to the 201.
+fn redirected_join(agent: &ureq::Agent, url: &str, expected: Option<&str>) -> (Duration, Duration) {
+    let r = post(agent, url);
+    assert_eq!(r.status, 307, "{url}: {}", r.body);
+    let location = r.location.expect("307 has a Location");
+    if let Some(want) = expected {
+        assert_eq!(location, want, "Location names the owner");
+    }
+    let r2 = post(agent, &location);
+    assert_eq!(r2.status, 201, "{location} after the redirect: {}", r2.body);
+    (r.took, r.took + r2.took)
+}
+
 fn participants(base: &str, room: &str) -> String {
     format!("{base}/api/rooms/{room}/participants")
 }
@@ -387,26 +401,17 @@ fn cluster_bench() {
     // 3. Join at a node that does not own the room: 307 to the owner, then 201 there.
     let (mut redirect, mut followed) = net.client(|| {
         let a = agent();
-        let mut redirect = Vec::new();
-        let mut followed = Vec::new();
-        for i in 0..ROOMS {
-            let owner = owner_of(i);
-            let at = (owner + 1 + i / NODES % (NODES - 1)) % NODES;
-            let path = participants(&bases[at], &room(i));
-            let r = post(&a, &path);
-            assert_eq!(r.status, 307, "{path} (owner node {owner}): {}", r.body);
-            let location = r.location.expect("307 has a Location");
-            assert_eq!(
-                location,
-                participants(&bases[owner], &room(i)),
-                "Location names the owner"
-            );
-            let r2 = post(&a, &location);
-            assert_eq!(r2.status, 201, "{location} after the redirect: {}", r2.body);
-            redirect.push(r.took);
-            followed.push(r.took + r2.took);
-        }
-        (redirect, followed)
+        (0..ROOMS)
+            .map(|i| {
+                let owner = owner_of(i);
+                let at = (owner + 1 + i / NODES % (NODES - 1)) % NODES;
+                redirected_join(
+                    &a,
+                    &participants(&bases[at], &room(i)),
+                    Some(&participants(&bases[owner], &room(i))),
+                )
+            })
+            .unzip::<_, _, Vec<_>, Vec<_>>()
     });
     let s3 = stats();
     println!(
@@ -529,19 +534,12 @@ fn cluster_bench() {
     let s4 = stats();
     let (mut redirect, mut followed) = net.client(|| {
         let a = agent();
-        let mut redirect = Vec::new();
-        let mut followed = Vec::new();
-        for i in 0..ROOMS {
-            let path = participants(&bases[drainer], &format!("spill-{i}"));
-            let r = post(&a, &path);
-            assert_eq!(r.status, 307, "{path} at the draining node: {}", r.body);
-            let location = r.location.expect("307 has a Location");
-            let r2 = post(&a, &location);
-            assert_eq!(r2.status, 201, "{location} after the redirect: {}", r2.body);
-            redirect.push(r.took);
-            followed.push(r.took + r2.took);
-        }
-        (redirect, followed)
+        (0..ROOMS)
+            .map(|i| {
+                let path = participants(&bases[drainer], &format!("spill-{i}"));
+                redirected_join(&a, &path, None)
+            })
+            .unzip::<_, _, Vec<_>, Vec<_>>()
     });
     let s5 = stats();
     println!(

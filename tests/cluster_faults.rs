@@ -24,7 +24,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
 use support::{
     cluster::{base_of, request, Cluster, ClusterNet, Node, RedisServer, Reply},
     eventually, metric_sum, require_root,
@@ -52,6 +51,7 @@ trait Faults {
     fn post(&self, url: &str) -> Reply;
     fn delete(&self, peer: &Peer) -> u16;
     fn has_key(&self, kind: &str, name: &str) -> bool;
+    fn assert_left(&self, node: &Node, room: &str);
 }
 
 impl Faults for Cluster {
@@ -109,6 +109,20 @@ impl Faults for Cluster {
     fn has_key(&self, kind: &str, name: &str) -> bool {
         self.redis.cli(&["EXISTS", &self.key(kind, name)]) == "1"
     }
+
+    /// `node` exited cleanly: its record and its claim of `room` are gone from Redis.
+    fn assert_left(&self, node: &Node, room: &str) {
+        assert!(
+            !self.has_key("node", node.id()),
+            "{}'s node record is deleted on exit",
+            node.id()
+        );
+        assert!(
+            !self.has_key("room", room),
+            "{}'s claim of {room} is released on exit",
+            node.id()
+        );
+    }
 }
 
 /// `node`'s state as `viewer` sees it in its /api/cluster, `None` if it is not listed.
@@ -125,27 +139,6 @@ fn state_seen_by(viewer: &Node, node: &Node) -> Option<String> {
 fn metric(node: &Node, series: &str) -> f64 {
     metric_sum(&node.metrics(), series)
         .unwrap_or_else(|| panic!("{series} missing from {}'s /metrics", node.id()))
-}
-
-/// Wait until every peer shows `dtls_state: connected` in the owner's room listing.
-fn wait_connected(owner: &Node, room: &str, peers: &[&Peer]) {
-    let mut last = Value::Null;
-    let ok = eventually(WAIT, || {
-        last = owner.get_json(&format!("/api/rooms/{room}"));
-        peers.iter().all(|p| {
-            last["participants"].as_array().is_some_and(|ps| {
-                ps.iter().any(|x| {
-                    x["participant"].as_str() == Some(p.participant.as_str())
-                        && x["dtls_state"] == "connected"
-                })
-            })
-        })
-    });
-    assert!(
-        ok,
-        "not all DTLS-connected in {room} on {}: {last}",
-        owner.id()
-    );
 }
 
 /// A publisher sending video at [`PACE`] on its own thread until stopped.
@@ -228,7 +221,7 @@ fn drain_via_api_keeps_rooms_sends_new_rooms_elsewhere_and_exits_when_empty() {
         .expect("view at A");
     assert_on(a, &publisher, "publisher");
     assert_on(a, &viewer, "viewer");
-    wait_connected(a, room, &[&publisher, &viewer]);
+    a.wait_connected(room, &[&publisher.participant, &viewer.participant]);
     let flow = Flow::start(publisher);
     // Media in flight before, during and after the drain starts.
     std::thread::sleep(Duration::from_millis(500));
@@ -348,8 +341,7 @@ fn drain_via_api_keeps_rooms_sends_new_rooms_elsewhere_and_exits_when_empty() {
             a.id()
         );
     }
-    assert!(!f.has_key("node", a.id()), "A's node record is deleted");
-    assert!(!f.has_key("room", room), "A's claim is released");
+    f.assert_left(a, room);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -417,11 +409,7 @@ fn sigterm_drains_until_the_drain_timeout_then_exits_zero() {
     );
     assert!(a.stderr().contains("draining"), "the log says draining");
     assert!(a.stderr().contains("drained"), "the log says drained");
-    assert!(!f.has_key("room", room), "A's claim is released on exit");
-    assert!(
-        !f.has_key("node", a.id()),
-        "A's node record is deleted on exit"
-    );
+    f.assert_left(a, room);
     assert_eq!(state_seen_by(b, a), None, "B no longer lists A");
     drop(publisher);
 }
@@ -467,11 +455,7 @@ fn a_second_sigterm_while_draining_stops_at_once() {
         "the second SIGTERM took {:?}",
         second.elapsed()
     );
-    assert!(!f.has_key("room", room), "A's claim is released on exit");
-    assert!(
-        !f.has_key("node", a.id()),
-        "A's node record is deleted on exit"
-    );
+    f.assert_left(a, room);
     drop(publisher);
 }
 
@@ -495,7 +479,7 @@ fn kill_9_of_the_owner_the_room_is_claimed_again_after_the_ttl() {
         .join(a, &format!("/whip/{room}"), f.publisher())
         .expect("publish at A");
     assert_on(a, &publisher, "publisher");
-    wait_connected(a, room, &[&publisher]);
+    a.wait_connected(room, &[&publisher.participant]);
     assert_eq!(f.redis_owner(room), a.id());
 
     a.kill9();
@@ -590,7 +574,7 @@ fn kill_9_of_the_owner_the_room_is_claimed_again_after_the_ttl() {
         .join_at(&owner.base_url(), &whep, f.subscriber())
         .expect("view through the new owner");
     assert_on(owner, &viewer, "viewer");
-    wait_connected(owner, room, &[&publisher, &viewer]);
+    owner.wait_connected(room, &[&publisher.participant, &viewer.participant]);
     let flow = Flow::start(publisher);
     std::thread::sleep(Duration::from_secs(1));
     flow.finish("room on its new owner", &viewer);
@@ -622,7 +606,7 @@ fn redis_outage_keeps_rooms_forwarding_refuses_new_rooms_and_recovers() {
             .expect("view");
         assert_on(node, &p, room);
         assert_on(node, &v, room);
-        wait_connected(node, room, &[&p, &v]);
+        node.wait_connected(room, &[&p.participant, &v.participant]);
         flows.push((Flow::start(p), v, room));
     }
     let refused = |n: &Node| {
@@ -960,7 +944,7 @@ fn a_node_cut_off_from_redis_gives_up_a_room_claimed_elsewhere_meanwhile() {
     let viewer = f
         .join(a, &format!("/whep/{room}"), f.subscriber())
         .expect("view at A");
-    wait_connected(a, room, &[&publisher, &viewer]);
+    a.wait_connected(room, &[&publisher.participant, &viewer.participant]);
     let flow = Flow::start(publisher);
 
     let cut = RedisCut::new(a, &f.redis);

@@ -446,6 +446,26 @@ impl Node {
         r.json()
     }
 
+    /// Wait until every listed participant's session in `room` here is DTLS-connected.
+    pub fn wait_connected(&self, room: &str, participants: &[&str]) {
+        let mut last = Value::Null;
+        let ok = super::eventually(Duration::from_secs(10), || {
+            last = self.get_json(&format!("/api/rooms/{room}"));
+            participants.iter().all(|p| {
+                last["participants"].as_array().is_some_and(|ps| {
+                    ps.iter().any(|x| {
+                        x["participant"].as_str() == Some(*p) && x["dtls_state"] == "connected"
+                    })
+                })
+            })
+        });
+        assert!(
+            ok,
+            "not all DTLS-connected in {room} on {}: {last}",
+            self.id()
+        );
+    }
+
     pub fn status(&self) -> Value {
         self.get_json("/api/status")
     }
