@@ -240,6 +240,15 @@ fn clients_at_other_nodes_are_redirected_and_served_by_the_owner() {
         sessions(&c)
     );
 
+    // An offer that is not SDP is refused where it arrives and claims nothing.
+    let not_sdp = a.request("POST", "/whip/neverclaimed", Some("text/plain"), Some("x"));
+    assert_eq!(not_sdp.status, 415, "{}", not_sdp.body);
+    assert_eq!(
+        c.redis_owner("neverclaimed"),
+        "",
+        "no claim for a refused offer"
+    );
+
     // REST is redirected too, never proxied: a participant POST at A and a room GET at C.
     let probe = cc.request("POST", &whep, Some(SDP), Some(&offer_sdp(Role::Subscriber)));
     assert_redirect(&probe, b, &whep);

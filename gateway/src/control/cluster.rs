@@ -69,6 +69,11 @@ pub async fn route(State(state): State<Arc<ApiState>>, request: Request, next: N
     let Some((room, creates)) = room_of(request.method(), request.uri().path()) else {
         return next.run(request).await;
     };
+    // An offer that is not SDP gets its 415 here, before it can claim a room for nobody.
+    let offer_path = !request.uri().path().starts_with("/api/");
+    if creates && offer_path && !super::signaling::is_sdp(request.headers()) {
+        return next.run(request).await;
+    }
     let route = if creates {
         cluster.route_create(&room).await
     } else {

@@ -247,17 +247,28 @@ async fn patch_whep(
     patch::patch_session(&state, &room, participant, resource, &headers, &body).await
 }
 
+/// Whether the request's media type (parameters aside) is `application/sdp`.
+pub(super) fn is_sdp(headers: &HeaderMap) -> bool {
+    media_type_is(headers, "application/sdp")
+}
+
+fn media_type_is(headers: &HeaderMap, expected: &str) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case(expected))
+}
+
 /// 415 unless the request's media type (parameters aside) is `expected`.
 fn require_content_type(headers: &HeaderMap, expected: &str) -> Result<(), ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let matches = content_type
-        .split(';')
-        .next()
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case(expected));
-    if matches {
+    if media_type_is(headers, expected) {
         Ok(())
     } else {
         Err(ApiError::new(
