@@ -303,12 +303,14 @@ impl Directory {
         parse_record(&record).map(Some)
     }
 
-    /// Publish `me`, renew the claims of `rooms`, and read the membership.
+    /// Publish `me` (alive for `ttl`), renew the claims of `rooms` (for `claim_ttl`), and
+    /// read the membership.
     pub async fn heartbeat(
         &self,
         me: &NodeRecord,
         rooms: &[String],
         ttl: Duration,
+        claim_ttl: Duration,
     ) -> Result<Beat, DirectoryError> {
         let mut conn = self.conn()?;
         let record =
@@ -322,6 +324,7 @@ impl Directory {
             .arg(record)
             .arg(ttl.as_millis() as u64)
             .arg(&me.instance)
+            .arg(claim_ttl.as_millis() as u64)
             .arg(rooms);
         let reply: Result<(String, Vec<String>, Vec<String>), _> =
             invocation.invoke_async(&mut conn).await;

@@ -124,11 +124,11 @@ fn scripts_keep_one_owner_per_room() {
         let b = directory(&redis, "b");
         assert!(a.try_connect().await && b.try_connect().await);
         let no_rooms: Vec<String> = Vec::new();
-        a.heartbeat(&record("a", NodeState::Active), &no_rooms, TTL)
+        a.heartbeat(&record("a", NodeState::Active), &no_rooms, TTL, TTL)
             .await
             .unwrap();
         let (_, view) = published(
-            b.heartbeat(&record("b", NodeState::Active), &no_rooms, TTL)
+            b.heartbeat(&record("b", NodeState::Active), &no_rooms, TTL, TTL)
                 .await
                 .unwrap(),
         );
@@ -139,7 +139,7 @@ fn scripts_keep_one_owner_per_room() {
         impostor.instance = "another-process".into();
         impostor.url = "http://impostor.example:8080".into();
         match a
-            .heartbeat(&impostor, &["r9".to_owned()], TTL)
+            .heartbeat(&impostor, &["r9".to_owned()], TTL, TTL)
             .await
             .unwrap()
         {
@@ -165,9 +165,14 @@ fn scripts_keep_one_owner_per_room() {
         );
         // No claim for an unknown node, nor for a draining one.
         assert_eq!(owner(a.claim("r3", "ghost", TTL).await.unwrap()), None);
-        b.heartbeat(&record("b", NodeState::Draining), &["r2".to_owned()], TTL)
-            .await
-            .unwrap();
+        b.heartbeat(
+            &record("b", NodeState::Draining),
+            &["r2".to_owned()],
+            TTL,
+            TTL,
+        )
+        .await
+        .unwrap();
         assert_eq!(owner(a.claim("r3", "b", TTL).await.unwrap()), None);
         // ...but a draining owner keeps its rooms.
         assert_eq!(
@@ -179,9 +184,14 @@ fn scripts_keep_one_owner_per_room() {
         // Renewal: only the owner's heartbeat extends a claim; another node's heartbeat
         // naming the room reports it as lost and leaves the claim alone.
         let (lost, _) = published(
-            b.heartbeat(&record("b", NodeState::Draining), &["r1".to_owned()], TTL)
-                .await
-                .unwrap(),
+            b.heartbeat(
+                &record("b", NodeState::Draining),
+                &["r1".to_owned()],
+                TTL,
+                TTL,
+            )
+            .await
+            .unwrap(),
         );
         assert_eq!(lost, vec!["r1".to_owned()]);
         assert_eq!(redis.cli(&["GET", "t:room:r1"]), "a");
@@ -202,7 +212,7 @@ fn scripts_keep_one_owner_per_room() {
             None,
             "b is draining"
         );
-        b.heartbeat(&record("b", NodeState::Active), &no_rooms, TTL)
+        b.heartbeat(&record("b", NodeState::Active), &no_rooms, TTL, TTL)
             .await
             .unwrap();
         assert_eq!(
@@ -218,9 +228,14 @@ fn scripts_keep_one_owner_per_room() {
         // Redis lost everything: the owner's next heartbeat re-asserts its rooms.
         redis.cli(&["FLUSHALL"]);
         let (lost, view) = published(
-            b.heartbeat(&record("b", NodeState::Active), &["r1".to_owned()], TTL)
-                .await
-                .unwrap(),
+            b.heartbeat(
+                &record("b", NodeState::Active),
+                &["r1".to_owned()],
+                TTL,
+                TTL,
+            )
+            .await
+            .unwrap(),
         );
         assert!(lost.is_empty());
         assert_eq!(view.len(), 1);

@@ -9,7 +9,7 @@ use std::{
 
 use tracing::{error, warn};
 
-use super::{directory::Beat, placement::NodeRecord, total_busy_ns, Cluster};
+use super::{directory::Beat, placement::NodeRecord, total_busy_ns, Cluster, FULL_BEAT_EVERY};
 use crate::{logic::Command, room::RoomId};
 
 /// How long a logic thread may take to list its rooms before this beat goes without;
@@ -40,14 +40,19 @@ impl Cluster {
         loop {
             tokio::select! {
                 _ = beats.tick() => {
-                    self.beat().await;
+                    let full = {
+                        let mut local = self.lock();
+                        local.beats_since_full += 1;
+                        local.beats_since_full >= FULL_BEAT_EVERY
+                    };
+                    self.beat(full).await;
                 }
                 // Re-assert claims the moment Redis is back (it may have come back empty).
                 _ = self.directory.reconnected.notified() => {
-                    self.beat().await;
+                    self.beat(true).await;
                 }
                 _ = self.wake.notified() => {
-                    self.beat().await;
+                    self.beat(false).await;
                 }
                 // A draining node looks more often, so it exits soon after its last leave.
                 _ = drain_poll.tick(), if self.is_draining() => self.check_drain(),
@@ -56,7 +61,10 @@ impl Cluster {
         }
     }
 
-    pub(super) async fn beat(&self) -> BeatOutcome {
+    /// One heartbeat. A `full` one renews and checks every claim of this node; the
+    /// others only publish the record and read the membership, which keeps Redis's work
+    /// per beat independent of the number of rooms.
+    pub(super) async fn beat(&self, full: bool) -> BeatOutcome {
         let ttl = self.config.ttl;
         // Taken before the listing: a room is released only if it was idle a whole TTL
         // before this instant, so a join that raced the listing always survives.
@@ -64,11 +72,14 @@ impl Cluster {
         let live = self.live_rooms().await;
         let (record, renew, idle) = {
             let mut local = self.lock();
+            let mut full = full;
             if let Some(live) = &live {
                 for room in live {
                     // A room can outlive its claim's bookkeeping (a join raced with its
-                    // release): serving it means owning it, so it is renewed too.
-                    local.owned.insert(room.clone(), None);
+                    // release): serving it means owning it, so it is re-asserted at once.
+                    if local.owned.insert(room.clone(), None).is_none() {
+                        full = true;
+                    }
                 }
                 for (room, idle_since) in local.owned.iter_mut() {
                     if !live.contains(room) {
@@ -98,10 +109,15 @@ impl Cluster {
                     (busy_ns.saturating_sub(mark_ns) as f64 / (elapsed * threads)).min(1.0);
             }
             local.busy_mark = (now, busy_ns);
-            let renew: Vec<String> = local.owned.keys().map(|r| r.as_str().to_owned()).collect();
+            self.metrics.set_rooms_owned(local.owned.len());
+            let renew: Vec<String> = if full {
+                local.beats_since_full = 0;
+                local.owned.keys().map(|r| r.as_str().to_owned()).collect()
+            } else {
+                Vec::new()
+            };
             (self.my_record(&local), renew, idle)
         };
-        self.metrics.set_rooms_owned(renew.len());
         if !idle.is_empty() {
             let names: Vec<String> = idle.iter().map(|r| r.as_str().to_owned()).collect();
             if let Err(e) = self.directory.release(&names, false).await {
@@ -113,7 +129,11 @@ impl Cluster {
             }
         }
         let outcome = if self.directory.is_up() {
-            match self.directory.heartbeat(&record, &renew, ttl).await {
+            match self
+                .directory
+                .heartbeat(&record, &renew, ttl, self.claim_ttl())
+                .await
+            {
                 Ok(Beat::Published { lost, view }) => {
                     self.metrics.set_nodes_live(view.len());
                     {

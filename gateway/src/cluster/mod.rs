@@ -35,6 +35,14 @@ pub use routing::Route;
 
 use crate::{logic::ThreadHandle, room::RoomId};
 
+/// A claim lives this many TTLs (its owner's record lives one): a claim is void as soon
+/// as its owner's record has expired, so its own lifetime only bounds how long a stale
+/// claim lingers, and it lets most heartbeats renew no claim at all.
+const CLAIM_TTLS: u32 = 3;
+/// Every this many beats (and after every reconnect) a heartbeat renews and checks all
+/// claims: 4 beats are 4/3 TTL, well inside a claim's 3 TTLs.
+const FULL_BEAT_EVERY: u32 = 4;
+
 pub struct Cluster {
     pub config: ClusterConfig,
     pub metrics: Arc<ClusterMetrics>,
@@ -63,6 +71,8 @@ struct Local {
     releasing: HashSet<RoomId>,
     /// A heartbeat found another process under this node id (logged once).
     duplicate_logged: bool,
+    /// Beats since the last one that renewed every claim.
+    beats_since_full: u32,
     /// The last membership read (may include this node's previous record).
     view: Vec<NodeRecord>,
     /// When the view was read.
@@ -107,6 +117,7 @@ impl Cluster {
                 owned: HashMap::new(),
                 releasing: HashSet::new(),
                 duplicate_logged: false,
+                beats_since_full: 0,
                 view: Vec::new(),
                 view_at: None,
                 drain_deadline: None,
@@ -127,7 +138,7 @@ impl Cluster {
     pub async fn start(self: &Arc<Self>) -> Result<(), ClusterError> {
         if self.directory.try_connect().await {
             let deadline = Instant::now() + self.config.ttl + self.config.ttl / 3;
-            while let heartbeat::BeatOutcome::Duplicate(other) = self.beat().await {
+            while let heartbeat::BeatOutcome::Duplicate(other) = self.beat(true).await {
                 if Instant::now() >= deadline {
                     return Err(ClusterError::DuplicateNodeId {
                         id: self.config.node_id.clone(),
@@ -143,6 +154,11 @@ impl Cluster {
             *slot = Some(beat);
         }
         Ok(())
+    }
+
+    /// How long a claim lives in Redis.
+    fn claim_ttl(&self) -> std::time::Duration {
+        self.config.ttl * CLAIM_TTLS
     }
 
     pub fn node_id(&self) -> &str {

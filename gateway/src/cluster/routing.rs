@@ -88,7 +88,7 @@ impl Cluster {
             };
             match self
                 .directory
-                .claim(room.as_str(), &target, self.config.ttl)
+                .claim(room.as_str(), &target, self.claim_ttl())
                 .await
             {
                 Ok(Claim::Owned { record, won }) => {

@@ -2,6 +2,8 @@
 -- time, so two nodes racing for one room see each other's claim.
 -- KEYS[1] = P:room:ROOM
 -- ARGV[1] = P (key prefix), ARGV[2] = node to claim for, ARGV[3] = claim lifetime in ms
+-- A claim is only as alive as its owner's record: the record lives one TTL, the claim
+-- several, so most heartbeats need not renew every claim.
 -- Returns {owner, outcome, owner's node record}; outcome is
 --   "existing"  the room has a live owner (returned),
 --   "won"       the room is now claimed for ARGV[2],

@@ -1,8 +1,11 @@
 -- One round trip per heartbeat: publish this node's record, renew (or, after Redis lost
--- its data, re-assert) every room it serves, and read the membership view.
+-- its data, re-assert) the rooms it names, and read the membership view. Most beats name
+-- no room (a claim stays valid while its owner's record lives); every few beats, and
+-- after a reconnect, the node names all of them.
 -- KEYS[1] = P:node:ME, KEYS[2] = P:nodes
--- ARGV[1] = P, ARGV[2] = ME, ARGV[3] = record (JSON), ARGV[4] = lifetime in ms,
--- ARGV[5] = this process's instance token, ARGV[6..] = rooms this node serves
+-- ARGV[1] = P, ARGV[2] = ME, ARGV[3] = record (JSON), ARGV[4] = record lifetime in ms,
+-- ARGV[5] = this process's instance token, ARGV[6] = claim lifetime in ms,
+-- ARGV[7..] = rooms to renew
 -- Returns {"ok", rooms owned by another node, records of every live node}, or
 -- {"duplicate", {}, {the other process's record}} when a live record under this node id
 -- belongs to another process (two nodes started with one --node-id): nothing is written.
@@ -17,13 +20,14 @@ end
 redis.call('SET', KEYS[1], ARGV[3], 'PX', ttl)
 redis.call('SADD', KEYS[2], me)
 local lost = {}
-for i = 6, #ARGV do
+local claim_ttl = ARGV[6]
+for i = 7, #ARGV do
   local key = prefix .. ':room:' .. ARGV[i]
   local owner = redis.call('GET', key)
   if owner == me then
-    redis.call('PEXPIRE', key, ttl)
+    redis.call('PEXPIRE', key, claim_ttl)
   elseif not owner then
-    redis.call('SET', key, me, 'PX', ttl)
+    redis.call('SET', key, me, 'PX', claim_ttl)
   else
     table.insert(lost, ARGV[i])
   end
