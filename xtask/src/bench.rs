@@ -200,6 +200,8 @@ fn cluster(args: &[String]) -> Result<()> {
                 "ROOMGATE_CLUSTER_BENCH_CONCURRENCY",
                 concurrency.to_string(),
             ),
+            ("ROOMGATE_CLUSTER_BENCH_ROOMS", "300".to_owned()),
+            ("ROOMGATE_CLUSTER_BENCH_IDLE_SECS", "10".to_owned()),
         ],
     )?;
     let report = format!(
@@ -245,7 +247,6 @@ fn release_test(
             test,
             "--",
             "--nocapture",
-            "--include-ignored",
             "--exact",
             name,
         ])
