@@ -349,27 +349,31 @@ fn cluster_bench() {
     };
     let owner_of = |i: usize| i % NODES;
     let room = |i: usize| format!("bench-{i}");
+    // One join per room at the node it is (or becomes) placed on; each must be 201.
+    let join_at_owners = || {
+        net.client(|| {
+            let a = agent();
+            (0..rooms)
+                .map(|i| {
+                    let r = post(&a, &participants(&bases[owner_of(i)], &room(i)));
+                    assert_eq!(
+                        r.status,
+                        201,
+                        "{} at node {}: {}",
+                        room(i),
+                        owner_of(i),
+                        r.body
+                    );
+                    r.took
+                })
+                .collect::<Vec<_>>()
+        })
+    };
 
     // 1. First join at the owner: a fresh room at a node under its threshold.
     let hist_before = claim_buckets();
     let s0 = stats();
-    let mut claim = net.client(|| {
-        let a = agent();
-        (0..rooms)
-            .map(|i| {
-                let r = post(&a, &participants(&bases[owner_of(i)], &room(i)));
-                assert_eq!(
-                    r.status,
-                    201,
-                    "fresh room {} at node {}: {}",
-                    room(i),
-                    owner_of(i),
-                    r.body
-                );
-                r.took
-            })
-            .collect::<Vec<_>>()
-    });
+    let mut claim = join_at_owners();
     let s1 = stats();
     let hist_after = claim_buckets();
     let (hb, ha) = (sum_buckets(&hist_before), sum_buckets(&hist_after));
@@ -381,22 +385,7 @@ fn cluster_bench() {
     );
 
     // 2. Join to a room the node owns: no Redis operation by contract.
-    let mut owned = net.client(|| {
-        let a = agent();
-        (0..rooms)
-            .map(|i| {
-                let r = post(&a, &participants(&bases[owner_of(i)], &room(i)));
-                assert_eq!(
-                    r.status,
-                    201,
-                    "second join to {} at its owner: {}",
-                    room(i),
-                    r.body
-                );
-                r.took
-            })
-            .collect::<Vec<_>>()
-    });
+    let mut owned = join_at_owners();
     let s2 = stats();
     println!(
         "cluster[owned-room join latency] POST at the owner -> 201: {}",
