@@ -62,8 +62,12 @@ pub fn choose<'a>(
     if me.state == NodeState::Active && me.load() < threshold {
         return Some(me);
     }
-    std::iter::once(me)
-        .chain(view.iter().filter(|n| n.id != me.id))
+    least_loaded(std::iter::once(me).chain(view.iter().filter(|n| n.id != me.id)))
+}
+
+/// The active node with the lowest load among `nodes`, ties broken by id.
+pub fn least_loaded<'a>(nodes: impl Iterator<Item = &'a NodeRecord>) -> Option<&'a NodeRecord> {
+    nodes
         .filter(|n| n.state == NodeState::Active)
         .min_by(|a, b| a.load().total_cmp(&b.load()).then_with(|| a.id.cmp(&b.id)))
 }

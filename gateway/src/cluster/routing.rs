@@ -74,9 +74,7 @@ impl Cluster {
                 let chosen = if me_allowed {
                     placement::choose(&me, &view, self.config.load_threshold)
                 } else {
-                    view.iter()
-                        .filter(|n| n.state == placement::NodeState::Active)
-                        .min_by(|a, b| a.load().total_cmp(&b.load()).then_with(|| a.id.cmp(&b.id)))
+                    placement::least_loaded(view.iter())
                 };
                 chosen.map(|n| n.id.clone())
             };
