@@ -12,9 +12,14 @@ use super::bwe::{BweConfig, Estimator, ProbeOutcome, Usage};
 use super::transport_feedback::PacketResult;
 use super::twcc::{TransportFeedback, TwccHistory};
 
-/// A probe runs for this long: long enough for a delivered-rate measurement over a few
-/// feedback intervals, short enough that a link that cannot carry it only queues briefly.
-const PROBE_DURATION: Duration = Duration::from_millis(250);
+/// A probe runs for this long. At twice the estimate, a link that carries only the
+/// estimate queues for about as long as the probe lasts: 120 ms stays inside the 200 ms an
+/// access link buffers, where 250 ms overflowed it and every probe cost a weak viewer a few
+/// media packets and a freeze. Much shorter is no better: a token-bucket shaper lets its
+/// bucket through at line rate first, and over a cluster of a few kilobytes that burst
+/// reads as capacity the link does not have (at 60 ms, a 300 kbit/s link measured well
+/// over 500 and the viewer was moved up to a layer it could not carry).
+const PROBE_DURATION: Duration = Duration::from_millis(120);
 /// Padding goes out in bursts this far apart while a probe runs.
 pub(super) const PROBE_TICK: Duration = Duration::from_millis(20);
 /// Padding bytes per probe packet (RTP allows 255 padding bytes per packet).
@@ -173,5 +178,48 @@ impl SubscriberCc {
         p.next_tick = now + PROBE_TICK;
         let bytes = p.padding_bps as u128 * elapsed.as_micros() / 8 / 1_000_000;
         ((bytes as usize).div_ceil(PADDING_BYTES)).min(MAX_BURST)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The longest queue (as time at the estimate's rate) a probe builds on a link that
+    /// carries exactly the estimate, with the media steady at `media_bps`.
+    fn probe_queue(estimate_bps: u64, media_bps: u64) -> Duration {
+        let t0 = Instant::now();
+        let mut cc = SubscriberCc::new(estimate_bps, t0);
+        let start = t0 + MIN_PROBE_BACKOFF;
+        assert!(cc.maybe_start_probe(10 * estimate_bps, media_bps, start));
+        let (mut sent_bits, mut worst_bits) = (0f64, 0f64);
+        let step = Duration::from_millis(1);
+        let mut now = start;
+        while now < start + Duration::from_secs(1) {
+            let padding = cc.padding_due(now);
+            for _ in 0..padding {
+                cc.stamp_probe(PADDING_BYTES, now);
+            }
+            sent_bits += (padding * PADDING_BYTES * 8) as f64;
+            sent_bits += media_bps as f64 * step.as_secs_f64();
+            let drained = estimate_bps as f64 * (now - start + step).as_secs_f64();
+            worst_bits = worst_bits.max(sent_bits - drained);
+            now += step;
+        }
+        Duration::from_secs_f64(worst_bits / estimate_bps as f64)
+    }
+
+    #[test]
+    fn a_probe_queues_a_link_that_carries_only_the_estimate_briefly() {
+        // The simulcast browser test's weak viewer: a 300 kbit/s link buffering 200 ms,
+        // the low layer at about 150 kbit/s. The queue must leave room in that buffer for
+        // one more frame of that layer (1.25 kB, 33 ms at 300 kbit/s).
+        for (estimate, media) in [(300_000, 150_000), (300_000, 0), (2_000_000, 1_500_000)] {
+            let queue = probe_queue(estimate, media);
+            assert!(
+                queue <= Duration::from_millis(165),
+                "a probe from {estimate} bit/s with {media} bit/s of media queues {queue:?}"
+            );
+        }
     }
 }

@@ -550,7 +550,7 @@ fn probe_padding_rides_the_viewers_sequence_space() {
     );
     let to_s = rtp_headers_to_s(&out);
     let padding: Vec<&RtpHeader<'_>> = to_s.iter().filter(|h| h.payload().is_empty()).collect();
-    assert!(padding.len() >= 10, "{} padding packets", padding.len());
+    assert!(padding.len() >= 5, "{} padding packets", padding.len());
     assert!(padding.iter().all(|h| h.has_padding() && h.ssrc() == OUT));
     let sub_ids = ExtensionIds::new(&[(5, ExtensionKind::TransportWideCc)]).expect("id");
     let mut transport = Vec::new();
@@ -688,7 +688,7 @@ fn with_rtx_probe_padding_rides_the_rtx_stream_and_media_seqs_stay_put() {
     let to_s = rtp_headers_to_s(&out);
     let (padding, media): (Vec<&RtpHeader<'_>>, Vec<&RtpHeader<'_>>) =
         to_s.iter().partition(|h| h.ssrc() == OUT + 1);
-    assert!(padding.len() >= 10, "{} padding packets", padding.len());
+    assert!(padding.len() >= 5, "{} padding packets", padding.len());
     for (i, h) in padding.iter().enumerate() {
         assert!(h.payload().is_empty() && h.has_padding());
         assert_eq!((h.payload_type(), h.sequence_number()), (101, i as u16));
