@@ -488,6 +488,44 @@ fn forward(
     sent
 }
 
+/// A publisher without transport-cc feedback, so its room has no fast tick of its own:
+/// a gap in its video makes the room NACK at once and arm the retry, and the thread has
+/// to wake for that retry rather than at the room's next receiver report.
+#[test]
+fn a_gap_in_a_publishers_stream_wakes_the_thread_for_the_nack_retry() {
+    let mut h = harness(ActiveMode::Ebpf, 0, 1);
+    let room = room_owned_by(0, 1);
+    let publisher = client(41100);
+    let offer: String = CHROME_WHIP
+        .lines()
+        .filter(|l| !l.contains("transport-cc") && !l.contains("transport-wide-cc"))
+        .map(|l| format!("{l}\r\n"))
+        .collect();
+    let mut srtp = connect_media(&mut h, &room, Role::Publisher, &offer, publisher);
+    let now = Instant::now();
+    h.timeout(now);
+    h.sent.clear();
+    for seq in [1u16, 2, 4] {
+        let mut plain = vec![0x80, 96];
+        plain.extend_from_slice(&seq.to_be_bytes());
+        plain.extend_from_slice(&(u32::from(seq) * 3000).to_be_bytes());
+        plain.extend_from_slice(&2_847_312_221u32.to_be_bytes());
+        plain.extend_from_slice(&[0x10, 0x00, 0x9d, 0x01, 0x2a]);
+        let mut out = vec![0; plain.len() + 16];
+        let n = srtp.protect_rtp_into(&plain, &mut out).unwrap();
+        out.truncate(n);
+        h.datagram(now, publisher, out);
+    }
+    let nacks = h.sent.iter().filter(|t| t.to == publisher).count();
+    assert_eq!(nacks, 1, "the gap is NACKed at once");
+    let wake = h.core.poll_timeout().expect("a timer");
+    assert!(
+        wake <= now + Duration::from_millis(20),
+        "the thread must wake within the room's fast tick (20 ms) for the NACK retry, not {:?} later",
+        wake - now
+    );
+}
+
 #[test]
 fn forwarding_allocates_nothing_once_the_room_is_warm() {
     let mut h = harness(ActiveMode::Ebpf, 0, 1);

@@ -102,6 +102,10 @@ impl ThreadCore {
                     trace!(thread = self.index, %from, error = %e, "forwarding refused a packet");
                 }
                 self.forward_outputs(room_key);
+                // A packet can bring the room's next deadline forward (a gap's NACK and
+                // its retries, a new publisher's feedback): the thread must wake for it,
+                // not at whatever the room had armed before.
+                self.arm_room(room_key);
             }
             _ => {}
         }
