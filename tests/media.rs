@@ -533,6 +533,133 @@ fn feedback_pli_fir_nack_and_receiver_reports() {
 // 3. Leaving
 // ---------------------------------------------------------------------------------------
 
+/// The NACKs for `media_ssrc` among `rtcp`, as the sequence numbers they ask for.
+fn nacked(rtcp: &[Rtcp], media_ssrc: u32) -> Vec<u16> {
+    rtcp.iter()
+        .filter_map(|r| match r {
+            Rtcp::Nack { media, lost, .. } if *media == media_ssrc => Some(lost.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+/// A publisher that repairs on an RTX stream (FID group), on a path that reorders: the
+/// first late packet is NACKed at once, since nothing says the path reorders yet; it then
+/// arrives on the media stream and teaches roomgate to hold later first NACKs back, so the
+/// next reordered packet costs no NACK; a real loss is still NACKed and repaired from the
+/// RTX stream. The viewer gets every packet once.
+#[test]
+fn reordering_is_learned_and_costs_no_nacks_while_losses_are_repaired_over_rtx() {
+    let gw = start(preferred_mode(), &[]);
+    let base = base_url(&gw);
+    let room = "reorder";
+    let mut cfg = PeerConfig::publisher();
+    cfg.offer.audio = None;
+    let video_ssrc = cfg.offer.video_ssrc;
+    let rtx_ssrc = video_ssrc ^ 0x0100_0000;
+    cfg.offer.video = Some(vec![
+        Codec::vp8(96),
+        Codec {
+            pt: 97,
+            name: "rtx".into(),
+            clock: 90_000,
+            channels: None,
+            fmtp: Some("apt=96".into()),
+            rtcp_fb: Vec::new(),
+        },
+    ]);
+    cfg.offer.extra_media_lines = vec![
+        format!("a=ssrc-group:FID {video_ssrc} {rtx_ssrc}"),
+        format!("a=ssrc:{rtx_ssrc} cname:roomgate-test"),
+    ];
+    let publisher = publish(&base, room, cfg);
+    let sub = subscribe(&base, room, None, PeerConfig::subscriber());
+    wait_connected(&gw, room, &[&publisher, &sub]);
+    let mut video = Stream::for_peer(&publisher, Kind::Video);
+    let packets: Vec<RtpPacket> = (0..19).map(|_| video.next(400, 1)).collect();
+    let send = |i: usize| publisher.send_rtp(&packets[i]);
+    let metric = |name: &str| gw.metric_sum(name).unwrap_or(0.0) as u64;
+
+    // 0..=10 in order, then 12 before 11, which comes 30 ms later.
+    for i in 0..=10 {
+        send(i);
+    }
+    send(12);
+    std::thread::sleep(Duration::from_millis(30));
+    send(11);
+    let rtcp = publisher.collect_rtcp(Duration::from_millis(300));
+    assert_eq!(
+        nacked(&rtcp, video_ssrc),
+        [packets[11].seq],
+        "before any reordering was seen, the gap is NACKed at once; got {rtcp:?}"
+    );
+    // 14 right behind 15: inside the learned window, no NACK for it.
+    send(13);
+    send(15);
+    send(14);
+    let rtcp = publisher.collect_rtcp(Duration::from_millis(300));
+    assert!(
+        nacked(&rtcp, video_ssrc).is_empty(),
+        "a packet reordered within the learned window is not NACKed; got {rtcp:?}"
+    );
+    // 17 is lost: NACKed once the window is over, and repaired on the RTX stream.
+    send(16);
+    send(18);
+    let lost_at = Instant::now();
+    let mut rtcp = Vec::new();
+    while !nacked(&rtcp, video_ssrc).contains(&packets[17].seq) {
+        let left = (lost_at + WAIT).saturating_duration_since(Instant::now());
+        let Some(r) = publisher.recv_rtcp(left) else {
+            panic!(
+                "the lost packet {} is never NACKed; got {rtcp:?}",
+                packets[17].seq
+            );
+        };
+        rtcp.extend(r.packet);
+    }
+    assert_eq!(nacked(&rtcp, video_ssrc), [packets[17].seq]);
+    eprintln!("the loss was NACKed {:?} after it", lost_at.elapsed());
+    let original = &packets[17];
+    let mut payload = original.seq.to_be_bytes().to_vec();
+    payload.extend_from_slice(&original.payload);
+    publisher.send_rtp(&RtpPacket {
+        marker: original.marker,
+        pt: 97,
+        seq: 1,
+        ts: original.ts,
+        ssrc: rtx_ssrc,
+        payload,
+    });
+
+    let got = sub.recv_rtp_n(packets.len(), WAIT);
+    let mut seen: Vec<u16> = got.iter().map(|r| r.packet.seq).collect();
+    seen.sort_unstable();
+    let mut want: Vec<u16> = packets.iter().map(|p| p.seq).collect();
+    want.sort_unstable();
+    assert_eq!(seen, want, "the viewer gets every packet once");
+    for r in &got {
+        let sent = packets
+            .iter()
+            .find(|p| p.seq == r.packet.seq)
+            .expect("a packet that was sent");
+        assert_eq!(r.packet.payload, sent.payload, "payload of {}", sent.seq);
+    }
+    let counted = eventually(WAIT, || {
+        metric("roomgate_rtp_reordered_total") == 2
+            && metric("roomgate_nacks_spurious_total") == 1
+            && metric("roomgate_rtx_repairs_received_total") == 1
+    });
+    assert!(
+        counted,
+        "reordered {} (want 2: 11 and 14), spurious NACKs {} (want 1: 11), RTX repairs {} (want 1: 17)\n{}",
+        metric("roomgate_rtp_reordered_total"),
+        metric("roomgate_nacks_spurious_total"),
+        metric("roomgate_rtx_repairs_received_total"),
+        log_tail(&gw)
+    );
+}
+
 #[test]
 fn leaving_delete_and_close_notify() {
     let gw = start(preferred_mode(), &[]);

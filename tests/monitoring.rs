@@ -22,7 +22,7 @@ use serde_json::Value;
 use support::*;
 
 /// Media-plane counters and gauges with a `thread` label only.
-const MEDIA_PER_THREAD: [&str; 41] = [
+const MEDIA_PER_THREAD: [&str; 43] = [
     "roomgate_dtls_closed_total",
     "roomgate_dtls_records_dropped_total",
     "roomgate_srtp_before_keys_total",
@@ -60,6 +60,8 @@ const MEDIA_PER_THREAD: [&str; 41] = [
     "roomgate_probe_packets_total",
     "roomgate_nacks_sent_total",
     "roomgate_nack_gave_up_total",
+    "roomgate_rtp_reordered_total",
+    "roomgate_nacks_spurious_total",
     "roomgate_rtx_repairs_received_total",
     "roomgate_rtx_duplicates_received_total",
     "roomgate_rtx_padding_received_total",

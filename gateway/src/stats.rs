@@ -202,6 +202,10 @@ pub struct MediaStats {
     /// stopped asking for.
     pub nacks_sent: Counter,
     pub nack_gave_up: Counter,
+    /// Missed publisher packets that came late on their media stream (reordered), and
+    /// how many of them had been NACKed already.
+    pub rtp_reordered: Counter,
+    pub nacks_spurious: Counter,
     /// Publishers' RTX packets: repairs taken, duplicates and padding-only probes dropped.
     pub rtx_repairs_received: Counter,
     pub rtx_duplicates_received: Counter,

@@ -30,7 +30,7 @@ type ThreadSeries = (
 type MediaSeries = (&'static str, &'static str, fn(&MediaStats) -> u64);
 
 /// Media-plane counters exposed one series per thread (`{thread}` only).
-const MEDIA_COUNTERS: [MediaSeries; 39] = [
+const MEDIA_COUNTERS: [MediaSeries; 41] = [
     (
         "roomgate_dtls_closed_total",
         "DTLS associations the client closed (close_notify or alert) after connecting.",
@@ -145,6 +145,16 @@ const MEDIA_COUNTERS: [MediaSeries; 39] = [
         "roomgate_nack_gave_up_total",
         "Missed publisher packets roomgate stopped asking for (older than 1 s, or asked three times).",
         |m| m.nack_gave_up.get(),
+    ),
+    (
+        "roomgate_rtp_reordered_total",
+        "Missed publisher packets that arrived late on their media stream (reordered on the way); first NACKs then wait as long as the latest of them took.",
+        |m| m.rtp_reordered.get(),
+    ),
+    (
+        "roomgate_nacks_spurious_total",
+        "Publisher packets roomgate NACKed that then arrived on their media stream by themselves (reordered, not lost).",
+        |m| m.nacks_spurious.get(),
     ),
     (
         "roomgate_rtx_repairs_received_total",

@@ -54,6 +54,8 @@ pub fn add_forward_stats(stats: &ThreadStats, d: &ForwardStats) {
         estimates,
         nacks_sent,
         nack_gave_up,
+        rtp_reordered,
+        nacks_spurious,
         rtx_repairs_received,
         rtx_duplicates_received,
         rtx_padding_received,
@@ -93,6 +95,8 @@ pub fn add_forward_stats(stats: &ThreadStats, d: &ForwardStats) {
         estimates: m_estimates,
         nacks_sent: m_nacks_sent,
         nack_gave_up: m_nack_gave_up,
+        rtp_reordered: m_rtp_reordered,
+        nacks_spurious: m_nacks_spurious,
         rtx_repairs_received: m_rtx_repairs_received,
         rtx_duplicates_received: m_rtx_duplicates_received,
         rtx_padding_received: m_rtx_padding_received,
@@ -134,6 +138,8 @@ pub fn add_forward_stats(stats: &ThreadStats, d: &ForwardStats) {
     m_estimates.add(&estimates);
     m_nacks_sent.add(nacks_sent);
     m_nack_gave_up.add(nack_gave_up);
+    m_rtp_reordered.add(rtp_reordered);
+    m_nacks_spurious.add(nacks_spurious);
     m_rtx_repairs_received.add(rtx_repairs_received);
     m_rtx_duplicates_received.add(rtx_duplicates_received);
     m_rtx_padding_received.add(rtx_padding_received);
@@ -189,6 +195,8 @@ mod tests {
             rtx_duplicates_received: 32,
             rtx_padding_received: 33,
             rtx_sent: 34,
+            rtp_reordered: 35,
+            nacks_spurious: 36,
             nack_rtt: crate::sfu::RttSamples {
                 buckets: [0, 0, 1, 0, 0, 0, 0, 0, 0],
                 sum_ms: 40,
@@ -232,6 +240,8 @@ mod tests {
             m.rtx_duplicates_received.get(),
             m.rtx_padding_received.get(),
             m.rtx_sent.get(),
+            m.rtp_reordered.get(),
+            m.nacks_spurious.get(),
         ];
         assert_eq!(got, std::array::from_fn(|i| i as u64 + 1));
         assert_eq!(m.estimates.buckets[4].get(), 1);

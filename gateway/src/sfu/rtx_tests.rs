@@ -180,6 +180,61 @@ fn a_gap_is_nacked_to_the_publisher_and_its_rtx_repairs_the_stream() {
     );
 }
 
+/// The shell's loop on a virtual clock: every timer due up to `until`, in order.
+fn run_until(core: &mut RoomCore, until: Instant) -> Vec<Output> {
+    let mut out = Vec::new();
+    while let Some(at) = core.poll_timeout().filter(|&at| at <= until) {
+        core.handle_timeout(at);
+        out.extend(drain(core));
+    }
+    out
+}
+
+#[test]
+fn reordering_on_the_media_stream_holds_back_the_next_first_nacks() {
+    let t0 = Instant::now();
+    let mut core = room(t0, false);
+    core.handle_rtp(P, &media(10), t0).expect("media");
+    core.handle_rtp(P, &media(12), t0).expect("media");
+    assert_eq!(nacked_seqs(&drain(&mut core), P), [11], "asked at once");
+    // 11 comes 6 ms late on the media stream, before any repair: reordered, and
+    // forwarded like any other packet.
+    core.handle_rtp(P, &media(11), t0 + 6 * MS).expect("media");
+    assert_eq!(rtp_to_s(&drain(&mut core)).len(), 1);
+    let stats = core.take_stats();
+    assert_eq!((stats.rtp_reordered, stats.nacks_spurious), (1, 1));
+    assert_eq!(
+        stats.nack_rtt.count, 0,
+        "a reordered packet is no round trip"
+    );
+    run_until(&mut core, t0 + 99 * MS);
+    // The next gap waits out those 6 ms, and the room's timer comes when they are over.
+    let t1 = t0 + 100 * MS;
+    core.handle_rtp(P, &media(13), t1).expect("media");
+    core.handle_rtp(P, &media(15), t1).expect("media");
+    assert!(nacked_seqs(&drain(&mut core), P).is_empty());
+    assert_eq!(core.poll_timeout(), Some(t1 + 6 * MS));
+    // 14 arrives inside the window: no NACK ever goes out for it.
+    core.handle_rtp(P, &media(14), t1 + 4 * MS).expect("media");
+    assert!(nacked_seqs(&run_until(&mut core, t1 + 99 * MS), P).is_empty());
+    let stats = core.take_stats();
+    assert_eq!((stats.rtp_reordered, stats.nacks_spurious), (1, 0));
+    assert_eq!(stats.nacks_sent, 0);
+    // A loss is asked for when the window ends, and the RTX repair counts as one.
+    let t2 = t0 + 200 * MS;
+    core.handle_rtp(P, &media(16), t2).expect("media");
+    core.handle_rtp(P, &media(18), t2).expect("media");
+    drain(&mut core);
+    assert!(nacked_seqs(&run_until(&mut core, t2 + 5 * MS), P).is_empty());
+    assert_eq!(nacked_seqs(&run_until(&mut core, t2 + 6 * MS), P), [17]);
+    core.handle_rtp(P, &publisher_rtx(600, 17), t2 + 46 * MS)
+        .expect("rtx");
+    drain(&mut core);
+    let stats = core.take_stats();
+    assert_eq!((stats.rtx_repairs_received, stats.rtp_reordered), (1, 0));
+    assert_eq!((stats.nack_rtt.count, stats.nack_rtt.sum_ms), (1, 40));
+}
+
 #[test]
 fn subscriber_nacks_are_answered_on_its_rtx_stream() {
     let t0 = Instant::now();

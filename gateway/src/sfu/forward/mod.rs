@@ -20,7 +20,7 @@ pub use stats::{
 use super::codec::{self, CodecKind};
 use super::congestion::SubscriberCc;
 use super::layers::{choose_layer, rank_layers, rank_name, LayerInfo, LayerRequest};
-use super::nack_gen::Arrival;
+use super::nack_gen::{Arrival, Via};
 use super::pool::BufferPool;
 use super::rtcp::{self, Nack, ReportBlock, RtcpError, RtcpPacket, SenderReport};
 use super::rtp::{seq_newer, RtpError, RtpHeader};
@@ -642,7 +642,7 @@ impl RoomCore {
             self.stats.rtp_payload_type_mismatch += 1;
             return Ok(());
         }
-        self.forward_media(from, (index, layer), &header, &ext, now);
+        self.forward_media(from, (index, layer), &header, &ext, false, now);
         Ok(())
     }
 
@@ -679,19 +679,21 @@ impl RoomCore {
         unwrap_rtx(&mut original, header, media_ssrc, media_pt, osn);
         if let Ok(repaired) = RtpHeader::parse(&original) {
             self.stats.rtx_repairs_received += 1;
-            self.forward_media(from, (index, layer), &repaired, ext, now);
+            self.forward_media(from, (index, layer), &repaired, ext, true, now);
         }
         self.pool.give(original);
         Ok(())
     }
 
     /// Store a publisher's media packet and send it to every slot it feeds.
+    /// `repair`: the packet was unwrapped from the publisher's RTX stream.
     fn forward_media(
         &mut self,
         from: MemberId,
         (index, layer): (usize, usize),
         header: &RtpHeader<'_>,
         ext: &Extensions<'_>,
+        repair: bool,
         now: Instant,
     ) {
         let packet = header.as_bytes();
@@ -711,8 +713,18 @@ impl RoomCore {
         };
         source.recv.update(seq, ts, clock_rate, now);
         if track.nack {
-            if let Arrival::Repaired(rtt) = source.nacks.on_packet(seq, now) {
-                self.stats.nack_rtt.observe(rtt);
+            let via = match (repair, source.rtx_ssrc) {
+                (true, _) => Via::Rtx,
+                (false, Some(_)) => Via::Original,
+                (false, None) => Via::Media,
+            };
+            match source.nacks.on_packet(seq, via, now) {
+                Arrival::Repaired(rtt) => self.stats.nack_rtt.observe(rtt),
+                Arrival::Reordered { asked } => {
+                    self.stats.rtp_reordered += 1;
+                    self.stats.nacks_spurious += u64::from(asked);
+                }
+                Arrival::Normal => {}
             }
         }
         let gap = source.nacks.has_missing();
@@ -787,10 +799,11 @@ impl RoomCore {
             });
             self.stats.rtp_forwarded += 1;
         }
-        // Ask for what is missing at once; the fast tick repeats the request.
+        // Ask for what is missing once its reorder wait is over (at once on a path that
+        // does not reorder); the fast tick repeats the request.
         if gap {
             self.send_publisher_nacks(now);
-            self.next_fast.get_or_insert(now + timers::FAST_TICK);
+            self.arm_fast(now);
         }
     }
 

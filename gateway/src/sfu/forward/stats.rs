@@ -67,6 +67,10 @@ pub struct ForwardStats {
     pub nacks_sent: u64,
     /// Missed packets roomgate stopped asking for (too old, asked three times).
     pub nack_gave_up: u64,
+    /// Missed publisher packets that arrived late on their media stream (reordered on
+    /// the way), and how many of them had already been NACKed.
+    pub rtp_reordered: u64,
+    pub nacks_spurious: u64,
     /// Publishers' RTX packets that repaired a missed packet / repeated one roomgate
     /// already had / carried only padding (the publisher's own probes). The last two
     /// are dropped.

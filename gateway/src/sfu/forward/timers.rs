@@ -60,7 +60,10 @@ impl RoomCore {
             self.send_publisher_nacks(now);
             let needed =
                 self.subscribers.values().any(|s| s.cc.is_some()) || self.fast_tick_needed();
-            self.next_fast = needed.then_some(now + FAST_TICK);
+            self.next_fast = None;
+            if needed {
+                self.arm_fast(now);
+            }
         }
         if self.next_layers.is_some_and(|due| now >= due) {
             self.next_layers = Some(now + self.config.layer_interval);
@@ -110,6 +113,19 @@ impl RoomCore {
                     .iter()
                     .any(|t| t.layers.iter().any(|l| l.nacks.has_missing()))
         })
+    }
+
+    /// Make sure the fast tick comes within [`FAST_TICK`], and no later than the first
+    /// NACK that is waiting out its reorder window.
+    pub(super) fn arm_fast(&mut self, now: Instant) {
+        let first_nack = self
+            .publishers
+            .values()
+            .flat_map(|p| p.tracks.iter().flat_map(|t| t.layers.iter()))
+            .filter_map(|l| l.nacks.next_first_request())
+            .min();
+        let next = first_nack.map_or(now + FAST_TICK, |t| t.min(now + FAST_TICK));
+        self.next_fast = Some(self.next_fast.map_or(next, |t| t.min(next)));
     }
 
     /// NACKs to publishers for what roomgate missed of their layers: one RTCP packet per
