@@ -282,6 +282,24 @@ fn soak(mode: &str) {
     assert_eq!(d.get("media.dtls_closed"), g(&t.closed), "{report}");
     assert_eq!(d.get("media.sessions_timed_out"), vanished, "{report}");
     assert_eq!(d.get("consent_expired"), vanished, "{report}");
+    // The lifecycle counters say the same: created once, ended once under its reason.
+    assert_eq!(d.get("sessions_created"), connected, "{report}");
+    for (reason, want) in [
+        ("deleted", g(&t.deleted)),
+        ("dtls_closed", g(&t.closed)),
+        ("consent_expired", vanished),
+        ("connect_timeout", 0),
+        ("dtls_failed", 0),
+        ("room_closed", 0),
+        ("abandoned", 0),
+        ("shutdown", 0),
+    ] {
+        assert_eq!(
+            d.get(&format!("sessions_ended.{reason}")),
+            want,
+            "sessions_ended.{reason}: {report}"
+        );
+    }
     // Media: every packet sent is received, and every copy forwarded is decrypted by its
     // viewer. Receive drops are reported, not asserted: in connected mode a new client
     // socket drops (and counts) whatever the kernel hashes to it between its bind and its

@@ -109,6 +109,10 @@ pub struct ThreadStats {
     pub socket_receive_drops: [Counter; SOCKET_KINDS.len()],
     pub rooms: Counter,
     pub sessions: Counter,
+    /// Sessions created, and sessions ended by [`SessionEnd`] index: every session that
+    /// was created is live or ended under exactly one reason.
+    pub sessions_created: Counter,
+    pub sessions_ended: [Counter; SessionEnd::ALL.len()],
     pub connected_sockets: Counter,
     /// Time spent handling events (poll wake-up to going back to sleep), ns.
     pub busy_ns: Counter,
@@ -122,6 +126,53 @@ pub struct ThreadStats {
     pub stun_error_replies: Counter,
     pub stun_replies_limited: [Counter; REPLY_LIMIT_REASONS.len()],
     pub media: MediaStats,
+}
+
+/// Why a session ended (the `reason` label of `roomgate_sessions_ended_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// DELETE of its WHIP/WHEP resource or REST participant.
+    Deleted,
+    /// A WHIP/WHEP session without a valid check for 30 s (RFC 7675).
+    ConsentExpired,
+    /// A WHIP/WHEP session that never connected, or whose DTLS handshake stalled.
+    ConnectTimeout,
+    /// The client closed DTLS (close_notify or alert).
+    DtlsClosed,
+    /// The DTLS handshake or the SRTP setup after it failed.
+    DtlsFailed,
+    /// Its room was closed: the cluster found another node owning it.
+    RoomClosed,
+    /// Created for a request whose caller was gone before the answer.
+    Abandoned,
+    /// The logic thread stopped.
+    Shutdown,
+}
+
+impl SessionEnd {
+    pub const ALL: [SessionEnd; 8] = [
+        SessionEnd::Deleted,
+        SessionEnd::ConsentExpired,
+        SessionEnd::ConnectTimeout,
+        SessionEnd::DtlsClosed,
+        SessionEnd::DtlsFailed,
+        SessionEnd::RoomClosed,
+        SessionEnd::Abandoned,
+        SessionEnd::Shutdown,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            SessionEnd::Deleted => "deleted",
+            SessionEnd::ConsentExpired => "consent_expired",
+            SessionEnd::ConnectTimeout => "connect_timeout",
+            SessionEnd::DtlsClosed => "dtls_closed",
+            SessionEnd::DtlsFailed => "dtls_failed",
+            SessionEnd::RoomClosed => "room_closed",
+            SessionEnd::Abandoned => "abandoned",
+            SessionEnd::Shutdown => "shutdown",
+        }
+    }
 }
 
 /// Label values of [`ThreadStats::stun_replies_limited`]: the claimed session's budget,

@@ -544,6 +544,32 @@ pub fn render(state: &ApiState) -> Result<String, prometheus::Error> {
     }
     collectors.push(Box::new(error_replies));
     collectors.push(Box::new(limited));
+    let created = counter(
+        "roomgate_sessions_created_total",
+        "Sessions created (REST participants and WHIP/WHEP sessions). Each is live (roomgate_sessions) or counted once in roomgate_sessions_ended_total.",
+        &["thread"],
+    )?;
+    let ended = counter(
+        "roomgate_sessions_ended_total",
+        "Sessions ended, by reason: deleted (DELETE), consent_expired (WHIP/WHEP, 30 s without a valid check), connect_timeout (never connected, or the DTLS handshake stalled), dtls_closed (the client closed DTLS), dtls_failed (handshake or SRTP setup failed), room_closed (the cluster found another owner), abandoned (the caller was gone before the answer), shutdown.",
+        &["thread", "reason"],
+    )?;
+    for (i, h) in state.threads.iter().enumerate() {
+        let t = i.to_string();
+        created
+            .with_label_values(&[t.as_str()])
+            .inc_by(h.stats.sessions_created.get());
+        for (why, c) in crate::stats::SessionEnd::ALL
+            .iter()
+            .zip(&h.stats.sessions_ended)
+        {
+            ended
+                .with_label_values(&[t.as_str(), why.label()])
+                .inc_by(c.get());
+        }
+    }
+    collectors.push(Box::new(created));
+    collectors.push(Box::new(ended));
     let handoffs_limited = counter(
         "roomgate_handoffs_limited_total",
         "Binding Requests for another thread's room not handed to it (connected mode), withheld by a handoff budget: the claimed server ufrag's (reason=session) or the logic thread's (reason=global).",

@@ -241,6 +241,11 @@ async fn status(State(state): State<Arc<ApiState>>) -> Json<Value> {
                 "index": index,
                 "rooms": s.rooms.get(),
                 "sessions": s.sessions.get(),
+                "sessions_created": s.sessions_created.get(),
+                "sessions_ended": crate::stats::SessionEnd::ALL
+                    .iter()
+                    .map(|why| (why.label().to_owned(), json!(s.sessions_ended[*why as usize].get())))
+                    .collect::<serde_json::Map<String, Value>>(),
                 "rx_datagrams": s.rx_datagrams.get(),
                 "rx_bytes": s.rx_bytes.get(),
                 "tx_datagrams": s.tx_datagrams.get(),

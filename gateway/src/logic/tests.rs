@@ -321,6 +321,8 @@ fn a_media_session_that_never_connects_times_out() {
     assert!(!h.room_exists(&room), "released with its room");
     assert_eq!(h.stats.media.sessions_timed_out.get(), 1);
     assert_eq!(h.stats.media.publishers.get(), 0);
+    assert_eq!(h.stats.sessions_created.get(), 1);
+    assert_eq!(ended(&h), [("connect_timeout", 1)]);
     assert_eq!(
         h.limits
             .sessions_total
@@ -350,6 +352,7 @@ fn delete_releases_the_pins_and_the_room() {
         },
     );
     assert!(rx.try_recv().unwrap());
+    assert_eq!(ended(&h), [("deleted", 1)]);
     assert!(h.flows.is_empty(), "both flows released");
     assert!(!h.room_exists(&room));
     assert_eq!(
@@ -362,6 +365,37 @@ fn delete_releases_the_pins_and_the_room() {
     let q = h.create(&room);
     h.check(h.at(1.0), client(40000), &q, &q.pwd);
     assert_eq!(h.flows.len(), 1);
+    // Every session created is live or ended under one reason.
+    assert_eq!(h.stats.sessions_created.get(), 2);
+    h.core.release_all(h.at(2.0));
+    assert_eq!(ended(&h), [("deleted", 1), ("shutdown", 1)]);
+}
+
+/// The reasons sessions ended for so far, with their counts (zeros left out).
+fn ended(h: &Harness) -> Vec<(&'static str, u64)> {
+    crate::stats::SessionEnd::ALL
+        .iter()
+        .map(|why| (why.label(), h.stats.sessions_ended[*why as usize].get()))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+#[test]
+fn a_session_whose_caller_is_gone_is_ended_as_abandoned() {
+    let mut h = harness(ActiveMode::Ebpf, 0, 1);
+    let room = room_owned_by(0, 1);
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    drop(rx);
+    h.command(
+        h.t0,
+        Command::CreateParticipant {
+            room: room.clone(),
+            reply,
+        },
+    );
+    assert!(!h.room_exists(&room));
+    assert_eq!(h.stats.sessions_created.get(), 1);
+    assert_eq!(ended(&h), [("abandoned", 1)]);
 }
 
 #[test]

@@ -8,6 +8,7 @@ use tracing::{debug, trace, warn};
 use crate::{
     media::{DtlsEvent, DtlsInput, RecvError, SrtpKeys, TransmitError},
     sfu::Output,
+    stats::SessionEnd,
 };
 
 use super::{
@@ -176,7 +177,7 @@ impl ThreadCore {
                     if self.table.get(id).is_some() {
                         self.stats.media.dtls_failed.inc();
                         debug!(thread = self.index, ?id, %reason, "DTLS handshake failed; session ends");
-                        self.remove_session(id, now);
+                        self.remove_session(id, SessionEnd::DtlsFailed, now);
                     }
                 }
                 DtlsEvent::Closed { id } => {
@@ -188,7 +189,7 @@ impl ThreadCore {
                             ?id,
                             "DTLS closed by the client; session ends"
                         );
-                        self.remove_session(id, now);
+                        self.remove_session(id, SessionEnd::DtlsClosed, now);
                     }
                 }
             }
@@ -217,7 +218,7 @@ impl ThreadCore {
             Err(e) => {
                 self.stats.media.dtls_failed.inc();
                 warn!(thread = self.index, ?id, error = %e, "SRTP setup failed; session ends");
-                self.remove_session(id, now);
+                self.remove_session(id, SessionEnd::DtlsFailed, now);
             }
         }
     }

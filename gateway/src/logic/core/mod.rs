@@ -32,7 +32,7 @@ use crate::{
     media::{DtlsDriver, Identity},
     net::SendErrno,
     sfu::MemberId,
-    stats::ThreadStats,
+    stats::{SessionEnd, ThreadStats},
     steering::ActiveMode,
 };
 
@@ -313,7 +313,7 @@ impl ThreadCore {
                 match self.create_participant(&room, now) {
                     Ok((id, created)) => {
                         if reply.send(Ok(created)).is_err() {
-                            self.remove_session(id, now);
+                            self.remove_session(id, SessionEnd::Abandoned, now);
                         }
                     }
                     Err(refused) => {
@@ -344,7 +344,7 @@ impl ThreadCore {
                 Ok((id, created)) => {
                     self.set_remote_ufrag(id, &offer.ice_ufrag);
                     if reply.send(Ok(created)).is_err() {
-                        self.remove_session(id, now);
+                        self.remove_session(id, SessionEnd::Abandoned, now);
                     }
                 }
                 Err(refused) => {
@@ -381,7 +381,7 @@ impl ThreadCore {
                     .map(|r| r.sessions.clone())
                     .unwrap_or_default();
                 for id in &ids {
-                    self.remove_session(*id, now);
+                    self.remove_session(*id, SessionEnd::RoomClosed, now);
                 }
                 let _ = reply.send(ids.len());
             }
@@ -402,7 +402,7 @@ impl ThreadCore {
     /// Release every session (the thread is stopping).
     pub fn release_all(&mut self, now: Instant) {
         for id in self.table.ids() {
-            self.remove_session(id, now);
+            self.remove_session(id, SessionEnd::Shutdown, now);
         }
     }
 

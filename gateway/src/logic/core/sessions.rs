@@ -10,6 +10,7 @@ use crate::{
     room::RoomId,
     sdp::{self, Offer, Role},
     sfu::LayerRequest,
+    stats::SessionEnd,
 };
 
 use super::{
@@ -37,7 +38,7 @@ impl ThreadCore {
             if s.media.is_some() {
                 // A WHIP/WHEP session has no backend to delete it: consent loss ends it.
                 self.stats.media.sessions_timed_out.inc();
-                self.remove_session(id, now);
+                self.remove_session(id, SessionEnd::ConsentExpired, now);
                 return;
             }
             self.unpin_session(id);
@@ -56,7 +57,7 @@ impl ThreadCore {
                 }
                 debug!(thread = self.index, ?id, "media session timed out");
                 self.stats.media.sessions_timed_out.inc();
-                self.remove_session(id, now);
+                self.remove_session(id, SessionEnd::ConnectTimeout, now);
                 return;
             }
             if m.transport.handle_timeout(now) {
@@ -67,11 +68,12 @@ impl ThreadCore {
     }
 
     /// Release a session: its pins, its forwarding state, its DTLS task, its room slot.
-    pub(super) fn remove_session(&mut self, id: SessionId, now: Instant) {
+    pub(super) fn remove_session(&mut self, id: SessionId, why: SessionEnd, now: Instant) {
         self.unpin_session(id);
         let Some(session) = self.table.remove(id) else {
             return;
         };
+        self.stats.sessions_ended[why as usize].inc();
         session.ice.names().for_each(crate::steering::live::remove);
         admission::release(&self.limits);
         if let Some(media) = &session.media {
@@ -179,6 +181,7 @@ impl ThreadCore {
                 }
             }
             let room_key = self.table.room_or_insert(room);
+            self.stats.sessions_created.inc();
             let id = self.table.insert(Session {
                 participant: participant.clone(),
                 room: room_key,
@@ -356,7 +359,7 @@ impl ThreadCore {
                 return false;
             }
         }
-        self.remove_session(id, now);
+        self.remove_session(id, SessionEnd::Deleted, now);
         debug!(thread = self.index, room = %room, participant, "participant deleted");
         true
     }
