@@ -148,7 +148,7 @@ const MEDIA_COUNTERS: [MediaSeries; 41] = [
     ),
     (
         "roomgate_rtp_reordered_total",
-        "Missed publisher packets that arrived late on their media stream (reordered on the way); first NACKs then wait as long as the latest of them took.",
+        "Missed publisher packets that arrived late on their media stream (reordered on the way); first NACKs then wait as long as the longest of them took, until none came for 10 s.",
         |m| m.rtp_reordered.get(),
     ),
     (

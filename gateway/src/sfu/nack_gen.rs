@@ -6,9 +6,9 @@
 //! A gap is not always a loss: a path that reorders delivers the packet a little later on
 //! its own, and a NACK sent at once costs the publisher a retransmission that arrives as a
 //! duplicate. Where the publisher repairs on an RTX stream, a missing packet that still
-//! arrives on the media stream was reordered, not repaired; how late it came is the wait
-//! the next gaps get before their first NACK. A path that stops reordering gets immediate
-//! NACKs again after a while.
+//! arrives on the media stream was reordered, not repaired; the longest such delay is the
+//! wait the next gaps get before their first NACK. A path that stops reordering for a
+//! while gets immediate NACKs again.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

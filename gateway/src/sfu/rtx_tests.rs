@@ -31,6 +31,12 @@ fn vp8(pt: u8) -> Codec {
 }
 
 fn room(t0: Instant, subscriber_rtx: bool) -> RoomCore {
+    room_with(t0, subscriber_rtx, Some(PUB_RTX))
+}
+
+/// `publisher_rtx_ssrc`: the RTX SSRC the publisher's SDP names, if any (simulcast
+/// layers name none and are bound by their first repair).
+fn room_with(t0: Instant, subscriber_rtx: bool, publisher_rtx_ssrc: Option<u32>) -> RoomCore {
     let mut core = RoomCore::new(ForwardConfig {
         sender_ssrc: SENDER,
         ..ForwardConfig::default()
@@ -44,7 +50,7 @@ fn room(t0: Instant, subscriber_rtx: bool) -> RoomCore {
             mid: "0".into(),
             rids: Vec::new(),
             rtx_payload_type: Some(97),
-            rtx_ssrc: Some(PUB_RTX),
+            rtx_ssrc: publisher_rtx_ssrc,
         }],
         t0,
     );
@@ -178,6 +184,21 @@ fn a_gap_is_nacked_to_the_publisher_and_its_rtx_repairs_the_stream() {
         Some(t0 + Duration::from_secs(1)),
         "only the RR timer is left"
     );
+}
+
+#[test]
+fn reordering_is_recognised_before_the_rtx_stream_is_bound() {
+    // RTX negotiated, its SSRC not named: a late original is still no repair.
+    let t0 = Instant::now();
+    let mut core = room_with(t0, false, None);
+    core.handle_rtp(P, &media(10), t0).expect("media");
+    core.handle_rtp(P, &media(12), t0).expect("media");
+    assert_eq!(nacked_seqs(&drain(&mut core), P), [11]);
+    core.handle_rtp(P, &media(11), t0 + 6 * MS).expect("media");
+    drain(&mut core);
+    let stats = core.take_stats();
+    assert_eq!((stats.rtp_reordered, stats.nacks_spurious), (1, 1));
+    assert_eq!(stats.nack_rtt.count, 0);
 }
 
 /// The shell's loop on a virtual clock: every timer due up to `until`, in order.

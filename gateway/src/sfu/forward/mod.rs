@@ -713,7 +713,9 @@ impl RoomCore {
         };
         source.recv.update(seq, ts, clock_rate, now);
         if track.nack {
-            let via = match (repair, source.rtx_ssrc) {
+            // RTX negotiated is what matters, not its SSRC being known yet: simulcast
+            // layers learn theirs from the first repair.
+            let via = match (repair, track.rtx_pt) {
                 (true, _) => Via::Rtx,
                 (false, Some(_)) => Via::Original,
                 (false, None) => Via::Media,
