@@ -25,8 +25,9 @@ use std::{
 
 use serde_json::Value;
 use support::{
-    binding_request, ebpf_counter, eventually, netns::in_netns, require_root, stun_counter,
-    sum_threads, Gateway,
+    binding_request, ebpf_counter, eventually,
+    netns::{in_netns, ip},
+    require_root, stun_counter, sum_threads, Gateway,
 };
 use webrtc::{publish, rtcp, subscribe, Kind, Peer, PeerConfig, RtpPacket, Stream};
 
@@ -46,15 +47,6 @@ const WAIT: Duration = Duration::from_secs(5);
 const CONSENT_EVERY: Duration = Duration::from_millis(400);
 /// One Opus packet every 20 ms.
 const PACKET_EVERY: Duration = Duration::from_millis(20);
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// The gateway's and the clients' namespaces, removed on drop (with their veth pair).
 struct Topology {

@@ -12,7 +12,10 @@ use std::{
     time::Duration,
 };
 
-use support::{netns::in_netns, *};
+use support::{
+    netns::{in_netns, ip},
+    *,
+};
 
 const PER_HOST: usize = 8;
 const MEDIA: u64 = 6;
@@ -21,15 +24,6 @@ const MEDIA: u64 = 6;
 struct Topology {
     gw: String,
     hosts: Vec<String>,
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 impl Topology {

@@ -55,7 +55,11 @@ use std::{
 
 use serde_json::Value;
 
-use super::{metric_sum, netns::in_netns, Gateway};
+use super::{
+    metric_sum,
+    netns::{in_netns, ip},
+    Gateway,
+};
 
 /// The hub's address on the bridge: Redis listens here and clients send from here.
 pub const HUB_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
@@ -69,15 +73,6 @@ pub const MAX_HOPS: usize = 3;
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Lines of each node's log printed when a test using [`Cluster`] panics.
 const LOG_TAIL: usize = 40;
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// The address of node `i` (0-based): 198.51.100.11, .12, ...
 pub fn node_ip(i: usize) -> IpAddr {

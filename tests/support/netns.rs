@@ -3,6 +3,16 @@
 //! kernel counters (`nstat`) count this test's datagrams and nothing else.
 use std::{os::fd::AsRawFd, process::Command};
 
+/// Run `ip` with `args`, or panic with its error.
+pub fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub struct TestNetns {
     pub name: String,
     /// The namespace the thread came from, restored on drop.
@@ -14,16 +24,8 @@ impl TestNetns {
     pub fn enter(tag: &str) -> TestNetns {
         let name = format!("rg{}{tag}", std::process::id() % 100_000);
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        let run = |args: &[&str]| {
-            let out = Command::new("ip").args(args).output().expect("run ip");
-            assert!(
-                out.status.success(),
-                "ip {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        run(&["netns", "add", &name]);
-        run(&["-n", &name, "link", "set", "lo", "up"]);
+        ip(&["netns", "add", &name]);
+        ip(&["-n", &name, "link", "set", "lo", "up"]);
         let home = std::fs::File::open("/proc/thread-self/ns/net").expect("open own netns");
         let target = std::fs::File::open(format!("/var/run/netns/{name}")).expect("open netns");
         // SAFETY: setns on this thread only, with a namespace fd we just opened; sockets
