@@ -6,9 +6,11 @@
 //!
 //! - count retransmitted packets (`retransmittedPacketsReceived`, which Chrome counts on
 //!   the RTX stream only, so this proves the gateway answers NACKs on B's RTX SSRC);
-//! - keep decoding, with a bounded number of freezes;
+//! - keep decoding, with at most two freezes plus one for each retransmission the link
+//!   drops as well (the loss rule counts B's RTX stream apart, by its SSRC);
 //!
-//! and the gateway's retransmission counter must grow. Each runs in eBPF and in connected
+//! and the gateway must answer every NACK, so its retransmission counter grows and its
+//! NACK-miss counter does not. Each runs in eBPF and in connected
 //! steering mode. Needs root (namespaces, nft), `/usr/bin/chromium` and `/usr/sbin/nft`.
 //! A failure prints every page's reports, the loss counters, the gateway's NACK and
 //! retransmission metrics and its log.
@@ -35,6 +37,8 @@ const RETRANSMISSIONS: &str = "roomgate_retransmissions_total";
 /// The part of them sent on subscribers' RTX streams.
 const RTX_SENT: &str = "roomgate_rtx_sent_total";
 const NACKS_RECEIVED: &str = "roomgate_nacks_received_total";
+/// NACKed packets the gateway could not resend, by any reason.
+const NACK_MISSES: &str = "roomgate_nack_misses_total";
 
 /// Percentage of the gateway's datagrams to B dropped (the issue's 5 %).
 const LOSS_PERCENT: u32 = 5;
@@ -60,6 +64,13 @@ const WINDOW: Duration = Duration::from_secs(20);
 /// (the simulcast test allows 1 per 10 s on a clean link).
 const MAX_WINDOW_FREEZES: u64 = 2;
 const MAX_WINDOW_FREEZE_SECONDS: f64 = 1.0;
+/// A retransmission the link drops too (5 % of them, about one per window) is asked for
+/// again, and a receive-only Chrome, which has no round-trip time to go by, asks again only
+/// after its default 100 ms (checked on a 20 ms tick). The frame is then late by up to a
+/// frame interval of detection plus those 120 ms: 0.26-0.30 s freezes, measured at 15 %
+/// loss, where 39 retransmissions dropped on the link cost 13 freezes and 3.6 s, and no
+/// PLI. So each RTX datagram the link drops may cost one freeze of up to this long.
+const FREEZE_SECONDS_PER_DROPPED_REPAIR: f64 = 0.35;
 /// A captures at 15 frames/s; at least a third of them decoded, as in the simulcast test.
 const MIN_WINDOW_FPS: f64 = 5.0;
 
@@ -75,11 +86,13 @@ struct Sample {
     retransmitted: Option<u64>,
     rtx_ssrc: Value,
     nacks_sent: u64,
+    plis_sent: u64,
     packets_lost: i64,
     loss: LossCounts,
     gateway_retransmissions: Option<f64>,
     gateway_rtx: Option<f64>,
     gateway_nacks: Option<f64>,
+    gateway_nack_misses: Option<f64>,
 }
 
 impl Sample {
@@ -96,11 +109,13 @@ impl Sample {
             retransmitted: video["retransmittedPacketsReceived"].as_u64(),
             rtx_ssrc: video["rtxSsrc"].clone(),
             nacks_sent: video["nackCount"].as_u64().unwrap_or(0),
+            plis_sent: video["pliCount"].as_u64().unwrap_or(0),
             packets_lost: video["packetsLost"].as_i64().unwrap_or(0),
             loss,
             gateway_retransmissions: s.metric_sum(RETRANSMISSIONS),
             gateway_rtx: s.metric_sum(RTX_SENT),
             gateway_nacks: s.metric_sum(NACKS_RECEIVED),
+            gateway_nack_misses: s.metric_sum(NACK_MISSES),
         }
     }
 }
@@ -122,6 +137,14 @@ fn viewer_recovers_loss_with_rtx(steering: &str) {
     let a = s.publisher_id("A");
     s.open("B", "&publish=0");
     s.assert_receiving("B", &a);
+    let rtx_ssrc = Sample::take(&s, &a).rtx_ssrc;
+    let Some(rtx_ssrc) = rtx_ssrc.as_u64().and_then(|n| u32::try_from(n).ok()) else {
+        s.fail(&format!(
+            "B receives video but its inbound-rtp stats name no RTX SSRC ({rtx_ssrc}): the answer did not \
+             give B's video an RTX stream (a=ssrc-group:FID)"
+        ))
+    };
+    s.star.tag_ssrc("B", rtx_ssrc);
 
     let before = Sample::take(&s, &a);
     s.observe(WINDOW);
@@ -143,25 +166,30 @@ fn viewer_recovers_loss_with_rtx(steering: &str) {
     );
     let gateway_rtx = delta(before.gateway_rtx, after.gateway_rtx);
     let gateway_nacks = delta(before.gateway_nacks, after.gateway_nacks);
+    let gateway_nack_misses = delta(before.gateway_nack_misses, after.gateway_nack_misses);
     let retransmitted = after
         .retransmitted
         .map(|n| n.saturating_sub(before.retransmitted.unwrap_or(0)));
     eprintln!(
         "{steering}: over {seconds:.1} s B's link dropped {} of {} datagrams ({:.2} %, mean {:.0} B); \
          B decoded {frames} frames ({fps:.1}/s), +{freezes} freezes (+{freeze_seconds:.2} s), \
-         +{} NACKs sent, packetsLost {} -> {}, retransmittedPacketsReceived {:?} -> {:?} (+{retransmitted:?}), \
+         +{} NACKs and +{} PLIs sent, packetsLost {} -> {}, retransmittedPacketsReceived {:?} -> {:?} (+{retransmitted:?}), \
          rtxSsrc {}; the gateway got +{gateway_nacks:?} NACKs and sent +{gateway_retransmitted:?} retransmissions, \
-         +{gateway_rtx:?} of them on RTX",
+         +{gateway_rtx:?} of them on RTX, and missed +{gateway_nack_misses:?}; the link dropped {} and passed {} \
+         datagrams of B's RTX stream",
         loss.dropped,
         loss.total(),
         loss.rate() * 100.0,
         loss.mean_size(),
         after.nacks_sent.saturating_sub(before.nacks_sent),
+        after.plis_sent.saturating_sub(before.plis_sent),
         before.packets_lost,
         after.packets_lost,
         before.retransmitted,
         after.retransmitted,
         after.rtx_ssrc,
+        loss.tagged_dropped,
+        loss.tagged_passed,
     );
 
     // The loss happened as stated, or nothing below means anything.
@@ -195,15 +223,33 @@ fn viewer_recovers_loss_with_rtx(steering: &str) {
     s.check(fps >= MIN_WINDOW_FPS, || {
         format!("B decoded {frames} frames in {seconds:.1} s ({fps:.1}/s) under loss; at least {MIN_WINDOW_FPS}/s expected")
     });
+    // The link decides how many repairs it loses; the gateway's part is to answer every ask.
+    s.check(loss.tagged_passed > 0, || {
+        format!(
+            "the loss rule counted no datagram of B's RTX stream (SSRC {rtx_ssrc}) while B got {retransmitted:?} \
+             retransmissions: the SSRC match is wrong, so dropped repairs are not counted"
+        )
+    });
+    let max_freezes = MAX_WINDOW_FREEZES + loss.tagged_dropped;
+    let max_freeze_seconds =
+        MAX_WINDOW_FREEZE_SECONDS + FREEZE_SECONDS_PER_DROPPED_REPAIR * loss.tagged_dropped as f64;
     s.check(
-        freezes <= MAX_WINDOW_FREEZES && freeze_seconds <= MAX_WINDOW_FREEZE_SECONDS,
+        freezes <= max_freezes && freeze_seconds <= max_freeze_seconds,
         || {
             format!(
                 "B froze {freezes} times for {freeze_seconds:.2} s in {seconds:.1} s of {LOSS_PERCENT} % loss; \
-                 the bound is {MAX_WINDOW_FREEZES} and {MAX_WINDOW_FREEZE_SECONDS} s"
+                 the bound is {max_freezes} and {max_freeze_seconds:.2} s: {MAX_WINDOW_FREEZES} and \
+                 {MAX_WINDOW_FREEZE_SECONDS} s, plus one of {FREEZE_SECONDS_PER_DROPPED_REPAIR} s for each of \
+                 the {} retransmissions the link dropped",
+                loss.tagged_dropped
             )
         },
     );
+    s.check(gateway_nack_misses == Some(0.0), || {
+        format!(
+            "the gateway could not answer {gateway_nack_misses:?} NACKed packets ({NACK_MISSES})"
+        )
+    });
 
     // The gateway repaired it.
     s.check(gateway_retransmitted.is_some_and(|n| n > 0.0), || {

@@ -227,10 +227,18 @@ impl Star {
             "table netdev {LOSS_TABLE} {{
                 counter dropped {{ }}
                 counter passed {{ }}
+                counter dropped_tagged {{ }}
+                counter passed_tagged {{ }}
+                chain {LOSE_CHAIN} {{
+                    counter name \"dropped\" drop
+                }}
+                chain {PASS_CHAIN} {{
+                    counter name \"passed\"
+                }}
                 chain downlink {{
                     type filter hook ingress device \"eth0\" priority 0; policy accept;
-                    {source} numgen random mod 100 < {percent} counter name \"dropped\" drop
-                    {source} counter name \"passed\"
+                    {source} numgen random mod 100 < {percent} goto {LOSE_CHAIN}
+                    {source} goto {PASS_CHAIN}
                 }}
             }}
             "
@@ -256,6 +264,39 @@ impl Star {
             String::from_utf8_lossy(&out.stderr).trim()
         );
         self.lossy.push(label.to_owned());
+    }
+
+    /// Count apart, from now on, the datagrams of RTP stream `ssrc` that the loss rule on
+    /// `label`'s downlink drops and lets pass ([`LossCounts::tagged_dropped`] and
+    /// [`LossCounts::tagged_passed`]). SRTP leaves the RTP header in the clear, so the
+    /// rules match the SSRC at bytes 8-11 of the UDP payload; they decide nothing, the
+    /// random draw before them already has.
+    pub fn tag_ssrc(&self, label: &str, ssrc: u32) {
+        let netns = self.netns(label);
+        for (chain, counter) in [
+            (LOSE_CHAIN, "dropped_tagged"),
+            (PASS_CHAIN, "passed_tagged"),
+        ] {
+            run(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    netns,
+                    "nft",
+                    "insert",
+                    "rule",
+                    "netdev",
+                    LOSS_TABLE,
+                    chain,
+                    "@th,128,32",
+                    &ssrc.to_string(),
+                    "counter",
+                    "name",
+                    counter,
+                ],
+            );
+        }
     }
 
     /// What the loss rule on `label`'s downlink has dropped and let pass so far (an error
@@ -296,12 +337,17 @@ impl Star {
             dropped,
             passed,
             bytes: dropped_bytes + passed_bytes,
+            tagged_dropped: counter("dropped_tagged")?.0,
+            tagged_passed: counter("passed_tagged")?.0,
         })
     }
 }
 
 /// The nftables table that holds a leaf's loss rule (one per leaf namespace).
 const LOSS_TABLE: &str = "rgloss";
+/// Its chains for the datagrams the draw drops and lets pass.
+const LOSE_CHAIN: &str = "lose";
+const PASS_CHAIN: &str = "pass";
 const NFT: &str = "/usr/sbin/nft";
 
 /// Whether the loss tests can run: without `nft` they fail, with the way to install it.
@@ -321,6 +367,9 @@ pub struct LossCounts {
     pub dropped: u64,
     pub passed: u64,
     pub bytes: u64,
+    /// The part of `dropped` and `passed` that belongs to the stream [`Star::tag_ssrc`] named.
+    pub tagged_dropped: u64,
+    pub tagged_passed: u64,
 }
 
 impl LossCounts {
@@ -330,6 +379,8 @@ impl LossCounts {
             dropped: self.dropped.saturating_sub(earlier.dropped),
             passed: self.passed.saturating_sub(earlier.passed),
             bytes: self.bytes.saturating_sub(earlier.bytes),
+            tagged_dropped: self.tagged_dropped.saturating_sub(earlier.tagged_dropped),
+            tagged_passed: self.tagged_passed.saturating_sub(earlier.tagged_passed),
         }
     }
 
