@@ -3,17 +3,27 @@
 //! one and how big it was, and turns the subscriber's feedback into [`PacketResult`]s
 //! for the bandwidth estimator.
 //!
-//! One history per subscriber transport. Entries live in a fixed ring, so memory is
-//! bounded and recording a send allocates nothing.
+//! One history per subscriber transport. Entries live in a ring sized by time, as the
+//! retransmission buffer is: it starts small and doubles whenever it would overwrite a
+//! send younger than [`KEEP`], up to [`MAX_CAPACITY`]. A viewer at 1 Mbit/s (about 100
+//! packets/s) keeps 256 entries of 12 bytes, 3 KiB, where a fixed ring for the fastest
+//! viewer cost every viewer 96 KiB. Recording a send allocates only when the ring grows,
+//! at most four times per subscriber.
 
 use std::time::{Duration, Instant};
 
 use super::feedback::{PacketStatus, TransportFeedback, DELTA_TICK_US, REFERENCE_TICK_US};
 use crate::sfu::transport_feedback::PacketResult;
 
-/// Sends remembered. Feedback arrives within a few hundred ms; this holds about 2 s at
-/// 2,000 packets/s (around 20 Mbit/s of full-size packets), beyond any subscriber's rate.
-pub const CAPACITY: usize = 4096;
+/// Sends remembered at most: 2 s at 2,000 packets/s (around 20 Mbit/s of full-size
+/// packets), beyond any subscriber's rate. A power of two, as every ring size is, so a
+/// slot is the low bits of the sequence number.
+pub const MAX_CAPACITY: usize = 4096;
+/// A new history's ring: 2.5 s at 100 packets/s.
+const INITIAL_CAPACITY: usize = 256;
+/// Feedback arrives within a few hundred ms; a send younger than this is not overwritten
+/// while the ring may still grow.
+pub const KEEP: Duration = Duration::from_secs(2);
 
 /// Reference-time unwrapping starts one wrap period (2^24 × 64 ms) above zero, so the
 /// reconstructed arrival times of a session never go negative.
@@ -37,37 +47,44 @@ pub struct HistoryStats {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reported {
+    /// The slot holds no send.
+    Empty,
     No,
     Lost,
     Received,
 }
 
+/// One send, in 12 bytes: a ring holds thousands.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
-    /// Unwrapped sequence number; -1 marks an empty slot.
-    seq: i64,
-    /// µs after the history's epoch.
-    sent_us: u64,
-    size: u32,
+    /// Low 32 bits of the unwrapped sequence number: the ring is far smaller than 2^32,
+    /// so they tell the send in a slot from an earlier lap's.
+    seq: u32,
+    /// µs after the history's epoch, modulo 2^32 (71 minutes): feedback names sends of
+    /// the last few seconds, whose full time is recovered from the newest send's.
+    sent_us: u32,
+    size: u16,
     reported: Reported,
 }
 
 const EMPTY: Entry = Entry {
-    seq: -1,
+    seq: 0,
     sent_us: 0,
     size: 0,
-    reported: Reported::No,
+    reported: Reported::Empty,
 };
 
 /// Transport-wide sequence numbers handed out and the sends they stamped.
 #[derive(Debug)]
 pub struct TwccHistory {
-    entries: Box<[Entry]>,
+    entries: Vec<Entry>,
     epoch: Option<Instant>,
     /// Next unwrapped seq [`Self::next_seq`] hands out.
     next: i64,
     /// Highest unwrapped seq recorded as sent.
     newest: Option<i64>,
+    /// Time of the latest send, µs after the epoch.
+    latest_sent_us: u64,
     /// Last reference time seen, unwrapped (64 ms units, offset by one wrap).
     reference: Option<i64>,
     stats: HistoryStats,
@@ -82,10 +99,11 @@ impl Default for TwccHistory {
 impl TwccHistory {
     pub fn new() -> Self {
         Self {
-            entries: vec![EMPTY; CAPACITY].into_boxed_slice(),
+            entries: vec![EMPTY; INITIAL_CAPACITY],
             epoch: None,
             next: 0,
             newest: None,
+            latest_sent_us: 0,
             reference: None,
             stats: HistoryStats::default(),
         }
@@ -95,8 +113,42 @@ impl TwccHistory {
         self.stats
     }
 
-    fn slot(seq: i64) -> usize {
-        seq.rem_euclid(CAPACITY as i64) as usize
+    /// Entries the ring holds now (it grows with the subscriber's packet rate).
+    pub fn capacity(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Heap bytes the ring takes.
+    pub fn heap_bytes(&self) -> usize {
+        self.entries.capacity() * std::mem::size_of::<Entry>()
+    }
+
+    fn slot(&self, seq: u32) -> usize {
+        seq as usize & (self.entries.len() - 1)
+    }
+
+    /// The full send time of `entry`, which is in the ring.
+    fn sent_us(&self, entry: &Entry) -> u64 {
+        let age = (self.latest_sent_us as u32).wrapping_sub(entry.sent_us);
+        self.latest_sent_us.saturating_sub(u64::from(age))
+    }
+
+    /// Double the ring (up to the cap), moving every send to its slot in the new size;
+    /// where two land on one slot the newer stays.
+    fn grow(&mut self) {
+        let capacity = (self.entries.len() * 2).min(MAX_CAPACITY);
+        let mut entries = vec![EMPTY; capacity];
+        for e in self
+            .entries
+            .iter()
+            .filter(|e| e.reported != Reported::Empty)
+        {
+            let slot = &mut entries[e.seq as usize & (capacity - 1)];
+            if slot.reported == Reported::Empty || e.seq.wrapping_sub(slot.seq) as i32 > 0 {
+                *slot = *e;
+            }
+        }
+        self.entries = entries;
     }
 
     /// Nearest unwrapping against the newest seq known, so feedback for recent sends
@@ -123,11 +175,27 @@ impl TwccHistory {
         if seq < 0 {
             return;
         }
+        let now_us =
+            u64::try_from(now.saturating_duration_since(epoch).as_micros()).unwrap_or(u64::MAX);
+        self.latest_sent_us = self.latest_sent_us.max(now_us);
         self.newest = Some(self.newest.map_or(seq, |n| n.max(seq)));
-        self.entries[Self::slot(seq)] = Entry {
+        let seq = seq as u32;
+        let keep_us = KEEP.as_micros() as u64;
+        while self.entries.len() < MAX_CAPACITY {
+            let e = &self.entries[self.slot(seq)];
+            let young = e.reported != Reported::Empty
+                && e.seq != seq
+                && now_us.saturating_sub(self.sent_us(e)) < keep_us;
+            if !young {
+                break;
+            }
+            self.grow();
+        }
+        let slot = self.slot(seq);
+        self.entries[slot] = Entry {
             seq,
-            sent_us: now.saturating_duration_since(epoch).as_micros() as u64,
-            size: u32::try_from(size).unwrap_or(u32::MAX),
+            sent_us: now_us as u32,
+            size: u16::try_from(size).unwrap_or(u16::MAX),
             reported: Reported::No,
         };
     }
@@ -178,8 +246,13 @@ impl TwccHistory {
                 }
                 PacketStatus::ReceivedUntimed => continue,
             };
-            let entry = &mut self.entries[Self::slot(this)];
-            if this < 0 || entry.seq != this {
+            if this < 0 {
+                self.stats.unknown += 1;
+                continue;
+            }
+            let slot = self.slot(this as u32);
+            let entry = self.entries[slot];
+            if entry.reported == Reported::Empty || entry.seq != this as u32 {
                 self.stats.unknown += 1;
                 continue;
             }
@@ -194,13 +267,13 @@ impl TwccHistory {
                 self.stats.duplicates += 1;
                 continue;
             }
-            entry.reported = reported;
+            self.entries[slot].reported = reported;
             self.stats.reported += 1;
             out.push(PacketResult {
                 seq: this as u64,
-                size: entry.size as usize,
+                size: usize::from(entry.size),
                 sent: epoch
-                    .checked_add(Duration::from_micros(entry.sent_us))
+                    .checked_add(Duration::from_micros(self.sent_us(&entry)))
                     .unwrap_or(epoch),
                 received,
             });

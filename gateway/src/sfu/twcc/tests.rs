@@ -370,7 +370,7 @@ fn twcc_history_counts_unknown_and_too_old_seqs() {
     assert!(apply(&mut hist, &feedback_bytes(0, 0, &[Some(1), None])).is_empty());
     assert_eq!(hist.stats().unknown, 2);
 
-    for i in 0..(history::CAPACITY as u64 + 10) {
+    for i in 0..(history::MAX_CAPACITY as u64 + 10) {
         let seq = hist.next_seq();
         hist.on_sent(seq, 100, t0 + us(i * 100));
     }
@@ -382,10 +382,63 @@ fn twcc_history_counts_unknown_and_too_old_seqs() {
     );
     assert_eq!(r.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![10, 11]);
     assert_eq!(hist.stats().unknown, 4);
-    let top = history::CAPACITY as u16 + 9;
+    let top = history::MAX_CAPACITY as u16 + 9;
     let r = apply(&mut hist, &feedback_bytes(top, 5, &[Some(1), Some(2)]));
     assert_eq!(r.len(), 1);
     assert_eq!(hist.stats().unknown, 5);
+}
+
+/// Sends `n` packets of 1200 bytes `gap` apart from `start`; returns the last one's seq.
+fn send_paced(hist: &mut TwccHistory, start: Instant, gap: Duration, n: u32) -> u16 {
+    let mut last = 0;
+    for i in 0..n {
+        last = hist.next_seq();
+        hist.on_sent(last, 1200, start + gap * i);
+    }
+    last
+}
+
+#[test]
+fn twcc_history_grows_to_hold_two_seconds_at_the_subscribers_rate() {
+    let t0 = Instant::now();
+    // 100 packets/s (about 1 Mbit/s) for 10 s: the first ring holds 2.5 s of it.
+    let mut slow = TwccHistory::new();
+    let last = send_paced(&mut slow, t0, ms(10), 1000);
+    assert_eq!(slow.capacity(), 256);
+    // Feedback for the send 2.5 s before the last still resolves, and its time with it.
+    let r = apply(&mut slow, &feedback_bytes(last - 250, 0, &[Some(4)]));
+    assert_eq!(r.len(), 1, "{:?}", slow.stats());
+    assert_eq!(r[0].sent, t0 + ms(10) * 749);
+
+    // 1,000 packets/s: the ring doubles until it holds history::KEEP, then stops.
+    let mut fast = TwccHistory::new();
+    let last = send_paced(&mut fast, t0, ms(1), 6000);
+    assert_eq!(fast.capacity(), 2048);
+    let kept = history::KEEP.as_millis() as u16;
+    let r = apply(&mut fast, &feedback_bytes(last - kept + 1, 0, &[Some(4)]));
+    assert_eq!(r.len(), 1, "{:?}", fast.stats());
+    assert_eq!(r[0].sent, t0 + ms(1) * u32::from(6000 - kept));
+
+    // Far faster than any subscriber: the cap holds, and the oldest sends give way.
+    let mut flood = TwccHistory::new();
+    send_paced(&mut flood, t0, us(100), 10_000);
+    assert_eq!(flood.capacity(), history::MAX_CAPACITY);
+}
+
+#[test]
+fn twcc_history_send_times_survive_the_wrap_of_their_32_bit_microseconds() {
+    let t0 = Instant::now();
+    let mut hist = TwccHistory::new();
+    send_paced(&mut hist, t0, ms(20), 1);
+    // 72 minutes later, past 2^32 µs after the epoch.
+    let later = t0 + Duration::from_secs(72 * 60);
+    let last = send_paced(&mut hist, later, ms(20), 5);
+    let r = apply(
+        &mut hist,
+        &feedback_bytes(last - 4, 0, &[Some(4), Some(4), Some(4), Some(4), Some(4)]),
+    );
+    let sent: Vec<Instant> = r.iter().map(|r| r.sent).collect();
+    assert_eq!(sent, (0..5).map(|i| later + ms(20) * i).collect::<Vec<_>>());
 }
 
 #[test]
@@ -470,7 +523,6 @@ fn twcc_end_to_end_reproduces_arrival_times() {
     for i in 0..3000u64 {
         let seq = hist.next_seq();
         let at = t0 + us(i * 3_000);
-        hist.on_sent(seq, 1200, at);
         sends.push((seq, at));
         if random() % 20 == 0 {
             continue; // lost
@@ -484,10 +536,18 @@ fn twcc_end_to_end_reproduces_arrival_times() {
     }
     arrivals.sort_by_key(|&(_, at)| at);
 
+    // Sends, arrivals and feedback in time order: the history holds only the last few
+    // seconds of sends, as it would for a real subscriber.
+    let mut events: Vec<(Instant, bool, u16)> = sends
+        .iter()
+        .map(|&(seq, at)| (at, true, seq))
+        .chain(arrivals.iter().map(|&(seq, at)| (at, false, seq)))
+        .collect();
+    events.sort_by_key(|&(at, _, _)| at);
     let mut results = Vec::new();
     let mut now = t0;
-    for &(seq, at) in &arrivals {
-        // Feedback goes out on the recorder's schedule, before this arrival is recorded.
+    for (at, is_send, seq) in events {
+        // Feedback goes out on the recorder's schedule, before this event.
         while let Some(due) = rec.poll_timeout().filter(|&d| d <= at) {
             now = now.max(due);
             for packet in drain(&mut rec, now) {
@@ -496,7 +556,11 @@ fn twcc_end_to_end_reproduces_arrival_times() {
                 }
             }
         }
-        rec.on_packet(SSRC, seq, at);
+        if is_send {
+            hist.on_sent(seq, 1200, at);
+        } else {
+            rec.on_packet(SSRC, seq, at);
+        }
     }
     for packet in drain(&mut rec, now + ms(10_000)) {
         for fb in feedbacks(&packet) {
@@ -573,8 +637,12 @@ fn twcc_history_does_not_allocate_once_warm() {
     let mut rec = TwccRecorder::new();
     let mut results = Vec::with_capacity(4096);
     let mut wire = Vec::with_capacity(1500);
-    let before = crate::sfu::alloc_count::allocations();
+    // The ring grows while it fills its first two seconds; warm means past them.
+    let mut before = None;
     for i in 0..20_000u64 {
+        if i == 6_000 {
+            before = Some(crate::sfu::alloc_count::allocations());
+        }
         let now = t0 + us(i * 500);
         let seq = hist.next_seq();
         hist.on_sent(seq, 1200, now);
@@ -590,7 +658,11 @@ fn twcc_history_does_not_allocate_once_warm() {
             assert!(!results.is_empty());
         }
     }
-    assert_eq!(crate::sfu::alloc_count::allocations() - before, 0);
+    assert_eq!(
+        crate::sfu::alloc_count::allocations() - before.unwrap_or(0),
+        0
+    );
+    assert_eq!(hist.capacity(), history::MAX_CAPACITY);
     // All but the last interval's packets, which are still pending.
     let reported = hist.stats().reported;
     assert!((19_900..20_000).contains(&reported), "{reported}");
