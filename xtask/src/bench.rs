@@ -278,7 +278,7 @@ fn release_test(
 }
 
 fn section(report: &str) -> String {
-    format!("{}\nRun as root (eBPF steering; the steering bench also enables `kernel.bpf_stats_enabled` for the run and restores it).\n\n", report.trim_end())
+    format!("{}\n\nRun as root (eBPF steering; the steering bench also enables `kernel.bpf_stats_enabled` for the run and restores it).\n\n", report.trim_end())
 }
 
 /// Headings of the scaling sections; the kernel's name follows the comma.
