@@ -421,8 +421,18 @@ fn twcc_history_grows_to_hold_two_seconds_at_the_subscribers_rate() {
 
     // Far faster than any subscriber: the cap holds, and the oldest sends give way.
     let mut flood = TwccHistory::new();
-    send_paced(&mut flood, t0, us(100), 10_000);
+    let last = send_paced(&mut flood, t0, us(100), 10_000);
     assert_eq!(flood.capacity(), history::MAX_CAPACITY);
+    let cap = history::MAX_CAPACITY as u16;
+    let r = apply(
+        &mut flood,
+        &feedback_bytes(last - cap, 0, &[Some(4), Some(4)]),
+    );
+    assert_eq!(
+        r.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        vec![u64::from(last - cap + 1)]
+    );
+    assert_eq!(flood.stats().unknown, 1);
 }
 
 #[test]
