@@ -268,9 +268,10 @@ impl Star {
 
     /// Count apart, from now on, the datagrams of RTP stream `ssrc` that the loss rule on
     /// `label`'s downlink drops and lets pass ([`LossCounts::tagged_dropped`] and
-    /// [`LossCounts::tagged_passed`]). SRTP leaves the RTP header in the clear, so the
-    /// rules match the SSRC at bytes 8-11 of the UDP payload; they decide nothing, the
-    /// random draw before them already has.
+    /// [`LossCounts::tagged_passed`]), leaving out padding-only packets (a viewer's probes
+    /// ride its RTX stream too). SRTP leaves the RTP header in the clear, so the rules
+    /// match the padding bit (bit 2 of the UDP payload) and the SSRC (bytes 8-11); they
+    /// decide nothing, the random draw before them already has.
     pub fn tag_ssrc(&self, label: &str, ssrc: u32) {
         let netns = self.netns(label);
         for (chain, counter) in [
@@ -289,6 +290,8 @@ impl Star {
                     "netdev",
                     LOSS_TABLE,
                     chain,
+                    "@th,66,1",
+                    "0",
                     "@th,128,32",
                     &ssrc.to_string(),
                     "counter",
@@ -453,6 +456,33 @@ impl Link {
             "tc",
             &["-n", &self.netns, "qdisc", "del", "dev", &self.dev, "root"],
         );
+    }
+
+    /// Packets the link's root qdisc has dropped so far (an error says why tc could not
+    /// tell).
+    pub fn dropped(&self) -> Result<u64, String> {
+        let out = Command::new("tc")
+            .args([
+                "-s",
+                "-j",
+                "-n",
+                &self.netns,
+                "qdisc",
+                "show",
+                "dev",
+                &self.dev,
+            ])
+            .output()
+            .map_err(|e| format!("run tc: {e}"))?;
+        let qdiscs: Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("tc -j printed no JSON ({e})"))?;
+        qdiscs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|q| q["root"] == true)
+            .and_then(|q| q["drops"].as_u64())
+            .ok_or_else(|| format!("{}: no root qdisc with drops in {qdiscs}", self.what))
     }
 
     /// The link's qdisc with its counters (sent, dropped, overlimits).
