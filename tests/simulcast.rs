@@ -55,9 +55,14 @@ const CAPPED_ESTIMATE_BPS: f64 = 1_000_000.0;
 /// ... and after the cap is lifted rise past this again (well above the cap).
 const RECOVERED_ESTIMATE_BPS: f64 = 1_200_000.0;
 
+/// Media packets B's 300 kbit/s link may drop from B's session start to the end of the
+/// hold. B starts on the low layer, which the link carries; what is left is a probe (at
+/// most twice the estimate, for 120 ms: a queue of up to 165 ms in the link's 200 ms
+/// buffer) meeting a keyframe, a packet or two each time: 1 to 3 in all, measured. A viewer
+/// started on the layer its initial estimate allowed, as before, lost 92 and 233 here.
+const MAX_WEAK_MEDIA_DROPS: u64 = 10;
 /// Freezes (Chrome's definition: a frame gap over max(3 x the mean, mean + 150 ms)) over the
-/// whole watch, from the first frame until the end of the hold. B starts on a link that
-/// carries only the low layer, so until its estimate converges it may stall a few times.
+/// whole watch, from the first frame until the end of the hold.
 const MAX_FREEZES_WEAK: u64 = 5;
 const MAX_FREEZE_SECONDS_WEAK: f64 = 5.0;
 const MAX_FREEZES_GOOD: u64 = 2;
@@ -244,6 +249,26 @@ fn weak_viewer_gets_low_layer(steering: &str) {
     s.open("A", "&simulcast=1");
     let a = s.publisher_id("A");
     s.open("B", "&publish=0");
+    // B's link carries its page too, and tbf drops from that TCP burst. Media is counted
+    // from the moment B's WHEP session exists: the page has loaded, and no media has
+    // been sent to B yet (its DTLS is not up).
+    s.wait_until(
+        "B's WHEP session is listed in the room",
+        Instant::now() + START,
+        |s| {
+            let (code, listing) = s.gw.get(&format!("/api/rooms/{ROOM}"));
+            (code == 200
+                && listing["participants"]
+                    .as_array()
+                    .is_some_and(|p| p.iter().any(|p| p["role"] == "subscriber")))
+            .then_some(())
+        },
+    );
+    let media_start_drops = s
+        .star
+        .downlink("B")
+        .dropped()
+        .unwrap_or_else(|e| s.fail(&e));
     s.open("C", "&publish=0");
     s.assert_receiving("B", &a);
     s.assert_receiving("C", &a);
@@ -279,9 +304,16 @@ fn weak_viewer_gets_low_layer(steering: &str) {
                 .then_some(())
         },
     );
+    let converged_drops = s
+        .star
+        .downlink("B")
+        .dropped()
+        .unwrap_or_else(|e| s.fail(&e));
     eprintln!(
-        "converged {:?} after both viewers decoded",
-        both_decode.elapsed()
+        "converged {:?} after both viewers decoded; B's link dropped {media_start_drops} packets of its page \
+         load, and {} packets of media by then",
+        both_decode.elapsed(),
+        converged_drops - media_start_drops
     );
     s.assert_gateway_layer("B", &b_sub, "low", "auto");
     s.assert_gateway_layer("C", &c_sub, "high", "auto");
@@ -291,6 +323,19 @@ fn weak_viewer_gets_low_layer(steering: &str) {
     s.observe(HOLD);
     let hold_to = now_ms();
     let after = [s.freezes("B", &a), s.freezes("C", &a)];
+    let held_drops = s
+        .star
+        .downlink("B")
+        .dropped()
+        .unwrap_or_else(|e| s.fail(&e));
+    let media_drops = held_drops - media_start_drops;
+    eprintln!("B's link dropped {media_drops} packets of media up to the end of the hold");
+    s.check(media_drops <= MAX_WEAK_MEDIA_DROPS, || {
+        format!(
+            "B's {WEAK_KBIT} kbit/s link dropped {media_drops} media packets from B's session start to the end \
+             of the hold; at most {MAX_WEAK_MEDIA_DROPS} expected of a viewer that starts on the low layer"
+        )
+    });
     s.assert_held("B", &a, hold_from, hold_to, ladder.low, "the low layer");
     s.assert_held("C", &a, hold_from, hold_to, ladder.high, "the high layer");
     let bounds = [

@@ -24,10 +24,17 @@ const PROBE_DURATION: Duration = Duration::from_millis(120);
 pub(super) const PROBE_TICK: Duration = Duration::from_millis(20);
 /// Padding bytes per probe packet (RTP allows 255 padding bytes per packet).
 pub(super) const PADDING_BYTES: usize = 255;
-/// The first probe waits this long after joining or after a layer change; failures
-/// double the wait up to [`MAX_PROBE_BACKOFF`].
+/// A probe waits this long after a layer change, or after a probe that found the link's
+/// limit; failures double the wait up to [`MAX_PROBE_BACKOFF`].
 const MIN_PROBE_BACKOFF: Duration = Duration::from_secs(3);
 const MAX_PROBE_BACKOFF: Duration = Duration::from_secs(10);
+/// A viewer starts on the layer its first, low estimate allows; its first probe comes
+/// this soon after that layer is bound, so a link with room climbs within seconds.
+const FIRST_PROBE_DELAY: Duration = Duration::from_secs(1);
+/// A probe that delivered at least this share of its target did not find the link's
+/// limit: the next one, at twice the new estimate, follows after [`CLIMB_WAIT`].
+const CLIMB_DELIVERED: f64 = 0.9;
+const CLIMB_WAIT: Duration = Duration::from_millis(500);
 /// A probe never aims above this multiple of the estimate: on a link that cannot carry
 /// it, a probe is a burst of overload, and bounding it bounds the damage (a few queued
 /// packets, not a tail drop); successful probes climb step by step.
@@ -103,11 +110,25 @@ impl SubscriberCc {
         }
         self.estimator.handle_feedback(&self.results, now);
         if let Some(outcome) = self.estimator.poll_probe_result() {
-            self.backoff = match outcome {
-                ProbeOutcome::Success { .. } => MIN_PROBE_BACKOFF,
-                _ => (self.backoff * 2).min(MAX_PROBE_BACKOFF),
+            let wait = match outcome {
+                ProbeOutcome::Success {
+                    target_bps,
+                    delivered_bps,
+                    ..
+                } => {
+                    self.backoff = MIN_PROBE_BACKOFF;
+                    if delivered_bps as f64 >= target_bps as f64 * CLIMB_DELIVERED {
+                        CLIMB_WAIT
+                    } else {
+                        MIN_PROBE_BACKOFF
+                    }
+                }
+                _ => {
+                    self.backoff = (self.backoff * 2).min(MAX_PROBE_BACKOFF);
+                    self.backoff
+                }
             };
-            self.next_probe = now + self.backoff;
+            self.next_probe = now + wait;
         }
     }
 
@@ -115,11 +136,16 @@ impl SubscriberCc {
         self.estimator.estimate_bps()
     }
 
-    /// The subscriber's layer changed: a probe now would measure the wrong thing, and
-    /// the next one starts from the short wait again.
-    pub fn layer_changed(&mut self, now: Instant) {
+    /// The subscriber's layer changed (`first`: its first layer was bound): a probe now
+    /// would measure the wrong thing, and the next one starts from the short wait again.
+    pub fn layer_changed(&mut self, first: bool, now: Instant) {
         self.backoff = MIN_PROBE_BACKOFF;
-        self.next_probe = now + MIN_PROBE_BACKOFF;
+        self.next_probe = now
+            + if first {
+                FIRST_PROBE_DELAY
+            } else {
+                MIN_PROBE_BACKOFF
+            };
     }
 
     /// Start a probe towards `target_bps` when one is due. `media_bps` is what the

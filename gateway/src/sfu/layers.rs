@@ -159,6 +159,14 @@ pub fn choose_layer(
             best = rank;
         }
     }
+    // A viewer's first layer is the lowest: its estimate is a guess until feedback has
+    // carried the higher layers, and their measured rates lag a publisher that is still
+    // ramping up. Moving up then takes the usual hold, so every layer above the lowest is
+    // one the estimate has supported for a while. A viewer whose layer stopped takes what
+    // fits.
+    if current.is_none() {
+        return Some(ranked[0]);
+    }
     let Some(cur) = current_rank else {
         return Some(ranked[best]);
     };
@@ -180,12 +188,11 @@ pub fn rank_of(infos: &[LayerInfo], index: usize) -> usize {
     ranked[..n].iter().position(|&i| i == index).unwrap_or(0)
 }
 
-/// The active layer ranked just above `current`.
-pub fn next_layer_up(infos: &[LayerInfo], current: usize) -> Option<usize> {
+/// The active layer with the highest bitrate.
+pub fn top_layer(infos: &[LayerInfo]) -> Option<usize> {
     let mut ranked = [0; 3];
     let n = rank_layers(infos, &mut ranked);
-    let at = ranked[..n].iter().position(|&i| i == current)?;
-    ranked[..n].get(at + 1).copied()
+    n.checked_sub(1).map(|top| ranked[top])
 }
 
 #[cfg(test)]
@@ -246,21 +253,34 @@ mod tests {
     fn auto_follows_the_estimate_with_headroom() {
         let l = layers(&THREE);
         assert_eq!(
-            choose_layer(LayerRequest::Auto, &l, Some(250_000), None, true),
+            choose_layer(LayerRequest::Auto, &l, Some(250_000), Some(0), true),
             Some(0)
         );
         assert_eq!(
-            choose_layer(LayerRequest::Auto, &l, Some(700_000), None, true),
+            choose_layer(LayerRequest::Auto, &l, Some(700_000), Some(0), true),
             Some(1)
         );
         assert_eq!(
-            choose_layer(LayerRequest::Auto, &l, Some(1_900_000), None, true),
+            choose_layer(LayerRequest::Auto, &l, Some(1_900_000), Some(0), true),
             Some(2)
         );
         // Below even the lowest layer: still the lowest, never nothing.
         assert_eq!(
-            choose_layer(LayerRequest::Auto, &l, Some(10_000), None, true),
+            choose_layer(LayerRequest::Auto, &l, Some(10_000), Some(2), true),
             Some(0)
+        );
+        // The first layer is the lowest, whatever the estimate says.
+        for estimate in [10_000, 700_000, 1_900_000] {
+            assert_eq!(
+                choose_layer(LayerRequest::Auto, &l, Some(estimate), None, true),
+                Some(0)
+            );
+        }
+        // A viewer whose layer stopped takes what fits.
+        let two = layers(&[(true, 150_000), (true, 500_000), (false, 0)]);
+        assert_eq!(
+            choose_layer(LayerRequest::Auto, &two, Some(1_900_000), Some(2), true),
+            Some(1)
         );
         // No feedback at all: the top layer, as without simulcast.
         assert_eq!(

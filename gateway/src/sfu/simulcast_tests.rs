@@ -340,6 +340,44 @@ fn layers_switch_only_at_keyframes_and_the_stream_stays_continuous() {
 }
 
 #[test]
+fn a_viewer_with_an_estimate_starts_on_the_low_layer_even_before_a_layer_tick() {
+    // The layers' rates are known (48, 144 and 264 kbit/s at 30 frames/s) before the viewer
+    // joins; its session is set up at one instant, as the logic thread does it: slots
+    // bound, extensions set, SRTP ready, with no layer tick in between.
+    for (with_twcc, first) in [(true, 0), (false, 2)] {
+        let t0 = Instant::now();
+        let mut core = room(t0);
+        let mut tx = Sender::new();
+        let mut out = Vec::new();
+        let now = send_frames(&mut core, &mut tx, (0, t0), 30, |_, f| f == 0, &mut out);
+        subscribe(&mut core, with_twcc, now);
+        out.clear();
+        out.extend(std::iter::from_fn(|| core.poll_output()));
+        // With transport-cc the viewer starts on the low layer, though its 250 kbit/s
+        // initial estimate would carry the mid one (180 kbit/s with headroom); without
+        // it, the viewer gets the top layer, as without simulcast.
+        assert_eq!(
+            plis_for(&out),
+            vec![LAYER_SSRC[first]],
+            "with transport-cc: {with_twcc}"
+        );
+        send_frames(
+            &mut core,
+            &mut tx,
+            (30, now),
+            5,
+            |l, f| f == 31 && l == first,
+            &mut out,
+        );
+        let seen = forwarded_to_s(&out);
+        assert!(
+            !seen.is_empty() && seen.iter().all(|f| f.layer == first),
+            "{seen:?}"
+        );
+    }
+}
+
+#[test]
 fn a_stopped_layer_hands_over_to_the_next_one_down() {
     let t0 = Instant::now();
     let mut core = room(t0);
@@ -416,19 +454,21 @@ fn subscriber_feedback_drives_its_layer_down() {
         &mut core,
         &mut tx,
         (0, t0),
-        30,
+        120,
         |_, f| f == 0 || f % 30 == 29,
         &mut out,
     );
-    // A subscriber with feedback starts from the initial estimate, which carries the
-    // mid layer but not the high one.
+    // A subscriber with feedback starts on the low layer, and moves up to what the
+    // initial estimate carries, the mid layer but not the high one, once that has
+    // lasted the upgrade hold: at the mid layer's keyframe of frame 119.
     let seen = forwarded_to_s(&out);
-    assert!(!seen.is_empty());
-    assert!(seen.iter().all(|f| f.layer == 1), "{seen:?}");
+    let (low, up): (Vec<&Forwarded>, Vec<&Forwarded>) = seen.iter().partition(|f| f.layer == 0);
+    assert!(!low.is_empty(), "{seen:?}");
+    assert!(up.len() == 1 && up[0].layer == 1, "{seen:?}");
     // Its link then loses almost everything: the loss-based estimate falls, and the
     // slot moves to the low layer at the low layer's keyframe.
     let mut rx = TwccRecorder::new();
-    let mut frame = 30;
+    let mut frame = 120;
     for _ in 0..8 {
         out.clear();
         now = send_frames(
@@ -677,14 +717,26 @@ fn with_rtx_probe_padding_rides_the_rtx_stream_and_media_seqs_stay_put() {
     core.set_ready(S, t0);
     let mut tx = Sender::new();
     let mut out = Vec::new();
-    send_frames(
-        &mut core,
-        &mut tx,
-        (0, t0),
-        150,
-        |_, f| f == 0 || f == 20,
-        &mut out,
-    );
+    // Frame by frame, to stop half a second after the first padding went out: the
+    // NACK below names media from just before it, which the 1 s buffer still holds.
+    let (mut now, mut first_pad_at) = (t0, None);
+    for f in 0..150 {
+        if first_pad_at.is_some_and(|at| now >= at + Duration::from_millis(500)) {
+            break;
+        }
+        now = send_frames(
+            &mut core,
+            &mut tx,
+            (f, now),
+            1,
+            |_, f| f == 0 || f == 20,
+            &mut out,
+        );
+        if first_pad_at.is_none() && rtp_headers_to_s(&out).iter().any(|h| h.ssrc() == OUT + 1) {
+            first_pad_at = Some(now);
+        }
+    }
+    first_pad_at.expect("a probe");
     let to_s = rtp_headers_to_s(&out);
     let (padding, media): (Vec<&RtpHeader<'_>>, Vec<&RtpHeader<'_>>) =
         to_s.iter().partition(|h| h.ssrc() == OUT + 1);
@@ -707,8 +759,7 @@ fn with_rtx_probe_padding_rides_the_rtx_stream_and_media_seqs_stay_put() {
         .expect("padding");
     let early = to_s[first_pad - 1].sequence_number();
     let nack = rtcp::write_nack(0x5, OUT, &[early]).expect("nack");
-    core.handle_rtcp(S, &nack, t0 + Duration::from_millis(4500))
-        .expect("nack");
+    core.handle_rtcp(S, &nack, now).expect("nack");
     let repairs: Vec<Output> = std::iter::from_fn(|| core.poll_output()).collect();
     let repair = repairs
         .iter()

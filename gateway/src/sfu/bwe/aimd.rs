@@ -134,6 +134,13 @@ impl Aimd {
                         self.capacity.reset();
                     }
                 }
+                // What the path delivered while its queue stayed stable, it carries: an
+                // SFU forwards what its publishers send whatever the estimate says (a
+                // pinned layer, a publisher ramping up), so delivery can run ahead of an
+                // estimate that would otherwise take seconds of increase to catch up.
+                if let Some(a) = acked {
+                    self.rate = self.rate.max(a.min(self.max));
+                }
                 let limit = acked.map_or(f64::INFINITY, |a| {
                     ACKED_CAP_FACTOR * a + ACKED_CAP_SLACK_BPS
                 });
@@ -248,5 +255,27 @@ mod tests {
             now + rtt,
         );
         assert_eq!(a.rate(), 153_000.0);
+    }
+
+    #[test]
+    fn a_path_that_delivers_more_than_the_estimate_without_overuse_lifts_it_at_once() {
+        let t0 = Instant::now();
+        let rtt = Duration::from_millis(50);
+        let mut a = Aimd::new(300_000.0, 30_000.0, 10_000_000.0);
+        // A viewer pinned to a 600 kbit/s layer: the path carries it with a stable queue.
+        a.update(Usage::Normal, Some(600_000.0), Some(600_000.0), rtt, t0);
+        assert!(a.rate() >= 600_000.0, "{}", a.rate());
+        // Not while the queue drains, nor past the configured maximum.
+        let mut held = Aimd::new(300_000.0, 30_000.0, 500_000.0);
+        held.update(Usage::Underusing, Some(600_000.0), Some(600_000.0), rtt, t0);
+        assert_eq!(held.rate(), 300_000.0);
+        held.update(
+            Usage::Normal,
+            Some(600_000.0),
+            Some(600_000.0),
+            rtt,
+            t0 + rtt,
+        );
+        assert_eq!(held.rate(), 500_000.0);
     }
 }

@@ -51,6 +51,15 @@ impl LossBased {
         self.rate = rate.clamp(self.min, self.max);
     }
 
+    /// `delivered` bit/s reached the receiver: with the loss low (or not yet measured),
+    /// the path carries that much, so the rate is at least that. An SFU forwards what its
+    /// publishers send, which can run ahead of an estimate still growing 8 % a second.
+    pub fn floor(&mut self, delivered: f64) {
+        if self.fraction.is_none_or(|f| f <= LOW_LOSS) {
+            self.rate = self.rate.max(delivered).clamp(self.min, self.max);
+        }
+    }
+
     /// Caps the rate at the delay-based estimate, so that a loss cut acts on the rate
     /// actually in use.
     pub fn cap(&mut self, ceiling: f64) {
@@ -128,5 +137,26 @@ mod tests {
             );
         }
         assert_eq!(l.rate(), 900_000.0);
+    }
+
+    #[test]
+    fn what_arrived_with_low_loss_is_a_floor_and_with_high_loss_is_not() {
+        let t0 = Instant::now();
+        let rtt = Duration::from_millis(100);
+        let mut l = LossBased::new(300_000.0, 50_000.0, 5_000_000.0);
+        l.floor(600_000.0);
+        assert_eq!(l.rate(), 600_000.0, "no loss measured yet");
+        l.update(1, 99, 2_000_000.0, rtt, t0);
+        l.floor(900_000.0);
+        assert_eq!(l.rate(), 900_000.0, "1 % loss");
+        l.update(20, 80, 2_000_000.0, rtt, t0 + Duration::from_secs(1));
+        let cut = l.rate();
+        assert!(cut < 900_000.0);
+        l.floor(2_000_000.0);
+        assert_eq!(
+            l.rate(),
+            cut,
+            "20 % loss: what arrived is not what the path carries"
+        );
     }
 }

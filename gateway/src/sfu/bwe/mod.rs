@@ -234,6 +234,9 @@ impl Estimator {
                 (a, p) => a.or(p),
             };
             self.aimd.update(usage, acked, measured, rtt, now);
+            if let (Some(a), Usage::Normal) = (acked, usage) {
+                self.loss.floor(a);
+            }
         }
         self.loss.cap(self.aimd.rate());
         self.finish_probe(now);

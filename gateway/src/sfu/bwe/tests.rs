@@ -320,6 +320,22 @@ fn warm_estimator_does_not_allocate_per_feedback() {
 }
 
 #[test]
+fn delivery_above_the_estimate_on_a_stable_path_lifts_it_within_a_second() {
+    // A viewer pinned to a layer above its 300 kbit/s start: 1.92 Mbit/s arrives with
+    // constant delay. Increase alone (8 % a second) would take 25 s to get there.
+    let mut est = Estimator::new(config(300 * KBIT));
+    let t0 = Instant::now();
+    let gap = Duration::from_millis(5);
+    let mut batch = Vec::new();
+    let mut seq = 0;
+    for k in 0..20u32 {
+        steady(&mut batch, &mut seq, t0, gap, Duration::ZERO);
+        est.handle_feedback(&batch, t0 + gap * (10 * k + 10));
+    }
+    assert!(est.estimate_bps() >= 1_800 * KBIT, "{:?}", est.state());
+}
+
+#[test]
 fn growing_delay_is_overuse_and_cuts_below_the_acked_rate() {
     let mut est = Estimator::new(config(2 * MBIT));
     let t0 = Instant::now();

@@ -110,7 +110,11 @@ impl Default for ForwardConfig {
             rr_interval: Duration::from_secs(1),
             // "rmgt": any fixed value works as long as no slot uses it as out_ssrc.
             sender_ssrc: 0x726d_6774,
-            initial_estimate_bps: 1_000_000,
+            // What libwebrtc starts a send-side estimate at: a new viewer starts on the
+            // layer nearly any link carries (the low layer of a 720p ladder) and probes
+            // up from there, instead of starting above a weak link and losing its first
+            // second to the queue.
+            initial_estimate_bps: 300_000,
             layer_interval: Duration::from_millis(250),
         }
     }
@@ -391,7 +395,38 @@ impl RoomCore {
             s.extensions = ids;
             s.cc = twcc.then(|| Box::new(SubscriberCc::new(self.config.initial_estimate_bps, now)));
         }
+        self.retarget_unstarted(id, now);
         self.refresh_timers(now);
+    }
+
+    /// Choose again the first layer of `id`'s simulcast slots that have none yet. A slot
+    /// binds as its subscriber joins, before the subscriber's header extensions say
+    /// whether it will have an estimate; chosen without one, the first layer is the top
+    /// one, and a viewer whose DTLS came up before the next layer tick started on it,
+    /// with a top-layer keyframe that a weak link could only drop.
+    fn retarget_unstarted(&mut self, id: MemberId, now: Instant) {
+        let Parts {
+            publishers,
+            subscribers,
+            ..
+        } = self.parts();
+        let Some(sub) = subscribers.get_mut(&id) else {
+            return;
+        };
+        let estimate = sub.cc.as_ref().map(|c| c.estimate_bps());
+        for slot in &mut sub.slots {
+            let Some(b) = slot.binding.filter(|b| b.layer.is_none()) else {
+                continue;
+            };
+            let Some(track) = publishers
+                .get(&b.track.publisher)
+                .and_then(|p| p.tracks.get(b.track.index))
+                .filter(|t| t.is_simulcast())
+            else {
+                continue;
+            };
+            slot.target = target_layer(track, sub.request, estimate, None, true, now);
+        }
     }
 
     /// What a subscriber asks for; re-chosen at once. `false`: no such subscriber.
@@ -758,12 +793,13 @@ impl RoomCore {
                 if !*keyframe.get_or_insert_with(|| codec::keyframe(codec_kind, payload)) {
                     continue;
                 }
-                if binding.layer.is_some() {
+                let first = binding.layer.is_none();
+                if !first {
                     self.stats.layer_switches += 1;
                 }
                 slot.switch_to(layer);
                 if let Some(cc) = sub.cc.as_mut() {
-                    cc.layer_changed(now);
+                    cc.layer_changed(first, now);
                 }
             }
             let Some(off) = slot.offsets_for(seq, ts, stored_at, now) else {

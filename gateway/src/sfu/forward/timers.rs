@@ -7,13 +7,13 @@ use super::rewrite::{write_padding, PADDING_PACKET_LEN};
 use super::{MemberId, Output, Parts, RoomCore};
 use crate::sdp::{ExtensionKind, MediaKind};
 use crate::sfu::layers::{
-    choose_layer, next_layer_up, rank_of, LayerInfo, LayerRequest, DOWNGRADE_HOLD,
-    UPGRADE_HEADROOM, UPGRADE_HOLD,
+    choose_layer, rank_of, top_layer, LayerInfo, LayerRequest, DOWNGRADE_HOLD, UPGRADE_HEADROOM,
+    UPGRADE_HOLD,
 };
 use crate::sfu::rtcp;
 use crate::sfu::track::{Track, MAX_LAYERS};
 
-/// How far above the next layer's upgrade threshold a probe aims.
+/// How far above the top layer's upgrade threshold a probe aims.
 const PROBE_MARGIN: f64 = 1.2;
 /// The room's periodic tick for transport-wide feedback and probe padding, while any
 /// member negotiated transport-wide-cc (feedback is due every 50 ms while packets flow).
@@ -301,11 +301,13 @@ impl RoomCore {
             if target != cur {
                 continue;
             }
-            if let Some(next) = next_layer_up(infos, cur) {
+            // Towards the top layer: each probe aims at most twice the estimate, so a link
+            // with room climbs there in doubling steps, and a weak one is asked for one
+            // step more than it has shown it carries.
+            if let Some(top) = top_layer(infos).filter(|&t| t != cur) {
                 // Above the upgrade threshold: a probe delivers a little less than its
                 // target, and what it proves must still clear the headroom.
-                let want =
-                    (infos[next].bitrate_bps as f64 * UPGRADE_HEADROOM * PROBE_MARGIN) as u64;
+                let want = (infos[top].bitrate_bps as f64 * UPGRADE_HEADROOM * PROBE_MARGIN) as u64;
                 cc.maybe_start_probe(want, infos[cur].bitrate_bps, now);
             }
         }
